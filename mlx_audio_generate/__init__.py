@@ -1,0 +1,3 @@
+"""mlx-audio-generate: MusicGen and Stable Audio Open in MLX, numerically identical to the references."""
+
+__version__ = "0.1.0"

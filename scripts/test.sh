@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs in ./.venv and run it (lint + pytest). Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q --upgrade pip
+# A CPU build of torch for the reference implementations; an unpinned torch pulls a multi-GB CUDA build.
+pip install -q "torch==2.13.0"
+pip install -q -e ".[test]" -r tests/requirements-reference.txt
+pip install -q --no-deps -r tests/requirements-sat.txt
+
+ruff check .
+ruff format --check .
+python -m pytest -q "$@"

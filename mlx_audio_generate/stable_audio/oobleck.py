@@ -1,0 +1,343 @@
+"""Oobleck VAE (Stable Audio Open's pretransform): encoder, VAE bottleneck and decoder in MLX.
+
+Mirrors stable-audio-tools `models/autoencoders.py` (OobleckEncoder/OobleckDecoder), `models/bottleneck.py`
+(VAEBottleneck) and `models/pretransforms.py` (AutoencoderPretransform: encode divides by `scale`, decode
+multiplies). Public tensors are channels-first `(batch, channels, time)`; internally channels-last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import UserError
+from ..weights import Checkpoint, torch_conv1d, torch_conv_transpose1d
+
+DILATIONS = (1, 3, 9)  # the three residual units of every Oobleck block
+
+
+@dataclass(frozen=True)
+class CoderConfig:
+    """One side (encoder or decoder) of the autoencoder; `latent_dim` is that side's latent width."""
+
+    io_channels: int
+    channels: int
+    c_mults: tuple[int, ...]
+    strides: tuple[int, ...]
+    latent_dim: int
+    use_snake: bool
+
+    @property
+    def widths(self) -> list[int]:
+        # The reference prepends 1 to c_mults: the first conv maps audio to `channels`.
+        return [m * self.channels for m in (1, *self.c_mults)]
+
+
+@dataclass(frozen=True)
+class OobleckConfig:
+    encoder: CoderConfig
+    decoder: CoderConfig
+    latent_dim: int
+    downsampling_ratio: int
+    io_channels: int
+    final_tanh: bool = False
+    soft_clip: bool = False
+    scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OobleckConfig:
+        """From `model.pretransform` (reads its `scale`) or from its inner `config` dict."""
+        scale = 1.0
+        if "config" in d and "encoder" not in d:
+            if d.get("type", "autoencoder") != "autoencoder":
+                raise UserError(
+                    f"pretransform type '{d.get('type')}' is not supported (expected 'autoencoder')"
+                )
+            if d.get("model_half", False):
+                raise UserError("pretransform 'model_half' is not supported; choose the dtype at conversion")
+            scale = float(d.get("scale", 1.0))
+            d = d["config"]
+        try:
+            enc, dec = d["encoder"], d["decoder"]
+            latent_dim, ratio, io = int(d["latent_dim"]), int(d["downsampling_ratio"]), int(d["io_channels"])
+        except KeyError as e:
+            raise UserError(
+                f"autoencoder config lacks {e}: not a Stable Audio (Oobleck) model_config.json"
+            ) from None
+        for side in (enc, dec):
+            if side.get("type") != "oobleck":
+                raise UserError(f"autoencoder {side.get('type')!r} is not supported (only 'oobleck')")
+            bad = [
+                k for k in ("antialias_activation", "use_nearest_upsample") if side["config"].get(k, False)
+            ]
+            if bad:
+                raise UserError(f"Oobleck option(s) {', '.join(bad)} are not supported")
+        if (d.get("bottleneck") or {}).get("type") != "vae":
+            raise UserError(f"bottleneck {d.get('bottleneck')!r} is not supported (only 'vae')")
+        if d.get("pretransform") is not None:
+            raise UserError("a nested pretransform inside the autoencoder is not supported")
+        ec, dc = enc["config"], dec["config"]
+
+        # Defaults are the reference constructors' defaults (OobleckEncoder/OobleckDecoder signatures).
+        def side(c: dict, io_key: str) -> CoderConfig:
+            return CoderConfig(
+                io_channels=int(c.get(io_key, 2)),
+                channels=int(c.get("channels", 128)),
+                c_mults=tuple(int(m) for m in c.get("c_mults", [1, 2, 4, 8])),
+                strides=tuple(int(s) for s in c.get("strides", [2, 4, 8, 8])),
+                latent_dim=int(c.get("latent_dim", 32)),
+                use_snake=bool(c.get("use_snake", False)),
+            )
+
+        cfg = cls(
+            encoder=side(ec, "in_channels"),
+            decoder=side(dc, "out_channels"),
+            latent_dim=latent_dim,
+            downsampling_ratio=ratio,
+            io_channels=io,
+            final_tanh=bool(dc.get("final_tanh", True)),
+            soft_clip=bool(dec.get("soft_clip", False)),
+            scale=scale,
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        e, dd = self.encoder, self.decoder
+        problems = []
+        if len(e.c_mults) != len(e.strides) or len(dd.c_mults) != len(dd.strides):
+            problems.append("c_mults and strides differ in length")
+        if e.latent_dim != 2 * self.latent_dim:
+            problems.append(
+                f"encoder latent_dim {e.latent_dim} != 2 x latent_dim {self.latent_dim} (VAE mean+scale)"
+            )
+        if dd.latent_dim != self.latent_dim:
+            problems.append(f"decoder latent_dim {dd.latent_dim} != latent_dim {self.latent_dim}")
+        for name, c in (("encoder", e), ("decoder", dd)):
+            if math.prod(c.strides) != self.downsampling_ratio:
+                problems.append(
+                    f"{name} strides {list(c.strides)} do not multiply to {self.downsampling_ratio}"
+                )
+        if problems:
+            raise UserError("inconsistent Oobleck config: " + "; ".join(problems))
+
+
+@mx.compile
+def _snake(x: mx.array, alpha: mx.array, inv_beta: mx.array) -> mx.array:
+    # One fused kernel; computed in fp32 whatever the storage dtype (free inside the fused kernel).
+    x32 = x.astype(mx.float32)
+    return (x32 + inv_beta * mx.square(mx.sin(x32 * alpha))).astype(x.dtype)
+
+
+class Snake(nn.Module):
+    """SnakeBeta with alpha_logscale: x + 1/(exp(beta) + 1e-9) * sin(exp(alpha) * x)^2 (blocks.py)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = mx.zeros((channels,))
+        self.beta = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        # exp and reciprocal on the (C,) params, as the reference does, not per element.
+        alpha = mx.exp(self.alpha.astype(mx.float32))
+        inv_beta = 1.0 / (mx.exp(self.beta.astype(mx.float32)) + 1e-9)
+        return _snake(x, alpha, inv_beta)
+
+
+def _activation(use_snake: bool, channels: int) -> nn.Module:
+    return Snake(channels) if use_snake else nn.ELU()
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, channels: int, dilation: int, use_snake: bool):
+        super().__init__()
+        self.act1 = _activation(use_snake, channels)
+        self.conv1 = nn.Conv1d(channels, channels, 7, dilation=dilation, padding=3 * dilation)
+        self.act2 = _activation(use_snake, channels)
+        self.conv2 = nn.Conv1d(channels, channels, 1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x + self.conv2(self.act2(self.conv1(self.act1(x))))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, use_snake: bool):
+        super().__init__()
+        self.res = [ResidualUnit(cin, d, use_snake) for d in DILATIONS]
+        self.act = _activation(use_snake, cin)
+        self.down = nn.Conv1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for r in self.res:
+            x = r(x)
+        return self.down(self.act(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, use_snake: bool):
+        super().__init__()
+        self.act = _activation(use_snake, cin)
+        self.up = nn.ConvTranspose1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
+        self.res = [ResidualUnit(cout, d, use_snake) for d in DILATIONS]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.up(self.act(x))
+        for r in self.res:
+            x = r(x)
+        return x
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: CoderConfig):
+        super().__init__()
+        w = c.widths
+        self.conv_in = nn.Conv1d(c.io_channels, w[0], 7, padding=3)
+        self.blocks = [EncoderBlock(w[i], w[i + 1], s, c.use_snake) for i, s in enumerate(c.strides)]
+        self.act_out = _activation(c.use_snake, w[-1])
+        self.conv_out = nn.Conv1d(w[-1], c.latent_dim, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.conv_in(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.conv_out(self.act_out(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: CoderConfig, final_tanh: bool):
+        super().__init__()
+        w = c.widths
+        n = len(c.strides)
+        self.final_tanh = final_tanh
+        self.conv_in = nn.Conv1d(c.latent_dim, w[-1], 7, padding=3)
+        # Block k upsamples width w[n-k] -> w[n-k-1] by strides[n-1-k] (the encoder mirrored).
+        self.blocks = [
+            DecoderBlock(w[n - k], w[n - k - 1], c.strides[n - 1 - k], c.use_snake) for k in range(n)
+        ]
+        self.act_out = _activation(c.use_snake, w[0])
+        self.conv_out = nn.Conv1d(w[0], c.io_channels, 7, padding=3, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.conv_in(x)
+        for b in self.blocks:
+            x = b(x)
+        x = self.conv_out(self.act_out(x))
+        return mx.tanh(x) if self.final_tanh else x
+
+
+def _softplus(x: mx.array) -> mx.array:
+    # torch.nn.functional.softplus (beta=1, threshold=20): linear above the threshold.
+    return mx.where(x > 20, x, mx.log1p(mx.exp(mx.minimum(x, 20))))
+
+
+def vae_sample(mean: mx.array, scale: mx.array, noise: mx.array) -> mx.array:
+    """stable-audio-tools `vae_sample` with its `randn_like` replaced by `noise`: noise * std + mean."""
+    std = _softplus(scale) + 1e-4
+    return noise * std + mean
+
+
+class OobleckVAE(nn.Module):
+    def __init__(self, config: OobleckConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.encoder)
+        self.decoder = Decoder(config.decoder, config.final_tanh)
+
+    @property
+    def downsampling_ratio(self) -> int:
+        return self.config.downsampling_ratio
+
+    def encode_pre_bottleneck(self, audio: mx.array) -> mx.array:
+        """audio (B, C, T) -> encoder output (B, 2*latent_dim, T/ratio): mean ‖ scale, pre-bottleneck."""
+        if audio.ndim != 3 or audio.shape[1] != self.config.encoder.io_channels:
+            raise UserError(
+                f"expected audio (batch, {self.config.encoder.io_channels}, samples), got {audio.shape}"
+            )
+        return self.encoder(audio.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+    def encode(self, audio: mx.array, noise: mx.array | None = None) -> mx.array:
+        """audio (B, C, T) -> latents (B, latent_dim, T/ratio), divided by the pretransform scale.
+
+        Without `noise` the VAE mean (deterministic); with `noise` (shaped like the latents) the reference's
+        sample `noise * (softplus(scale) + 1e-4) + mean`, so a given torch noise reproduces its encode.
+        T should be a multiple of the downsampling ratio (the reference pads audio to one before encoding).
+        """
+        h = self.encode_pre_bottleneck(audio)
+        mean, scale = mx.split(h, 2, axis=1)
+        if noise is not None and tuple(noise.shape) != tuple(mean.shape):
+            raise UserError(f"VAE noise must have the latents' shape {tuple(mean.shape)}, not {noise.shape}")
+        z = mean if noise is None else vae_sample(mean, scale, noise)
+        return z if self.config.scale == 1.0 else z / self.config.scale
+
+    def decode(self, latents: mx.array) -> mx.array:
+        """latents (B, latent_dim, L) -> audio (B, C, L*ratio); latents are first multiplied by `scale`."""
+        if latents.ndim != 3 or latents.shape[1] != self.config.latent_dim:
+            raise UserError(
+                f"expected latents (batch, {self.config.latent_dim}, frames), got {latents.shape}"
+            )
+        if self.config.scale != 1.0:
+            latents = latents * self.config.scale
+        y = self.decoder(latents.transpose(0, 2, 1)).transpose(0, 2, 1)
+        return mx.tanh(y) if self.config.soft_clip else y
+
+    def sanitize(self, ckpt: Checkpoint, prefix: str = "pretransform.model.") -> dict[str, mx.array]:
+        """Take the stable-audio-tools AudioAutoencoder tensors under `prefix`; return ours (norm folded)."""
+        out: dict[str, mx.array] = {}
+
+        def conv(ref: str, ours: str, transpose: bool = False, bias: bool = True) -> None:
+            w = ckpt.take_conv_weight(prefix + ref)
+            out[f"{ours}.weight"] = torch_conv_transpose1d(w) if transpose else torch_conv1d(w)
+            if bias:
+                out[f"{ours}.bias"] = ckpt.take(f"{prefix}{ref}.bias")
+
+        def act(ref: str, ours: str, use_snake: bool) -> None:
+            if use_snake:  # ELU has no parameters
+                for p in ("alpha", "beta"):
+                    out[f"{ours}.{p}"] = ckpt.take(f"{prefix}{ref}.{p}")
+
+        def res_unit(ref: str, ours: str, use_snake: bool) -> None:
+            # ResidualUnit.layers = [act, conv k7, act, conv k1]
+            act(f"{ref}.layers.0", f"{ours}.act1", use_snake)
+            conv(f"{ref}.layers.1", f"{ours}.conv1")
+            act(f"{ref}.layers.2", f"{ours}.act2", use_snake)
+            conv(f"{ref}.layers.3", f"{ours}.conv2")
+
+        # encoder.layers = [conv_in, EncoderBlock x n, act, conv_out]; block.layers = [res x3, act, conv]
+        e = self.config.encoder
+        n = len(e.strides)
+        conv("encoder.layers.0", "encoder.conv_in")
+        for i in range(n):
+            ref, ours = f"encoder.layers.{1 + i}.layers", f"encoder.blocks.{i}"
+            for j in range(len(DILATIONS)):
+                res_unit(f"{ref}.{j}", f"{ours}.res.{j}", e.use_snake)
+            act(f"{ref}.3", f"{ours}.act", e.use_snake)
+            conv(f"{ref}.4", f"{ours}.down")
+        act(f"encoder.layers.{1 + n}", "encoder.act_out", e.use_snake)
+        conv(f"encoder.layers.{2 + n}", "encoder.conv_out")
+
+        # decoder.layers = [conv_in, DecoderBlock x n, act, conv_out (no bias), tanh|identity];
+        # block.layers = [act, conv transpose, res x3]
+        d = self.config.decoder
+        n = len(d.strides)
+        conv("decoder.layers.0", "decoder.conv_in")
+        for k in range(n):
+            ref, ours = f"decoder.layers.{1 + k}.layers", f"decoder.blocks.{k}"
+            act(f"{ref}.0", f"{ours}.act", d.use_snake)
+            conv(f"{ref}.1", f"{ours}.up", transpose=True)
+            for j in range(len(DILATIONS)):
+                res_unit(f"{ref}.{2 + j}", f"{ours}.res.{j}", d.use_snake)
+        act(f"decoder.layers.{1 + n}", "decoder.act_out", d.use_snake)
+        conv(f"decoder.layers.{2 + n}", "decoder.conv_out", bias=False)
+        return out
+
+
+def load_oobleck(config: OobleckConfig, weights: dict[str, mx.array]) -> OobleckVAE:
+    """An OobleckVAE with converted `weights` loaded strictly (every parameter present, no extras)."""
+    model = OobleckVAE(config)
+    model.load_weights(list(weights.items()), strict=True)
+    model.eval()
+    return model

@@ -1,0 +1,162 @@
+"""MusicGen token generation: the decode loop of transformers' `MusicgenForConditionalGeneration.generate`.
+
+- Classifier-free guidance (guidance_scale > 1, as transformers) runs as ONE batch of 2B rows,
+  [conditional; unconditional], and the logits are combined as uncond + (cond - uncond) * guidance_scale
+  before temperature / top-k / top-p.
+- The delay pattern is built up front (BOS column, then each codebook k delayed by k); at each step the
+  sampled column is overwritten wherever the pattern fixes a BOS/pad token, exactly like transformers'
+  `apply_delay_pattern_mask` on the growing sequence.
+- `generate_steps` yields once per decoder step (for a progress bar) while MLX evaluates the step
+  asynchronously; `generate_codes` collects them and reverts the delay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from ..errors import UserError
+from ..sampling import check_sampling_args, sample_tokens
+from .delay import delay_pattern, num_steps, revert_delay_pattern
+from .model import MusicgenLM, cross_attention_mask
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    temperature: float = 1.0
+    top_k: int | None = 250
+    top_p: float | None = None
+    guidance_scale: float | None = 3.0
+
+    @property
+    def guided(self) -> bool:
+        # transformers only builds the unconditional branch for guidance_scale > 1
+        return self.guidance_scale is not None and self.guidance_scale > 1
+
+
+def _as_key(key: int | mx.array | None) -> mx.array:
+    if key is None:
+        key = int(np.random.SeedSequence().entropy % (2**63))
+    return mx.random.key(key) if isinstance(key, int) else key
+
+
+def _start_ids(b: int, k: int, bos: int, prompt_codes: mx.array | None) -> mx.array:
+    """The decoder input ids before generation: a BOS column, then the prompt frames if any."""
+    start = mx.full((b, k, 1), bos, dtype=mx.int32)
+    if prompt_codes is None:
+        return start
+    if prompt_codes.ndim != 3 or tuple(prompt_codes.shape[:2]) != (b, k):
+        raise UserError(f"prompt codes must be shaped ({b}, {k}, frames), got {tuple(prompt_codes.shape)}")
+    return mx.concatenate([start, prompt_codes.astype(mx.int32)], axis=2)
+
+
+def generate_steps(
+    lm: MusicgenLM,
+    text_states: mx.array,
+    text_mask: mx.array | None,
+    frames: int,
+    options: SamplingOptions = SamplingOptions(),
+    key: int | mx.array | None = None,
+    prompt_codes: mx.array | None = None,
+    compiled: bool = False,
+) -> Iterator[mx.array]:
+    """Yield the delay-pattern column of every decoder step, each (B, K) int32, `num_steps(frames)` of them.
+
+    text_states: T5 last hidden states (B, T, Dt) (not yet projected); text_mask: their 0/1 mask (B, T).
+    prompt_codes: optional audio-code prompt (B, K, P) to continue, as transformers' `decoder_input_ids`.
+    key: an int seed or `mx.random.key`; the same key gives the same tokens.
+    compiled: run the decoder step through `mx.compile` (fixed-shape KV cache with an array offset)."""
+    cfg = lm.config
+    check_sampling_args(options.temperature, options.top_k, options.top_p)
+    if frames < 1:
+        raise UserError(f"need at least one frame to generate, got {frames}")
+    b = text_states.shape[0]
+    k = cfg.num_codebooks
+    bos = cfg.bos_token_id
+    steps = num_steps(frames, k, cfg.audio_channels)
+
+    start = _start_ids(b, k, bos, prompt_codes)
+    first = start.shape[2]
+    length = first + steps  # transformers' max_length: input length + max_new_tokens
+    pattern = delay_pattern(start, length, bos, cfg.audio_channels)  # (B, K, length), -1 = to sample
+    tokens = pattern[..., :first]  # the inputs with the pattern applied (all known)
+
+    guided = options.guided
+    rows = 2 * b if guided else b
+    states, mask = lm.project_text(text_states, text_mask, guided)
+    dec = lm.decoder
+    dtype = dec.layer_norm.weight.dtype
+    cross_kv = dec.precompute_cross_kv(states.astype(dtype))
+    cross_mask = cross_attention_mask(mask)
+    cache = dec.make_cache(rows, length)
+    dec.ensure_positions(length)
+    keys = mx.random.split(_as_key(key), steps)
+    scale = options.guidance_scale
+
+    def logits_of(col: mx.array, offset: int | mx.array) -> mx.array:
+        x = mx.concatenate([col, col], axis=0) if guided else col  # both halves see the same codes
+        logits = dec(x, cross_kv, cross_mask, cache, offset, last_only=True)[:, :, -1].astype(mx.float32)
+        if guided:
+            cond, uncond = logits[:b], logits[b:]
+            logits = uncond + (cond - uncond) * scale
+        return logits  # (B, K, V)
+
+    step_fn: Callable[[mx.array, int], mx.array]
+    if compiled:
+        state = [c.state for c in cache]
+        traced = mx.compile(lambda col, off: logits_of(col, off), inputs=state, outputs=state)
+
+        def step_fn(col: mx.array, offset: int) -> mx.array:
+            if col.shape[2] > 1:  # the prefill has its own shape: run it uncompiled
+                return logits_of(col, offset)
+            return traced(col, mx.array(offset, dtype=mx.int32))
+    else:
+        step_fn = logits_of
+
+    def step(col: mx.array, offset: int, t: int) -> mx.array:
+        logits = step_fn(col, offset)
+        new = sample_tokens(logits, keys[t], options.temperature, options.top_k, options.top_p)
+        p = pattern[:, :, first + t]
+        return mx.where(p == -1, new, p)  # the pattern's BOS/pad wins where it is set
+
+    y = step(tokens, 0, 0)
+    mx.async_eval(y)
+    for t in range(steps):
+        if t + 1 < steps:
+            y_next = step(y[:, :, None], first + t, t + 1)
+            mx.async_eval(y_next)
+        yield y
+        if t + 1 < steps:
+            y = y_next
+
+
+def generate_codes(
+    lm: MusicgenLM,
+    text_states: mx.array,
+    text_mask: mx.array | None,
+    frames: int,
+    options: SamplingOptions = SamplingOptions(),
+    key: int | mx.array | None = None,
+    prompt_codes: mx.array | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    compiled: bool = False,
+) -> mx.array:
+    """Generate audio codes (B, K, P + frames) (P = prompt frames, 0 without a prompt), the delay reverted:
+    exactly `frames` new frames. `progress(done, total)` is called after each step."""
+    cfg = lm.config
+    b, k = text_states.shape[0], cfg.num_codebooks
+    total = num_steps(frames, k, cfg.audio_channels)
+    start = _start_ids(b, k, cfg.bos_token_id, prompt_codes)
+    first = start.shape[2]
+    head = delay_pattern(start, first + total, cfg.bos_token_id, cfg.audio_channels)[..., :first]
+    cols = [head]
+    for i, col in enumerate(
+        generate_steps(lm, text_states, text_mask, frames, options, key, prompt_codes, compiled)
+    ):
+        cols.append(col[..., None])
+        if progress is not None:
+            progress(i + 1, total)
+    return revert_delay_pattern(mx.concatenate(cols, axis=2), cfg.audio_channels)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import UserError
 from .hub import detect_family, fetch
+from .weights import make_temp_dir
 
 
 def convert(
@@ -32,7 +32,7 @@ def convert(
     src = fetch(model, trust_remote_code=trust_remote_code)
     family = detect_family(src)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+        tmp = make_temp_dir(parent, output.name)
     except OSError as e:
         raise UserError(f"cannot write into '{parent}': {e.strerror or e}") from None
     try:

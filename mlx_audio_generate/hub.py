@@ -46,8 +46,12 @@ def detect_family(folder: Path) -> str:
             raise UserError(f"{cfg} is not valid JSON ({e}); re-download the checkpoint") from None
         if model_type.startswith("musicgen"):
             return "musicgen"
-        raise UserError(f"{folder} holds a '{model_type or 'unknown'}' model; expected MusicGen or Stable Audio")
-    raise UserError(f"{folder} is not a MusicGen or Stable Audio checkpoint (no config.json or model_config.json)")
+        raise UserError(
+            f"{folder} holds a '{model_type or 'unknown'}' model; expected MusicGen or Stable Audio"
+        )
+    raise UserError(
+        f"{folder} is not a MusicGen or Stable Audio checkpoint (no config.json or model_config.json)"
+    )
 
 
 def _is_repo_id(name: str) -> bool:
@@ -64,7 +68,8 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
         raise UserError(f"'{model}' is neither an existing folder nor a Hugging Face repo id (owner/name)")
     if model not in WHITELIST and not trust_remote_code:
         raise UserError(
-            f"'{model}' is not a known MusicGen/Stable Audio repo; pass --trust-remote-code to convert it anyway"
+            f"'{model}' is not a known MusicGen/Stable Audio repo; "
+            "pass --trust-remote-code to convert it anyway"
         )
     try:
         from huggingface_hub import snapshot_download
@@ -87,8 +92,8 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
         raise UserError(f"Hugging Face repo '{model}' not found (or private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
         raise UserError(
-            f"'{model}' is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE) or the "
-            "hub is unreachable; connect, or pass a local folder"
+            f"'{model}' is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE) "
+            "or the hub is unreachable; connect, or pass a local folder"
         ) from None
     except OSError as e:
         raise UserError(f"could not download '{model}': {e}") from None

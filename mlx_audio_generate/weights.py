@@ -27,7 +27,9 @@ def _load_safetensors(path: Path) -> dict[str, mx.array]:
     try:
         return dict(mx.load(str(path)))
     except Exception as e:  # mlx raises RuntimeError/ValueError for truncated or corrupt files
-        raise UserError(f"cannot read {path}: not a valid safetensors file ({e}); re-download or re-convert it")
+        raise UserError(
+            f"cannot read {path}: not a valid safetensors file ({e}); re-download or re-convert it"
+        ) from None
 
 
 def _load_torch_bin(path: Path) -> dict[str, mx.array]:
@@ -128,7 +130,9 @@ class Checkpoint:
     def finish(self, ignore: Iterable[str] = ()) -> None:
         """Fail naming every tensor that was neither used nor matched by an `ignore` regex."""
         patterns = [re.compile(p) for p in ignore]
-        left = sorted(k for k in self.tensors if k not in self.used and not any(p.fullmatch(k) for p in patterns))
+        left = sorted(
+            k for k in self.tensors if k not in self.used and not any(p.fullmatch(k) for p in patterns)
+        )
         if left:
             shown = ", ".join(left[:8]) + (f" (+{len(left) - 8} more)" if len(left) > 8 else "")
             raise UserError(f"{self.name} has {len(left)} tensor(s) the converter does not know: {shown}")
@@ -154,6 +158,19 @@ def cast(weights: dict[str, mx.array], dtype: str | None) -> dict[str, mx.array]
     return {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A temp folder beside its final place (same file system, so the final rename is atomic)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write(path: Path, write, suffix: str = "") -> None:
     """Call `write(tmp_path)` then rename into place, so a crash never leaves a half-written file."""
     path = Path(path)
@@ -161,6 +178,7 @@ def atomic_write(path: Path, write, suffix: str = "") -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -168,7 +186,9 @@ def atomic_write(path: Path, write, suffix: str = "") -> None:
         raise
 
 
-def save_safetensors(path: Path, weights: dict[str, mx.array], metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    path: Path, weights: dict[str, mx.array], metadata: dict[str, str] | None = None
+) -> None:
     mx.eval(weights)
     atomic_write(Path(path), lambda tmp: mx.save_safetensors(tmp, weights, metadata=metadata or {}))
 

@@ -34,11 +34,17 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"{prog}: error: out of memory; try fewer --seconds, a smaller model or --dtype float16", file=sys.stderr)
+        print(
+            f"{prog}: error: out of memory; try fewer --seconds, a smaller model or --dtype float16",
+            file=sys.stderr,
+        )
         return 1
     except Exception as e:  # an internal bug: still one line unless --debug
         if debug:
             traceback.print_exc()
         msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"{prog}: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)", file=sys.stderr)
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {msg} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 1

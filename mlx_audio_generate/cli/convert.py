@@ -16,7 +16,9 @@ def setup_arg_parser() -> ArgumentParser:
     p.add_argument("--output", required=True, help="folder to write the converted model into")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow repos outside the known list")
-    p.add_argument("--t5", default=None, help="T5 folder or repo for Stable Audio (default google-t5/t5-base)")
+    p.add_argument(
+        "--t5", default=None, help="T5 folder or repo for Stable Audio (default google-t5/t5-base)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --output folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

@@ -82,12 +82,12 @@ def _progress(total_hint: str, quiet: bool):
 
     bar = None
 
-    def callback(step: int, total: int) -> None:
+    def callback(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, desc=total_hint, unit="step", file=sys.stderr, leave=False)
-        bar.update(step + 1 - bar.n)
-        if step + 1 >= total:
+        bar.update(done - bar.n)
+        if done >= total:
             bar.close()
 
     return callback
@@ -99,7 +99,9 @@ def _main(argv: list[str] | None) -> int:
     args = setup_arg_parser().parse_args(argv)
     _validate(args)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**32))
-    output = check_output_path(args.output) if args.output else auto_output_name(args.model, args.prompt, seed)
+    output = (
+        check_output_path(args.output) if args.output else auto_output_name(args.model, args.prompt, seed)
+    )
     if args.weights_dir is None:
         raise UserError("--weights-dir is required: convert a checkpoint first with mlx-audio-convert")
     t0 = time.perf_counter()
@@ -134,7 +136,10 @@ def _main(argv: list[str] | None) -> int:
     write_audio(output, audio, model.sample_rate)
     if not args.quiet:
         dur = audio.shape[-1] / model.sample_rate
-        print(f"wrote {output} ({dur:.2f} s, {model.sample_rate} Hz, seed {seed}) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {output} ({dur:.2f} s, {model.sample_rate} Hz, seed {seed}) "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
     return 0
 
 

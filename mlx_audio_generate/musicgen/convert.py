@@ -1,0 +1,58 @@
+"""transformers MusicGen checkpoint folder -> our MLX folder (config.json, model.safetensors, tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..converted import FORMAT_VERSION
+from ..errors import UserError
+from ..weights import Checkpoint, cast, read_tensors, save_safetensors
+from .pipeline import MusicGenModel
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+
+
+def read_config(folder: Path) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no config.json; not a transformers MusicGen checkpoint")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def convert_musicgen(src: Path, out: Path, dtype: str | None = None, source: str | None = None) -> None:
+    """Convert into `out` (an existing, empty folder). Every checkpoint tensor is used or explicitly ignored,
+    every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps them)."""
+    src, out = Path(src), Path(out)
+    config = read_config(src)
+    if config.get("model_type") != "musicgen":
+        raise UserError(
+            f"{src} is a '{config.get('model_type')}' checkpoint; this converter reads MusicGen "
+            "(musicgen-small/medium/large/stereo-*)"
+        )
+    if not (src / "tokenizer.json").is_file():
+        raise UserError(f"{src} lacks tokenizer.json (the T5 tokenizer the model was trained with)")
+    model = MusicGenModel(config)
+    ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {source or src}")
+    weights = cast(model.sanitize(ckpt), dtype)
+    # Strict load: a missing parameter or a wrong shape fails here, before anything is written.
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise UserError(f"checkpoint does not fit the MusicGen config: {e}") from None
+    save_safetensors(out / "model.safetensors", weights)
+    config = dict(config)
+    config["mlx_audio_generate"] = {
+        "family": "musicgen",
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype or str(next(iter(weights.values())).dtype).removeprefix("mlx.core."),
+        "source": source or str(src),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)

@@ -1,0 +1,46 @@
+"""The whole MusicGen model as one MLX module tree, built from a transformers MusicGen config dict.
+
+Parameter names are the keys of our converted `model.safetensors`:
+`text_encoder.*` (T5), `lm.decoder.*` / `lm.enc_to_dec_proj.*` (LM), `audio_encoder.*` (EnCodec).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.nn as nn
+
+from ..errors import UserError
+from ..t5 import T5Config, T5Encoder
+from ..weights import Checkpoint
+from .encodec import Encodec, EncodecConfig, encodec_ignore_patterns
+from .model import DecoderConfig, MusicgenLM
+
+
+class MusicGenModel(nn.Module):
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        for part in ("text_encoder", "decoder", "audio_encoder"):
+            if not isinstance(config.get(part), dict):
+                raise UserError(f"MusicGen config lacks its '{part}' section; not a MusicGen checkpoint")
+        self.config = config
+        t5_cfg = T5Config.from_dict(config["text_encoder"])
+        self.text_encoder = T5Encoder(t5_cfg)
+        self.lm = MusicgenLM(DecoderConfig.from_dict(config["decoder"]), t5_cfg.d_model)
+        self.audio_encoder = Encodec(EncodecConfig.from_dict(config["audio_encoder"]))
+
+    @property
+    def is_melody(self) -> bool:
+        return self.config.get("model_type") == "musicgen_melody"
+
+    def sanitize(self, ckpt: Checkpoint) -> dict:
+        """All tensors of a transformers MusicgenForConditionalGeneration checkpoint, strictly accounted."""
+        weights = {}
+        for k, v in self.text_encoder.sanitize(ckpt, "text_encoder.").items():
+            weights[f"text_encoder.{k}"] = v
+        for k, v in self.lm.sanitize(ckpt, "").items():
+            weights[f"lm.{k}"] = v
+        for k, v in self.audio_encoder.sanitize(ckpt, "audio_encoder.").items():
+            weights[f"audio_encoder.{k}"] = v
+        ckpt.finish(ignore=encodec_ignore_patterns("audio_encoder."))
+        return weights

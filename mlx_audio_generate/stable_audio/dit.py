@@ -1,0 +1,534 @@
+"""Stable Audio Open's diffusion transformer (DiT) in MLX.
+
+Mirrors stable-audio-tools `models/dit.py` (DiffusionTransformer, called through `DiTWrapper`) and
+`models/transformer.py` (ContinuousTransformer, TransformerBlock, Attention) for the options the released
+models use:
+- timestep: FourierFeatures(1, 256) = `[cos, sin](2*pi*t*w)` -> Linear-SiLU-Linear, added to the projected
+  global conditioning; the sum is **prepended** as one token (`global_cond_type="prepend"`) and dropped from
+  the output;
+- cross-attention tokens go through `to_cond_embed` (Linear-SiLU-Linear, no bias) whether or not
+  `project_cond_tokens` is set (it only chooses the width); the cross-attention **mask is ignored** by the
+  reference (`cross_attn_cond_mask = None` in `DiffusionTransformer.forward`), so zeroed padding tokens are
+  attended to, and here too;
+- blocks: pre-LayerNorm (eps 1e-5, gamma/beta) self-attention with a fused QKV projection, optional
+  per-head LayerNorm on q/k (eps 1e-6) *before* rotary, partial rotary embedding (dim = max(head_dim // 2,
+  32), half-split layout, positions count the prepended token) on self-attention only, cross-attention whose
+  key/value heads may be fewer than the query heads (repeat_interleave grouping), GLU-SiLU feed-forward;
+- 1x1 pre/post convolutions with a residual around them.
+
+Classifier-free guidance follows the reference's batch-CFG path: one batch of 2B with the conditional tokens
+first and zeros (or the negative prompt's tokens, zeroed where its mask is False) second; the global
+conditioning is shared; `uncond + (cond - uncond) * scale`, then optional CFG rescale `scale_phi`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..errors import UserError
+from ..weights import Checkpoint
+
+# DiffusionTransformer/ContinuousTransformer/TransformerBlock options whose reference defaults we implement.
+# Any other value in a config changes the computation, so it is refused rather than ignored.
+_DEFAULTS: dict[str, Any] = {
+    "input_concat_dim": 0,
+    "prepend_cond_dim": 0,
+    "transformer_type": "continuous_transformer",
+    "global_cond_type": "prepend",
+    "timestep_cond_type": "global",
+    "causal": False,
+    "rotary_pos_emb": True,
+    "conformer": False,
+    "use_sinusoidal_emb": False,
+    "use_abs_pos_emb": False,
+    "num_memory_tokens": 0,
+    "final_cross_attn_ix": -1,
+    "layer_scale": False,
+    "remove_norms": False,
+    "add_rope": False,
+    "sliding_window": None,
+}
+_KNOWN = {
+    "io_channels", "patch_size", "embed_dim", "cond_token_dim", "project_cond_tokens", "global_cond_dim",
+    "project_global_cond", "depth", "num_heads", "attn_kwargs", "ff_kwargs", "norm_kwargs",
+    "zero_init_branch_outputs", "timestep_embed_dim", "diffusion_objective",
+}  # fmt: skip
+_OBJECTIVES = ("v", "rectified_flow", "rf_denoiser")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    io_channels: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    cond_token_dim: int = 0
+    global_cond_dim: int = 0
+    project_cond_tokens: bool = True
+    project_global_cond: bool = True
+    patch_size: int = 1
+    qk_norm: str = "none"
+    ff_mult: float = 4.0
+    timestep_features_dim: int = 256  # hard-coded in DiffusionTransformer
+    diffusion_objective: str = "v"
+    global_cond_type: str = "prepend"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
+        """From a whole `model_config.json`, its `model.diffusion` entry, or that entry's inner `config`."""
+        objective = "v"
+        if "model" in d:
+            d = d["model"]
+        if "diffusion" in d:
+            d = d["diffusion"]
+        if "config" in d:
+            if d.get("type", "dit") != "dit":
+                raise UserError(f"diffusion model type '{d.get('type')}' is not supported (expected 'dit')")
+            objective = d.get("diffusion_objective", "v")  # ConditionedDiffusionModelWrapper's default
+            d = d["config"]
+        objective = d.get("diffusion_objective", objective)
+        if objective not in _OBJECTIVES:
+            raise UserError(
+                f"diffusion_objective '{objective}' is not supported (one of {', '.join(_OBJECTIVES)})"
+            )
+        for key, default in _DEFAULTS.items():
+            if d.get(key, default) != default:
+                raise UserError(f"DiT option {key}={d[key]!r} is not supported (only {default!r})")
+        unknown = sorted(set(d) - _KNOWN - set(_DEFAULTS))
+        if unknown:
+            raise UserError(f"DiT config has options this port does not implement: {', '.join(unknown)}")
+        attn = dict(d.get("attn_kwargs", {}))
+        qk_norm = attn.pop("qk_norm", "none")
+        if qk_norm not in ("none", "ln", "l2") or attn.get("differential") or attn.get("feat_scale"):
+            raise UserError(f"DiT attn_kwargs {d.get('attn_kwargs')} are not supported")
+        ff = dict(d.get("ff_kwargs", {}))
+        if ff.get("glu", True) is not True or ff.get("use_conv", False) or ff.get("no_bias", False):
+            raise UserError(f"DiT ff_kwargs {ff} are not supported (GLU feed-forward with biases only)")
+        norm = dict(d.get("norm_kwargs", {}))
+        if norm.get("eps", 1e-5) != 1e-5 or norm.get("force_fp32", False):
+            raise UserError(f"DiT norm_kwargs {norm} are not supported")
+        embed_dim = int(d.get("embed_dim", 768))
+        num_heads = int(d.get("num_heads", 8))
+        if embed_dim % num_heads:
+            raise UserError(f"DiT embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
+        return cls(
+            io_channels=int(d.get("io_channels", 32)),
+            embed_dim=embed_dim,
+            depth=int(d.get("depth", 12)),
+            num_heads=num_heads,
+            cond_token_dim=int(d.get("cond_token_dim", 0)),
+            global_cond_dim=int(d.get("global_cond_dim", 0)),
+            project_cond_tokens=bool(d.get("project_cond_tokens", True)),
+            project_global_cond=bool(d.get("project_global_cond", True)),
+            patch_size=int(d.get("patch_size", 1)),
+            qk_norm=qk_norm,
+            ff_mult=float(ff.get("mult", 4)),
+            diffusion_objective=objective,
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return max(self.head_dim // 2, 32)  # ContinuousTransformer: RotaryEmbedding(max(dim_heads // 2, 32))
+
+    @property
+    def cond_embed_dim(self) -> int:
+        return self.embed_dim if self.project_cond_tokens else self.cond_token_dim
+
+    @property
+    def global_embed_dim(self) -> int:
+        return self.embed_dim if self.project_global_cond else self.global_cond_dim
+
+
+class _MLP(nn.Module):
+    """Linear -> SiLU -> Linear (to_timestep_embed / to_cond_embed / to_global_embed)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, bias: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden, bias=bias)
+        self.fc2 = nn.Linear(d_hidden, d_out, bias=bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(nn.silu(self.fc1(x)))
+
+
+class _LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dim,))
+        self.bias = mx.zeros((dim,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def _l2_normalize(x: mx.array) -> mx.array:
+    # F.normalize: x / max(||x||, 1e-12)
+    return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class Attention(nn.Module):
+    """Self-attention (fused `qkv`) or cross-attention (`q` + fused `kv`, possibly fewer KV heads)."""
+
+    def __init__(self, dim: int, head_dim: int, qk_norm: str, context_dim: int | None = None):
+        super().__init__()
+        self.num_heads = dim // head_dim
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.qk_norm = qk_norm
+        if context_dim is None:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        else:
+            self.kv_heads = context_dim // head_dim
+            if self.kv_heads == 0 or self.num_heads % self.kv_heads:
+                raise UserError(
+                    f"cross-attention context width {context_dim} does not fit head_dim {head_dim}"
+                )
+            self.q = nn.Linear(dim, dim, bias=False)
+            self.kv = nn.Linear(context_dim, 2 * context_dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        if qk_norm == "ln":
+            self.q_norm = _LayerNorm(head_dim, 1e-6)
+            self.k_norm = _LayerNorm(head_dim, 1e-6)
+
+    def _norm_q(self, q: mx.array) -> mx.array:
+        return self.q_norm(q) if self.qk_norm == "ln" else _l2_normalize(q) if self.qk_norm == "l2" else q
+
+    def _norm_k(self, k: mx.array) -> mx.array:
+        return self.k_norm(k) if self.qk_norm == "ln" else _l2_normalize(k) if self.qk_norm == "l2" else k
+
+    def context_kv(self, context: mx.array) -> tuple[mx.array, mx.array]:
+        """Cross-attention keys/values (B, kv_heads, S, head_dim) of a context: reusable across steps."""
+        b, s, _ = context.shape
+        kv = self.kv(context).reshape(b, s, 2, self.kv_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        return self._norm_k(kv[0]), kv[1]
+
+    def __call__(self, x: mx.array, rope_freqs: mx.array, rotary_dim: int) -> mx.array:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = self._norm_q(qkv[0]), self._norm_k(qkv[1]), qkv[2]
+        # The reference rotates in float32 (half-split layout = MLX's non-traditional rope) and casts back.
+        q = mx.fast.rope(q, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_freqs)
+        k = mx.fast.rope(k, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_freqs)
+        o = mx.fast.scaled_dot_product_attention(q.astype(v.dtype), k.astype(v.dtype), v, scale=self.scale)
+        return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
+
+    def cross(self, x: mx.array, k: mx.array, v: mx.array) -> mx.array:
+        b, n, _ = x.shape
+        q = self._norm_q(self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3))
+        # MLX's SDPA groups query head h with KV head h // (heads / kv_heads): repeat_interleave's grouping.
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    """GLU with SiLU: `proj_in` gives [x, gate]; out = proj_out(x * silu(gate))."""
+
+    def __init__(self, dim: int, mult: float):
+        super().__init__()
+        inner = int(dim * mult)
+        self.proj_in = nn.Linear(dim, 2 * inner)
+        self.proj_out = nn.Linear(inner, dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        h, gate = mx.split(self.proj_in(x), 2, axis=-1)
+        return self.proj_out(h * nn.silu(gate))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.pre_norm = _LayerNorm(d, 1e-5)
+        self.self_attn = Attention(d, cfg.head_dim, cfg.qk_norm)
+        self.has_cross = cfg.cond_token_dim > 0
+        if self.has_cross:
+            self.cross_norm = _LayerNorm(d, 1e-5)
+            self.cross_attn = Attention(d, cfg.head_dim, cfg.qk_norm, context_dim=cfg.cond_embed_dim)
+        self.ff_norm = _LayerNorm(d, 1e-5)
+        self.ff = FeedForward(d, cfg.ff_mult)
+
+    def __call__(
+        self, x: mx.array, kv: tuple[mx.array, mx.array] | None, rope_freqs: mx.array, rotary_dim: int
+    ) -> mx.array:
+        x = x + self.self_attn(self.pre_norm(x), rope_freqs, rotary_dim)
+        if kv is not None:
+            x = x + self.cross_attn.cross(self.cross_norm(x), *kv)
+        return x + self.ff(self.ff_norm(x))
+
+
+@dataclass
+class DiTConditioning:
+    """Everything of one generation's conditioning that does not depend on x or t, computed once.
+
+    `kv`: per block, the cross-attention keys/values (N, kv_heads, S, head_dim), None without cross-attention;
+    `global_embed`: the projected global conditioning (N, D) before the timestep embedding is added (or None);
+    `batch`: N, the model batch (2B when it holds a CFG pair: conditional rows first).
+    """
+
+    kv: list[tuple[mx.array, mx.array]] | None
+    global_embed: mx.array | None
+    batch: int
+    cfg_pair: bool = False
+
+    def first_half(self) -> DiTConditioning:
+        """The conditional half of a CFG pair (what the reference runs outside `cfg_interval`)."""
+        h = self.batch // 2
+        kv = None if self.kv is None else [(k[:h], v[:h]) for k, v in self.kv]
+        g = None if self.global_embed is None else self.global_embed[:h]
+        return DiTConditioning(kv, g, h, cfg_pair=False)
+
+
+class StableAudioDiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        c = self.config = config
+        self.timestep_features = {"weight": mx.zeros((c.timestep_features_dim // 2, 1))}
+        self.to_timestep_embed = _MLP(c.timestep_features_dim, c.embed_dim, c.embed_dim, bias=True)
+        if c.cond_token_dim > 0:
+            self.to_cond_embed = _MLP(c.cond_token_dim, c.cond_embed_dim, c.cond_embed_dim, bias=False)
+        if c.global_cond_dim > 0:
+            self.to_global_embed = _MLP(c.global_cond_dim, c.global_embed_dim, c.global_embed_dim, bias=False)
+        dim_in = c.io_channels * c.patch_size
+        self.preprocess_conv = nn.Linear(c.io_channels, c.io_channels, bias=False)  # 1x1 conv
+        self.project_in = nn.Linear(dim_in, c.embed_dim, bias=False)
+        self.blocks = [TransformerBlock(c) for _ in range(c.depth)]
+        self.project_out = nn.Linear(c.embed_dim, dim_in, bias=False)
+        self.postprocess_conv = nn.Linear(c.io_channels, c.io_channels, bias=False)
+        # RotaryEmbedding.inv_freq = 1 / 10000^(2i/d) in float32; MLX's rope takes its reciprocal ("periods").
+        # Passing them (instead of base=10000) reproduces the reference's angles to ~1e-7 rather than ~2e-5.
+        # Underscored: not a parameter, so it stays float32 whatever dtype the weights are cast to.
+        inv = 1.0 / (np.float32(10000.0) ** (np.arange(0, c.rotary_dim, 2, dtype=np.float32) / c.rotary_dim))
+        self._inv_freq = inv.astype(np.float32)
+        self._rope_freqs = mx.array(1.0 / self._inv_freq)
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.project_in.weight.dtype
+
+    # -- conditioning (independent of x and t) ---------------------------------------------------------------
+
+    def condition(self, cross_attn_cond: mx.array | None, global_cond: mx.array | None) -> DiTConditioning:
+        """Project the conditioning and compute every block's cross-attention K/V once (for all steps)."""
+        c, dt = self.config, self.dtype
+        if (cross_attn_cond is None) != (c.cond_token_dim == 0):
+            raise UserError("cross_attn_cond must be given exactly when the DiT has cross-attention")
+        if global_cond is not None and c.global_cond_dim == 0:
+            raise UserError("this DiT takes no global conditioning")
+        kv = None
+        batch = None
+        if cross_attn_cond is not None:
+            if cross_attn_cond.ndim != 3 or cross_attn_cond.shape[-1] != c.cond_token_dim:
+                raise UserError(
+                    f"cross_attn_cond must be (B, tokens, {c.cond_token_dim}), not {cross_attn_cond.shape}"
+                )
+            ctx = self.to_cond_embed(cross_attn_cond.astype(dt))
+            kv = [blk.cross_attn.context_kv(ctx) for blk in self.blocks]
+            batch = cross_attn_cond.shape[0]
+        g = None
+        if global_cond is not None:
+            if global_cond.ndim != 2 or global_cond.shape[-1] != c.global_cond_dim:
+                raise UserError(f"global_cond must be (batch, {c.global_cond_dim}), got {global_cond.shape}")
+            g = self.to_global_embed(global_cond.astype(dt))
+            batch = global_cond.shape[0] if batch is None else batch
+        return DiTConditioning(kv, g, batch if batch is not None else 0)
+
+    def cfg_condition(
+        self,
+        cross_attn_cond: mx.array,
+        global_cond: mx.array | None,
+        cfg_scale: float,
+        negative_cross_attn_cond: mx.array | None = None,
+        negative_cross_attn_mask: mx.array | None = None,
+    ) -> DiTConditioning:
+        """Conditioning for guided sampling: the reference's batch-CFG inputs, or a single batch at scale 1.
+
+        The unconditional rows are zeros, or the negative prompt's tokens with those where its mask is False
+        zeroed; the global conditioning is shared (a negative global conditioning is ignored, as in the
+        reference). At `cfg_scale == 1` there is no doubled batch (the reference runs a single pass then).
+        """
+        if cfg_scale == 1.0:
+            return self.condition(cross_attn_cond, global_cond)
+        if negative_cross_attn_cond is None:
+            uncond = mx.zeros_like(cross_attn_cond)
+        else:
+            if negative_cross_attn_cond.shape != cross_attn_cond.shape:
+                raise UserError(
+                    f"negative cond. {negative_cross_attn_cond.shape} must match {cross_attn_cond.shape}"
+                )
+            uncond = negative_cross_attn_cond.astype(cross_attn_cond.dtype)
+            if negative_cross_attn_mask is not None:
+                keep = negative_cross_attn_mask.astype(mx.bool_)[..., None]
+                uncond = mx.where(keep, uncond, mx.zeros_like(uncond))
+        g2 = None if global_cond is None else mx.concatenate([global_cond, global_cond], axis=0)
+        cond = self.condition(mx.concatenate([cross_attn_cond, uncond], axis=0), g2)
+        cond.cfg_pair = True
+        return cond
+
+    # -- denoiser --------------------------------------------------------------------------------------------
+
+    def timestep_embed(self, t: mx.array) -> mx.array:
+        w = self.timestep_features["weight"]
+        f = (2 * math.pi * t[:, None]) @ w.T  # FourierFeatures: 2*pi*input @ weight.T, then [cos, sin]
+        return self.to_timestep_embed(mx.concatenate([mx.cos(f), mx.sin(f)], axis=-1))
+
+    def forward(self, x: mx.array, t: mx.array, cond: DiTConditioning) -> mx.array:
+        """One model pass: x (N, io, L), t (N,) or scalar -> (N, io, L), N = cond.batch (if it is set)."""
+        c, dt = self.config, self.dtype
+        n, ch, length = x.shape
+        if ch != c.io_channels or length % c.patch_size:
+            raise UserError(
+                f"x must be (batch, {c.io_channels}, L) with L a multiple of {c.patch_size}, got {x.shape}"
+            )
+        if cond.batch and cond.batch != n:
+            raise UserError(f"x has batch {n} but the conditioning has batch {cond.batch}")
+        # The reference casts x, t and the conditioning to the model's dtype (timestep features included).
+        x = x.astype(dt)
+        t = mx.broadcast_to(mx.array(t).astype(dt).reshape(-1), (n,))
+        g = self.timestep_embed(t)
+        if cond.global_embed is not None:
+            g = cond.global_embed + g
+        h = x.transpose(0, 2, 1)  # channels-last (N, L, io)
+        h = self.preprocess_conv(h) + h
+        if c.patch_size > 1:  # "b (t p) c -> b t (c p)"
+            p = c.patch_size
+            h = h.reshape(n, length // p, p, ch).transpose(0, 1, 3, 2).reshape(n, length // p, ch * p)
+        h = mx.concatenate([g[:, None, :], self.project_in(h)], axis=1)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, None if cond.kv is None else cond.kv[i], self._rope_freqs, c.rotary_dim)
+        h = self.project_out(h)[:, 1:]  # drop the prepended global token
+        if c.patch_size > 1:  # "b (c p) t -> b c (t p)"
+            p = c.patch_size
+            h = h.reshape(n, length // p, ch, p).transpose(0, 1, 3, 2).reshape(n, length, ch)
+        h = self.postprocess_conv(h) + h
+        return h.transpose(0, 2, 1)
+
+    def guided(
+        self,
+        x: mx.array,
+        t: mx.array,
+        cond: DiTConditioning,
+        cfg_scale: float,
+        scale_phi: float = 0.0,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
+    ) -> mx.array:
+        """The reference `DiffusionTransformer.forward` with CFG, given `cfg_condition(...)` (same scale).
+
+        x (B, io, L), t (B,). With a CFG pair: run x twice as one batch of 2B, `uncond + (cond - uncond) *
+        cfg_scale`, then, if `scale_phi` != 0, rescale by the ratio of the channel-wise (unbiased) standard
+        deviations. Outside `cfg_interval` (noise level sin(t*pi/2) for "v", t otherwise) only the
+        conditional pass runs.
+        """
+        if not cond.cfg_pair:
+            return self.forward(x, t, cond)
+        if tuple(cfg_interval) != (
+            0.0,
+            1.0,
+        ):  # with (0, 1) and t in [0, 1] the reference's test always passes
+            t0 = float(mx.array(t).reshape(-1)[0].item())
+            sigma = math.sin(t0 * math.pi / 2) if self.config.diffusion_objective == "v" else t0
+            if not cfg_interval[0] <= sigma <= cfg_interval[1]:
+                return self.forward(x, t, cond.first_half())
+        b = x.shape[0]
+        t = mx.broadcast_to(mx.array(t).reshape(-1), (b,))
+        out = self.forward(mx.concatenate([x, x], axis=0), mx.concatenate([t, t], axis=0), cond)
+        cond_out, uncond_out = out[:b], out[b:]
+        cfg_out = uncond_out + (cond_out - uncond_out) * cfg_scale
+        if scale_phi == 0.0:
+            return cfg_out
+        cond_std = mx.std(cond_out, axis=1, keepdims=True, ddof=1)
+        cfg_std = mx.std(cfg_out, axis=1, keepdims=True, ddof=1)
+        return scale_phi * (cfg_out * (cond_std / cfg_std)) + (1 - scale_phi) * cfg_out
+
+    def __call__(
+        self,
+        x: mx.array,
+        t: mx.array,
+        cross_attn_cond: mx.array | None = None,
+        global_cond: mx.array | None = None,
+        cross_attn_mask: mx.array | None = None,
+    ) -> mx.array:
+        """Single pass, as `DiTWrapper(x, t, cross_attn_cond=..., cross_attn_mask=..., global_cond=...)`.
+
+        `cross_attn_mask` is accepted and ignored, exactly as the reference does.
+        """
+        del cross_attn_mask
+        return self.forward(x, t, self.condition(cross_attn_cond, global_cond))
+
+    # -- weights ---------------------------------------------------------------------------------------------
+
+    def sanitize(self, ckpt: Checkpoint, prefix: str = "model.model.") -> dict[str, mx.array]:
+        """Take the reference DiffusionTransformer tensors under `prefix` and return our parameter names."""
+        c = self.config
+        out: dict[str, mx.array] = {}
+
+        def lin(ref: str, ours: str, bias: bool = False) -> None:
+            out[f"{ours}.weight"] = ckpt.take(f"{prefix}{ref}.weight")
+            if bias:
+                out[f"{ours}.bias"] = ckpt.take(f"{prefix}{ref}.bias")
+
+        def mlp(ref: str, ours: str, bias: bool) -> None:
+            lin(f"{ref}.0", f"{ours}.fc1", bias)  # Sequential(Linear, SiLU, Linear)
+            lin(f"{ref}.2", f"{ours}.fc2", bias)
+
+        def norm(ref: str, ours: str, names: tuple[str, str]) -> None:
+            out[f"{ours}.weight"] = ckpt.take(f"{prefix}{ref}.{names[0]}")
+            out[f"{ours}.bias"] = ckpt.take(f"{prefix}{ref}.{names[1]}")
+
+        out["timestep_features.weight"] = ckpt.take(f"{prefix}timestep_features.weight")
+        mlp("to_timestep_embed", "to_timestep_embed", bias=True)
+        if c.cond_token_dim > 0:
+            mlp("to_cond_embed", "to_cond_embed", bias=False)
+        if c.global_cond_dim > 0:
+            mlp("to_global_embed", "to_global_embed", bias=False)
+        for conv in ("preprocess_conv", "postprocess_conv"):
+            w = ckpt.take(f"{prefix}{conv}.weight")  # Conv1d (out, in, 1) -> Linear (out, in)
+            if w.ndim != 3 or w.shape[-1] != 1:
+                raise UserError(
+                    f"{ckpt.name}: {prefix}{conv}.weight has shape {w.shape}, expected a 1x1 conv"
+                )
+            out[f"{conv}.weight"] = w[..., 0]
+        tp = f"{prefix}transformer."
+        lin("transformer.project_in", "project_in")
+        lin("transformer.project_out", "project_out")
+        inv_key = f"{tp}rotary_pos_emb.inv_freq"
+        if inv_key in ckpt:
+            # A buffer: the reference uses the saved values; ours are computed identically (checked here).
+            saved = np.array(ckpt.take(inv_key).astype(mx.float32))
+            if saved.shape != self._inv_freq.shape or not np.allclose(
+                saved, self._inv_freq, rtol=1e-3, atol=0
+            ):
+                raise UserError(
+                    f"{ckpt.name}: {inv_key} does not match RotaryEmbedding({c.rotary_dim}), base 10000"
+                )
+        for i in range(c.depth):
+            r, o = f"transformer.layers.{i}.", f"blocks.{i}."
+            ln = ("gamma", "beta")  # stable-audio-tools LayerNorm: gamma parameter, beta buffer (saved)
+            norm(f"{r}pre_norm", f"{o}pre_norm", ln)
+            lin(f"{r}self_attn.to_qkv", f"{o}self_attn.qkv")
+            lin(f"{r}self_attn.to_out", f"{o}self_attn.out")
+            attns = ["self_attn"]
+            if c.cond_token_dim > 0:
+                norm(f"{r}cross_attend_norm", f"{o}cross_norm", ln)
+                lin(f"{r}cross_attn.to_q", f"{o}cross_attn.q")
+                lin(f"{r}cross_attn.to_kv", f"{o}cross_attn.kv")
+                lin(f"{r}cross_attn.to_out", f"{o}cross_attn.out")
+                attns.append("cross_attn")
+            if c.qk_norm == "ln":
+                for a in attns:
+                    for qk in ("q_norm", "k_norm"):
+                        norm(f"{r}{a}.{qk}", f"{o}{a}.{qk}", ("weight", "bias"))
+            norm(f"{r}ff_norm", f"{o}ff_norm", ln)
+            lin(f"{r}ff.ff.0.proj", f"{o}ff.proj_in", bias=True)
+            lin(f"{r}ff.ff.2", f"{o}ff.proj_out", bias=True)
+        return out

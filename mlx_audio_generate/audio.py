@@ -21,10 +21,10 @@ FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG"
 def check_output_path(path: str | Path) -> Path:
     """Validate an output path before any expensive work, so a bad path fails in a second, not after a run."""
     path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise UserError(f"output '{path}' has an unsupported extension; use one of {', '.join(FORMATS)}")
     if path.is_dir():
         raise UserError(f"output '{path}' is a directory; give a file name such as {path / 'out.wav'}")
+    if path.suffix.lower() not in FORMATS:
+        raise UserError(f"output '{path}' has an unsupported extension; use one of {', '.join(FORMATS)}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output folder '{parent}' does not exist; create it first")

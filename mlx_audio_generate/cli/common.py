@@ -18,11 +18,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+def run_main(
+    main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str | None = None
+) -> int:
     """Run `main`, turning UserError into `prog: error: ...` + exit 2, never a traceback unless --debug."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("MLX_AUDIO_DEBUG") == "1"
-    prog = os.path.basename(sys.argv[0]) if argv is None else "mlx-audio"
+    prog = prog or os.path.basename(sys.argv[0])
     try:
         return main(argv) or 0
     except UserError as e:

@@ -144,4 +144,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit(run_main(_main, argv))
+    raise SystemExit(run_main(_main, argv, "mlx-audio-generate"))

@@ -49,6 +49,11 @@ class _StubFinder:
 
 
 def install_stubs() -> None:
+    # transformers/diffusers probe for torchvision at their first import and would record the stand-in
+    # as installed (version "N/A"); import them first so they see the real, absent package.
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
     if not any(isinstance(f, _StubFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _StubFinder())
 

@@ -1,6 +1,7 @@
 """Tiny random MusicGen checkpoints written by transformers itself (real key names, real files).
 
-The T5 width (32) differs from the decoder width (48) so `enc_to_dec_proj` exists, as in musicgen-medium/large.
+The T5 width (32) differs from the decoder width (48) so `enc_to_dec_proj` exists, as in
+musicgen-medium/large.
 EnCodec keeps the real 32 kHz ratios [8, 5, 4, 4] with tiny widths.
 """
 

@@ -28,9 +28,16 @@ def tiny_t5_config():
     from transformers import T5Config
 
     return T5Config(
-        vocab_size=96, d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        feed_forward_proj="relu", dropout_rate=0.0,
+        vocab_size=96,
+        d_model=T5_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="relu",
+        dropout_rate=0.0,
     )
 
 
@@ -39,12 +46,29 @@ def tiny_config(style: str = "small") -> dict:
         "type": "autoencoder",
         "iterate_batch": True,
         "config": {
-            "encoder": {"type": "oobleck", "config": {
-                "in_channels": 2, "channels": 4, "c_mults": [1, 2, 4, 8, 16], "strides": [2, 4, 4, 8, 8],
-                "latent_dim": 16, "use_snake": True}},
-            "decoder": {"type": "oobleck", "config": {
-                "out_channels": 2, "channels": 4, "c_mults": [1, 2, 4, 8, 16], "strides": [2, 4, 4, 8, 8],
-                "latent_dim": 8, "use_snake": True, "final_tanh": False}},
+            "encoder": {
+                "type": "oobleck",
+                "config": {
+                    "in_channels": 2,
+                    "channels": 4,
+                    "c_mults": [1, 2, 4, 8, 16],
+                    "strides": [2, 4, 4, 8, 8],
+                    "latent_dim": 16,
+                    "use_snake": True,
+                },
+            },
+            "decoder": {
+                "type": "oobleck",
+                "config": {
+                    "out_channels": 2,
+                    "channels": 4,
+                    "c_mults": [1, 2, 4, 8, 16],
+                    "strides": [2, 4, 4, 8, 8],
+                    "latent_dim": 8,
+                    "use_snake": True,
+                    "final_tanh": False,
+                },
+            },
             "bottleneck": {"type": "vae"},
             "latent_dim": 8,
             "downsampling_ratio": 2048,
@@ -60,8 +84,12 @@ def tiny_config(style: str = "small") -> dict:
             "diffusion_objective": "rf_denoiser",
             "type": "dit",
             "config": {
-                "io_channels": 8, "embed_dim": 64, "depth": 2, "num_heads": 2,
-                "cond_token_dim": T5_DIM, "global_cond_dim": T5_DIM,
+                "io_channels": 8,
+                "embed_dim": 64,
+                "depth": 2,
+                "num_heads": 2,
+                "cond_token_dim": T5_DIM,
+                "global_cond_dim": T5_DIM,
                 "transformer_type": "continuous_transformer",
                 "attn_kwargs": {"qk_norm": "ln"},
             },
@@ -78,8 +106,12 @@ def tiny_config(style: str = "small") -> dict:
             "global_cond_ids": ["seconds_start", "seconds_total"],
             "type": "dit",
             "config": {
-                "io_channels": 8, "embed_dim": 64, "depth": 2, "num_heads": 2,
-                "cond_token_dim": T5_DIM, "global_cond_dim": 2 * T5_DIM,
+                "io_channels": 8,
+                "embed_dim": 64,
+                "depth": 2,
+                "num_heads": 2,
+                "cond_token_dim": T5_DIM,
+                "global_cond_dim": 2 * T5_DIM,
                 "project_cond_tokens": False,
                 "transformer_type": "continuous_transformer",
             },
@@ -95,7 +127,13 @@ def tiny_config(style: str = "small") -> dict:
         "model": {
             "pretransform": vae,
             "conditioning": {
-                "configs": [{"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": t5_max}}]
+                "configs": [
+                    {
+                        "id": "prompt",
+                        "type": "t5",
+                        "config": {"t5_model_name": "t5-base", "max_length": t5_max},
+                    }
+                ]
                 + numbers,
                 "cond_dim": T5_DIM,
             },
@@ -167,7 +205,7 @@ def build_tiny_stable_audio(style: str, t5_dir: Path, seed: int = 0, t5_fp32: bo
         model = create_model_from_config(copy.deepcopy(config)).eval()
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed + 1)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             # Perturb everything (zero-init output layers, unit norms, Snake alphas) so no weight can hide.
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     if t5_fp32:

@@ -20,7 +20,7 @@ _CORPUS = [
 
 
 def save_tiny_t5_tokenizer(out_dir: str | Path, vocab_size: int = 96) -> Path:
-    """Train a ~1 KB unigram model and save it as a transformers T5 tokenizer (spiece.model + tokenizer.json)."""
+    """Train a ~1 KB unigram model; save it as a transformers T5 tokenizer (tokenizer.json)."""
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 

@@ -15,6 +15,13 @@ pip install -q "torch==2.13.0"
 pip install -q -e ".[test]" -r tests/requirements-reference.txt
 pip install -q --no-deps -r tests/requirements-sat.txt
 
+# The web UI is tested in a real headless Chromium: Debian's package (Playwright's own browser download
+# needs internet access that CI does not have). Elsewhere, install Chromium yourself or set CHROMIUM.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"

@@ -20,6 +20,8 @@ MUSICGEN_REPOS = {
     "facebook/musicgen-stereo-large",
     "facebook/musicgen-melody",
     "facebook/musicgen-melody-large",
+    "facebook/musicgen-stereo-melody",
+    "facebook/musicgen-stereo-melody-large",
 }
 STABLE_AUDIO_REPOS = {
     "stabilityai/stable-audio-open-small",
@@ -30,7 +32,19 @@ T5_BASE_REPO = "google-t5/t5-base"
 WHITELIST = MUSICGEN_REPOS | STABLE_AUDIO_REPOS | {T5_BASE_REPO}
 
 # Only what the converters read: configs, tokenizer files, weights (safetensors preferred over pickle).
+# Globs match across folders, so Stable Audio 1.0's diffusers copies of the weights (transformer/, vae/)
+# are excluded by naming exactly what its converter reads.
 _PATTERNS = ["*.json", "*.model", "*.safetensors", "*.safetensors.index.json"]
+_STABLE_AUDIO_PATTERNS = ["model.safetensors", "model_config.json", "text_encoder/*", "tokenizer/*"]
+_T5_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "spiece.model"]
+
+
+def _patterns(repo_id: str) -> list[str]:
+    if repo_id in STABLE_AUDIO_REPOS:
+        return list(_STABLE_AUDIO_PATTERNS)
+    if repo_id == T5_BASE_REPO:
+        return list(_T5_PATTERNS)
+    return list(_PATTERNS)
 
 
 def detect_family(folder: Path) -> str:
@@ -54,7 +68,7 @@ def detect_family(folder: Path) -> str:
     )
 
 
-def _is_repo_id(name: str) -> bool:
+def is_repo_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
@@ -64,7 +78,7 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if not _is_repo_id(model):
+    if not is_repo_id(model):
         raise UserError(f"'{model}' is neither an existing folder nor a Hugging Face repo id (owner/name)")
     if model not in WHITELIST and not trust_remote_code:
         raise UserError(
@@ -76,7 +90,7 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
         from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise UserError("huggingface_hub is not installed; pip install huggingface_hub") from None
-    patterns = list(_PATTERNS)
+    patterns = _patterns(model)
     try:
         folder = Path(snapshot_download(model, allow_patterns=patterns))
         has_weights = any(folder.glob("*.safetensors"))

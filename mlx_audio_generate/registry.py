@@ -1,0 +1,102 @@
+"""Model names -> ready converted folders: short names, repo ids, converted or reference folders.
+
+On first use of a short name or repo id the checkpoint is fetched through the Hugging Face cache (HF_HOME,
+HF_TOKEN for gated repos, resumable, HF_HUB_OFFLINE), converted once into our cache
+(`$MLX_AUDIO_GENERATE_CACHE`, default `~/.cache/mlx-audio-generate`), and reused afterwards. A conversion is
+written to a temp folder and renamed into place, so an interrupted one never leaves a broken cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .api import converted_family
+from .errors import UserError
+from .hub import is_repo_id
+
+SHORT_NAMES = {
+    "musicgen-small": "facebook/musicgen-small",
+    "musicgen-medium": "facebook/musicgen-medium",
+    "musicgen-large": "facebook/musicgen-large",
+    "musicgen-stereo-small": "facebook/musicgen-stereo-small",
+    "musicgen-stereo-medium": "facebook/musicgen-stereo-medium",
+    "musicgen-stereo-large": "facebook/musicgen-stereo-large",
+    "musicgen-melody": "facebook/musicgen-melody",
+    "musicgen-melody-large": "facebook/musicgen-melody-large",
+    "musicgen-stereo-melody": "facebook/musicgen-stereo-melody",
+    "musicgen-stereo-melody-large": "facebook/musicgen-stereo-melody-large",
+    "stable-audio-open-small": "stabilityai/stable-audio-open-small",
+    "stable-audio-open-1.0": "stabilityai/stable-audio-open-1.0",
+}
+FAMILY_NAMES = ("musicgen", "stable_audio")
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MLX_AUDIO_GENERATE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mlx-audio-generate"
+
+
+def _is_converted(folder: Path) -> bool:
+    try:
+        converted_family(folder)
+        return (folder / "model.safetensors").is_file()
+    except UserError:
+        return False
+
+
+def cache_dir(model: str, dtype: str | None) -> Path:
+    """Where the conversion of `model` (repo id or local reference folder) in `dtype` lives."""
+    if is_repo_id(model) and not Path(model).expanduser().exists():
+        key = model.replace("/", "--")
+    else:  # a local reference checkpoint: keyed by its absolute path
+        path = str(Path(model).expanduser().resolve())
+        key = f"local--{Path(path).name}--{hashlib.sha1(path.encode()).hexdigest()[:10]}"
+    return cache_root() / key / (dtype or "original")
+
+
+def resolve(
+    model: str,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    t5: str | None = None,
+    quiet: bool = False,
+) -> Path:
+    """A converted folder for `model`: a converted folder as is; otherwise fetched + converted once."""
+    if model in FAMILY_NAMES:
+        example = "musicgen-small" if model == "musicgen" else "stable-audio-open-small"
+        raise UserError(f"--model {model} needs --weights-dir; or name a checkpoint, e.g. --model {example}")
+    repo = SHORT_NAMES.get(model, model)
+    path = Path(repo).expanduser()
+    if path.is_dir() and _is_converted(path):
+        return path
+    if not path.is_dir() and not is_repo_id(repo):
+        names = ", ".join(SHORT_NAMES)
+        raise UserError(f"unknown model '{model}': use one of {names}, a HF repo id, or a folder")
+    target = cache_dir(repo, dtype)
+    if _is_converted(target):
+        return target
+    from .convert import convert
+
+    if not quiet:
+        print(f"converting {repo} for MLX (once; cached in {target})", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{os.getpid()}"
+    try:
+        convert(repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, t5=t5, force=True)
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another process finished the same conversion first (or a stale partial entry is there).
+            if not _is_converted(target):
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -6,6 +6,7 @@ leaves a half-written file. Reading resamples with a band-limited polyphase filt
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -15,7 +16,20 @@ import numpy as np
 from .errors import UserError
 from .weights import atomic_write
 
-FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
+FORMATS = {
+    ".wav": ("WAV", "FLOAT"),
+    ".flac": ("FLAC", "PCM_24"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def _available_formats() -> dict[str, tuple[str, str]]:
+    """FORMATS minus what this machine's libsndfile cannot write (MP3 needs libsndfile >= 1.1)."""
+    import soundfile as sf
+
+    have = sf.available_formats()
+    return {ext: f for ext, f in FORMATS.items() if f[0] in have}
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -23,8 +37,9 @@ def check_output_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output '{path}' is a directory; give a file name such as {path / 'out.wav'}")
-    if path.suffix.lower() not in FORMATS:
-        raise UserError(f"output '{path}' has an unsupported extension; use one of {', '.join(FORMATS)}")
+    formats = _available_formats()
+    if path.suffix.lower() not in formats:
+        raise UserError(f"output '{path}' has an unsupported extension; use one of {', '.join(formats)}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output folder '{parent}' does not exist; create it first")
@@ -33,8 +48,11 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write `audio` (channels × samples, float) atomically; the format follows the extension."""
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, metadata: dict | None = None) -> Path:
+    """Write `audio` (channels × samples, float) atomically; the format follows the extension.
+
+    `metadata` (prompt, model, seed, settings) is embedded as the file's title/comment where the format
+    has tags, and always written beside it as `<file>.json`."""
     import soundfile as sf
 
     path = check_output_path(path)
@@ -46,13 +64,60 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
         audio = np.clip(audio, -1.0, 1.0)  # integer/lossy formats cannot hold values beyond full scale
 
     def write(tmp: str) -> None:
-        sf.write(tmp, audio.T, sample_rate, format=fmt, subtype=subtype)
+        with sf.SoundFile(tmp, "w", sample_rate, audio.shape[0], subtype, format=fmt) as f:
+            if metadata:
+                f.title = str(metadata.get("prompt", ""))[:1000]
+                f.software = "mlx-audio-generate"
+                f.comment = json.dumps(metadata, sort_keys=True)[:4000]
+            f.write(audio.T)
 
     try:
         atomic_write(path, write)
+        if metadata is not None:
+            sidecar = path.with_name(path.name + ".json")
+            text = json.dumps(metadata, indent=2, sort_keys=True)
+            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), suffix=".json")
     except OSError as e:
         raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
     return path
+
+
+def true_peak(audio: np.ndarray, sample_rate: int) -> float:
+    """Estimated true peak (linear) as ITU-R BS.1770-4 Annex 2: 4x oversampled sample peak."""
+    from scipy.signal import resample_poly
+
+    factor = 4 if sample_rate < 96000 else 2
+    return float(np.abs(resample_poly(audio, factor, 1, axis=-1)).max(initial=0.0))
+
+
+def loudness_normalize(
+    audio: np.ndarray, sample_rate: int, target_lufs: float = -14.0, max_true_peak_db: float = -1.0
+) -> tuple[np.ndarray, dict]:
+    """Gain to `target_lufs` integrated loudness (ITU-R BS.1770 via pyloudnorm), lowered if needed so the
+    true peak stays at or below `max_true_peak_db` dBTP (never clips). Returns (audio, info)."""
+    import pyloudnorm
+
+    audio = np.asarray(audio, dtype=np.float64)
+    meter = pyloudnorm.Meter(sample_rate)
+    if audio.shape[-1] < int(0.4 * sample_rate):
+        raise UserError("--normalize needs at least 0.4 s of audio (the BS.1770 gating block)")
+    loudness = meter.integrated_loudness(audio.T)
+    if not np.isfinite(loudness):  # digital silence: nothing to normalise
+        return audio.astype(np.float32), {"loudness_lufs": None, "gain_db": 0.0}
+    gain_db = target_lufs - loudness
+    peak = true_peak(audio, sample_rate) * 10 ** (gain_db / 20)
+    limit = 10 ** (max_true_peak_db / 20)
+    if peak > limit:
+        gain_db -= 20 * np.log10(peak / limit)
+    out = audio * 10 ** (gain_db / 20)
+    info = {
+        "input_lufs": round(float(loudness), 2),
+        "target_lufs": target_lufs,
+        "gain_db": round(float(gain_db), 2),
+        "output_lufs": round(float(meter.integrated_loudness(out.T)), 2),
+        "true_peak_dbtp": round(float(20 * np.log10(max(true_peak(out, sample_rate), 1e-12))), 2),
+    }
+    return out.astype(np.float32), info
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None, channels: int | None = None) -> np.ndarray:

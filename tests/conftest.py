@@ -30,3 +30,49 @@ def musicgen_stereo_converted(musicgen_stereo_dir, tmp_path_factory):
     from mlx_audio_generate.convert import convert
 
     return convert(str(musicgen_stereo_dir), tmp_path_factory.mktemp("conv") / "musicgen-stereo")
+
+
+# ---------------------------------------------------------------------------------------------- Stable Audio
+
+
+def _tiny_stable_audio(tmp_path_factory, style: str):
+    from transformers import T5EncoderModel
+
+    from tests.reference.stable_audio import save_tiny_stable_audio
+
+    src, ref = save_tiny_stable_audio(tmp_path_factory.mktemp(f"sa-{style}-src"), style)
+    # The reference T5Conditioner loads its T5 in float16; the builder casts it back to float32, but its
+    # weights stay fp16-rounded (~1e-3 off the checkpoint). Give it the exact fp32 weights we convert.
+    # (Through __dict__, as T5Conditioner does, so the T5 stays out of the wrapper's state_dict.)
+    t5 = T5EncoderModel.from_pretrained(src / "t5").eval()
+    ref.conditioner.conditioners["prompt"].__dict__["model"] = t5
+    return src, ref
+
+
+@pytest.fixture(scope="session")
+def stable_audio_small(tmp_path_factory):
+    """(folder, reference model): a tiny "small"-style checkpoint as stable-audio-tools lays it out, with a
+    tiny T5 in `folder / "t5"`; the reference ConditionedDiffusionModelWrapper has its T5 in fp32."""
+    return _tiny_stable_audio(tmp_path_factory, "small")
+
+
+@pytest.fixture(scope="session")
+def stable_audio_1_0(tmp_path_factory):
+    """As stable_audio_small, in the "1.0" style (v objective, two number conditioners, T5 max 128)."""
+    return _tiny_stable_audio(tmp_path_factory, "1.0")
+
+
+@pytest.fixture(scope="session")
+def stable_audio_small_converted(stable_audio_small, tmp_path_factory):
+    from mlx_audio_generate.convert import convert
+
+    src = stable_audio_small[0]
+    return convert(str(src), tmp_path_factory.mktemp("conv") / "sa-small", t5=str(src / "t5"))
+
+
+@pytest.fixture(scope="session")
+def stable_audio_1_0_converted(stable_audio_1_0, tmp_path_factory):
+    from mlx_audio_generate.convert import convert
+
+    src = stable_audio_1_0[0]
+    return convert(str(src), tmp_path_factory.mktemp("conv") / "sa-1.0", t5=str(src / "t5"))

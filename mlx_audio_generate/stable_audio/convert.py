@@ -1,0 +1,103 @@
+"""A stable-audio-tools checkpoint + a T5 checkpoint -> our MLX folder (config.json, model.safetensors,
+tokenizer).
+
+The Stable Audio checkpoints hold no T5 weights (the reference loads "t5-base" from the hub at run time), so
+the converter bundles the T5 given: a google-t5/t5-base style folder (full encoder-decoder; its decoder half
+is explicitly ignored) or a diffusers-style repo with `text_encoder/` + `tokenizer/` (stable-audio-open-1.0).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+from ..converted import FORMAT_VERSION
+from ..errors import UserError
+from ..weights import Checkpoint, cast, read_tensors, save_safetensors
+from .pipeline import StableAudioModel
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path.parent} has no {path.name}; {what}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-download it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object; re-download it")
+    return data
+
+
+def t5_folders(t5_folder: Path) -> tuple[Path, Path]:
+    """(encoder folder, tokenizer folder) of a T5 source: t5-base style, or a repo with text_encoder/."""
+    t5_folder = Path(t5_folder)
+    if not t5_folder.is_dir():
+        raise UserError(f"T5 folder '{t5_folder}' does not exist; pass --t5 a T5 checkpoint folder or repo")
+    if (t5_folder / "text_encoder" / "config.json").is_file():
+        return t5_folder / "text_encoder", t5_folder / "tokenizer"
+    return t5_folder, t5_folder
+
+
+def read_t5(t5_folder: Path) -> tuple[dict[str, Any], dict[str, mx.array], Path]:
+    """The T5 config dict, its tensors and the folder holding its tokenizer.json."""
+    enc_dir, tok_dir = t5_folders(t5_folder)
+    hint = "pass --t5 a T5 checkpoint folder (e.g. google-t5/t5-base)"
+    config = _read_json(enc_dir / "config.json", f"it is not a T5 checkpoint; {hint}")
+    if config.get("model_type") != "t5":
+        raise UserError(f"{enc_dir} holds a '{config.get('model_type')}' model, not T5; {hint}")
+    if not (tok_dir / "tokenizer.json").is_file():
+        if (tok_dir / "spiece.model").is_file():
+            raise UserError(
+                f"{tok_dir} has only spiece.model; write tokenizer.json once with transformers: "
+                f"AutoTokenizer.from_pretrained('{tok_dir}').save_pretrained('{tok_dir}')"
+            )
+        raise UserError(f"{tok_dir} has no tokenizer.json (the T5 tokenizer); {hint}")
+    return config, read_tensors(enc_dir), tok_dir
+
+
+def _dtype_name(weights: dict[str, mx.array]) -> str:
+    floats = [v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
+    names = sorted({str(d).removeprefix("mlx.core.") for d in floats})
+    return "+".join(names)  # one name unless the sources were stored in different precisions
+
+
+def convert_stable_audio(
+    src: Path, out: Path, dtype: str | None, source: str | None, t5_folder: Path
+) -> None:
+    """Convert into `out` (an existing, empty folder). Every tensor of both checkpoints is used or explicitly
+    ignored, every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps)."""
+    src, out = Path(src), Path(out)
+    model_config = _read_json(src / "model_config.json", "not a stable-audio-tools checkpoint")
+    t5_config, t5_tensors, tok_dir = read_t5(Path(t5_folder))
+    model = StableAudioModel(model_config, t5_config)
+    ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {source or src}")
+    t5_ckpt = Checkpoint(t5_tensors, name=f"T5 checkpoint {t5_folder}")
+    weights = cast(model.sanitize(ckpt, t5_ckpt), dtype)
+    # Strict load: a missing parameter or a wrong shape fails here, before anything is written.
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise UserError(f"checkpoint does not fit its model_config.json: {e}") from None
+    save_safetensors(out / "model.safetensors", weights)
+    config = {
+        "mlx_audio_generate": {
+            "family": "stable_audio",
+            "format_version": FORMAT_VERSION,
+            "dtype": dtype or _dtype_name(weights),
+            "source": source or str(src),
+            "t5_source": str(t5_folder),
+        },
+        "model_config": model_config,
+        "t5": t5_config,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).is_file():
+            shutil.copyfile(tok_dir / name, out / name)

@@ -1,0 +1,229 @@
+"""Shared helpers of the benchmark scripts (not a test module; no pytest here).
+
+Each script runs from a checkout without installing the package: the repo root (or `BENCH_PKG_ROOT`, e.g. a
+snapshot of a commit) goes on `sys.path`, and the optimised BLAS is loaded before MLX (Linux CPU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG_ROOT = Path(os.environ.get("BENCH_PKG_ROOT", str(ROOT))).resolve()
+for p in (str(ROOT), str(PKG_ROOT)):  # PKG_ROOT first: it wins
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from mlx_audio_generate import _blas  # noqa: E402
+
+BLAS = _blas.load_blas()  # before mlx.core
+
+import mlx.core as mx  # noqa: E402
+
+DATE = os.environ.get("BENCH_DATE", datetime.date.today().isoformat())
+
+
+def parse_list(s: str, cast=str) -> list:
+    return [cast(x) for x in s.split(",") if x.strip()]
+
+
+def mx_dtype(name: str) -> mx.Dtype:
+    return {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}[name]
+
+
+def mlx_device() -> str:
+    d = mx.default_device()
+    return "gpu" if d == mx.gpu else "cpu"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_line() -> str:
+    """One line naming the hardware and software of this run."""
+    parts = [f"date {DATE}", f"mlx {mx.__version__} ({mlx_device()})"]
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__}")
+        if torch.cuda.is_available():
+            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+        else:
+            parts.append(f"torch threads {torch.get_num_threads()}")
+    except ImportError:
+        pass
+    parts.append(f"CPU {cpu_name()} x{os.cpu_count()}")
+    if mlx_device() == "cpu":
+        parts.append(f"BLAS {BLAS or 'MLX bundled reference BLAS'}")
+    return ", ".join(parts)
+
+
+def mx_sync(*arrays) -> None:
+    if arrays:
+        mx.eval(*arrays)
+    mx.synchronize()
+
+
+def mx_reset_mem() -> None:
+    mx.synchronize()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+
+
+def mx_peak_gb() -> float:
+    return mx.get_peak_memory() / 1e9
+
+
+def mx_free() -> None:
+    import gc
+
+    gc.collect()
+    mx.synchronize()
+    mx.clear_cache()
+
+
+# ------------------------------------------------------------------------------------------------ torch side
+
+
+def torch_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+class TorchMem:
+    """Peak memory of a torch section: CUDA's max_memory_allocated, or on CPU the peak RSS growth over the
+    section (sampled every 5 ms by a thread: /proc/self/statm)."""
+
+    def __enter__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = 0
+        else:
+            self.base = _rss_bytes()
+            self.peak = self.base
+            self._stop = threading.Event()
+            self._t = threading.Thread(target=self._poll, daemon=True)
+            self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_gb = torch.cuda.max_memory_allocated() / 1e9
+        else:
+            self._stop.set()
+            self._t.join()
+            self.peak = max(self.peak, _rss_bytes())
+            self.peak_gb = (self.peak - self.base) / 1e9
+        return False
+
+
+def torch_free() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def timed(store: dict, key: str, sync=None):
+    """Wall time of the block (seconds) into store[key]; `sync()` is called before reading the clock."""
+    t0 = time.perf_counter()
+    yield
+    if sync is not None:
+        sync()
+    store[key] = time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------- reports
+
+
+class Report:
+    """Markdown sections printed as they come and (re)written to `--out` after each one."""
+
+    def __init__(self, title: str, out: str | None):
+        self.out = Path(out) if out else None
+        self.lines = [f"## {title}", "", device_line(), ""]
+        self._flush()
+
+    def para(self, text: str) -> None:
+        self.lines += [text, ""]
+        print(text, flush=True)
+        self._flush()
+
+    def table(self, header: list[str], rows: list[list], note: str | None = None) -> None:
+        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for r in rows:
+            out.append("| " + " | ".join(fmt(c) for c in r) + " |")
+        if note:
+            out += ["", note]
+        self.lines += out + [""]
+        print("\n".join(out) + "\n", flush=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.out:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text("\n".join(self.lines) + "\n")
+
+
+def fmt(c) -> str:
+    if c is None:
+        return "–"
+    if isinstance(c, float):
+        if c >= 100:
+            return f"{c:.0f}"
+        if c >= 10:
+            return f"{c:.1f}"
+        if c >= 1:
+            return f"{c:.2f}"
+        return f"{c:.3f}"
+    return str(c)
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)

@@ -48,6 +48,20 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
+
+def _no_peak_chunk(f) -> None:
+    """libsndfile adds a PEAK chunk with a timestamp to float WAVs, so the same audio written a second
+    later gives different bytes; turn it off so a seed reproduces the file bit for bit."""
+    try:
+        import soundfile as sf
+
+        sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+    except (AttributeError, TypeError):  # a soundfile without these internals: harmless to skip
+        pass
+
+
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, metadata: dict | None = None) -> Path:
     """Write `audio` (channels × samples, float) atomically; the format follows the extension.
 
@@ -65,6 +79,7 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, metadata:
 
     def write(tmp: str) -> None:
         with sf.SoundFile(tmp, "w", sample_rate, audio.shape[0], subtype, format=fmt) as f:
+            _no_peak_chunk(f)
             if metadata:
                 f.title = str(metadata.get("prompt", ""))[:1000]
                 f.software = "mlx-audio-generate"

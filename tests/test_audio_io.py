@@ -44,6 +44,13 @@ def test_every_format_round_trips_with_metadata(tmp_path, ext):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
+def test_same_audio_gives_identical_bytes(tmp_path):
+    """No timestamped PEAK chunk in float WAVs: a seed reproduces the file bit for bit."""
+    a = write_audio(tmp_path / "a.wav", tone(), SR).read_bytes()
+    assert b"PEAK" not in a
+    assert write_audio(tmp_path / "b.wav", tone(), SR).read_bytes() == a
+
+
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     import soundfile
 

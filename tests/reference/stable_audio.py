@@ -209,8 +209,13 @@ def build_tiny_stable_audio(style: str, t5_dir: Path, seed: int = 0, t5_fp32: bo
             # Perturb everything (zero-init output layers, unit norms, Snake alphas) so no weight can hide.
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     if t5_fp32:
-        t5 = model.conditioner.conditioners["prompt"].model
-        t5.float()
+        # T5Conditioner loaded the T5 and cast it to float16; casting back would leave fp16-rounded weights
+        # (~1e-3 off the checkpoint), so put the exact fp32 checkpoint in its place (through __dict__, as
+        # T5Conditioner stores it, keeping the T5 out of the wrapper's state_dict).
+        from transformers import T5EncoderModel
+
+        t5 = T5EncoderModel.from_pretrained(str(t5_dir)).eval()
+        model.conditioner.conditioners["prompt"].__dict__["model"] = t5
     return model, config
 
 

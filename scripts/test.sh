@@ -3,12 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-. .venv/bin/activate
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+. scripts/setup_venv.sh
 pip install -q --upgrade pip
 # A CPU build of torch for the reference implementations; an unpinned torch pulls a multi-GB CUDA build.
 pip install -q "torch==2.13.0"

@@ -227,3 +227,29 @@ def fmt(c) -> str:
 
 def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ graph op counts
+
+# Primitives that are views or metadata changes in MLX (no kernel of their own in the usual case).
+VIEW_OPS = {
+    "Broadcast", "Reshape", "Transpose", "Slice", "AsStrided", "Squeeze", "ExpandDims", "Split",
+    "StopGradient", "Depends", "BroadcastAxes", "Unflatten", "Flatten",
+}  # fmt: skip
+
+
+def count_ops(*outputs) -> tuple[int, int, dict[str, int]]:
+    """Primitives in the (unevaluated) graph of `outputs`: (all, non-view, per-name counts).
+
+    Leaf arrays that are already evaluated (weights, inputs) are not counted."""
+    import collections
+    import re
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
+        mx.export_to_dot(f.name, *outputs)
+        text = Path(f.name).read_text()
+    names = re.findall(r'\[label ="([^"]+)", shape=rectangle\]', text)
+    counts = collections.Counter(names)
+    kernels = sum(v for k, v in counts.items() if k not in VIEW_OPS)
+    return len(names), kernels, dict(counts.most_common())

@@ -1,0 +1,135 @@
+"""`mlx-audio-server`: a local web UI and HTTP API that queue generations on this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+from .common import ArgumentParser, run_main
+
+DEFAULT_PORT = 8420
+
+
+def setup_arg_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="mlx-audio-server",
+        description="Serve a web UI and HTTP API for generating audio on this machine, one job at a time.",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve the converted folder DIR as NAME (repeatable)",
+    )
+    p.add_argument(
+        "--models-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="serve every converted folder inside DIR, named after its folder (repeatable)",
+    )
+    p.add_argument(
+        "--output-dir", default=None, help="where clips are written (default: a new temporary folder)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=16, help="jobs allowed to wait; more get HTTP 429 (default 16)"
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks and log every request")
+    return p
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"--model '{spec}' must be NAME=DIR, e.g. --model small=converted/musicgen-small")
+        if name in named:
+            raise UserError(f"--model name '{name}' is given twice")
+        named[name] = folder
+    return named
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def prepare_output_dir(path: str | None) -> Path:
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix="mlx-audio-server-"))
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --output-dir '{out}': {e.strerror or e}") from None
+    if not out.is_dir() or not os.access(out, os.W_OK):
+        raise UserError(f"--output-dir '{out}' is not a writable folder")
+    return out
+
+
+def _main(argv: list[str] | None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_queue < 1:
+        raise UserError(f"--max-queue must be >= 1, got {args.max_queue}")
+    named = parse_models(args.model)
+    if not named and not args.models_dir:
+        raise UserError(
+            "no models: pass --model NAME=DIR or --models-dir DIR (folders written by mlx-audio-convert)"
+        )
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    from ..server import create_app, discover_models
+    from ..server.app import LOOPBACK_HOSTS
+
+    models = discover_models(named, args.models_dir)
+    if not models:
+        raise UserError(
+            f"no converted models found in {', '.join(args.models_dir)}; convert one with mlx-audio-convert"
+        )
+    output_dir = prepare_output_dir(args.output_dir)
+
+    if is_loopback(args.host):
+        # Only loopback names in the Host header (see create_app: no DNS rebinding).
+        allowed_hosts = [*LOOPBACK_HOSTS, args.host.strip("[]").lower()]
+    else:
+        allowed_hosts = ["*"]
+        print(
+            f"mlx-audio-server: warning: listening on {args.host}: anyone who can reach it can run jobs "
+            "(there is no authentication)",
+            file=sys.stderr,
+        )
+    app = create_app(models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts)
+
+    listed = ", ".join(f"{m.name} ({m.family})" for m in models.values())
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"mlx-audio-server: http://{host}:{args.port}/  models: {listed}  clips: {output_dir}", flush=True)
+
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, access_log=args.debug, log_level="info")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    raise SystemExit(run_main(_main, argv, "mlx-audio-server"))
+
+
+if __name__ == "__main__":
+    main()

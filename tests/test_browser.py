@@ -1,0 +1,162 @@
+"""The web UI in a real headless Chromium (Playwright) against the real server process with a tiny model.
+
+Chromium comes from the system (Debian's `chromium`, installed by scripts/test.sh; or set CHROMIUM=/path):
+Playwright's own browser download needs internet access. Missing on Linux is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_server import Server
+
+SECONDS = 2.0
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if found and Path(found).exists():
+        return found
+    msg = (
+        "no Chromium found: install it (scripts/test.sh does: apt-get install chromium) or set CHROMIUM=/path"
+    )
+    if sys.platform == "darwin":
+        pytest.skip(msg)
+    pytest.fail(msg)
+
+
+@pytest.fixture(scope="module")
+def server(musicgen_converted, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    broken = root / "broken"
+    shutil.copytree(musicgen_converted, broken)
+    (broken / "model.safetensors").unlink()  # described from its config; fails when a job loads it
+    srv = Server(
+        ["--model", f"tiny={musicgen_converted}", "--model", f"broken={broken}", "--output-dir", str(root)],
+        root / "server.log",
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def page(tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+    executable = chromium_path()
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh profile every time
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            accept_downloads=True,
+            viewport={"width": 900, "height": 1000},
+        )
+        try:
+            pg = context.new_page()
+            pg.problems = []  # console errors include CSP violations (anything loaded from elsewhere)
+            pg.on("console", lambda m: m.type == "error" and pg.problems.append(m.text))
+            pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+            yield pg
+        finally:
+            context.close()
+
+
+def audio_duration(page, selector: str) -> float:
+    """The element's `duration` once its metadata has loaded (fails on a media error)."""
+    return page.evaluate(
+        """(sel) => new Promise((resolve, reject) => {
+            const a = document.querySelector(sel);
+            if (a.readyState >= 1) return resolve(a.duration);
+            a.addEventListener("loadedmetadata", () => resolve(a.duration), { once: true });
+            a.addEventListener("error", () => reject(new Error("media error " + (a.error && a.error.code))));
+            if (a.preload === "none") a.load();
+        })""",
+        selector,
+    )
+
+
+def test_generate_play_download_history(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/")
+    expect(page.get_by_test_id("model").locator("option")).to_have_count(2)
+    page.get_by_test_id("model").select_option("tiny")
+    page.get_by_test_id("prompt").fill("gentle lofi piano")
+    page.get_by_test_id("seconds").fill(str(SECONDS))
+    page.get_by_test_id("seed").fill("3")
+    page.locator("#advanced summary").click()
+    expect(page.get_by_test_id("param-top_k")).to_have_value("250")  # the model's default
+    page.get_by_test_id("param-top_k").fill("100")
+    page.get_by_test_id("generate").click()
+
+    expect(page.get_by_test_id("current")).to_have_attribute("data-status", "done", timeout=60_000)
+    expect(page.get_by_test_id("progress")).to_have_attribute("aria-valuenow", "100")
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    expect(page.get_by_test_id("generate")).to_be_enabled()
+
+    # The player holds the clip: its duration is the requested one (to one sample at 32 kHz).
+    assert abs(audio_duration(page, "#player") - SECONDS) <= 1 / 32000 + 1e-6
+    download = page.get_by_test_id("download")
+    assert download.get_attribute("download") == "tiny_gentle-lofi-piano_3.wav"
+    with page.expect_download() as dl:
+        download.click()
+    saved = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(saved)
+    assert saved.name == "tiny_gentle-lofi-piano_3.wav" and saved.read_bytes()[:4] == b"RIFF"
+
+    item = page.get_by_test_id("history-item")
+    expect(item).to_have_count(1)
+    expect(item).to_contain_text("gentle lofi piano")
+    expect(item.locator("a[download]")).to_have_attribute(
+        "href", page.get_by_test_id("player").get_attribute("src")
+    )
+    assert abs(audio_duration(page, "[data-testid=history-item] audio") - SECONDS) <= 1 / 32000 + 1e-6
+    job = page.request.get(f"{server.url}/api/jobs/{item.get_attribute('data-job-id')}").json()
+    assert job["params"]["top_k"] == 100 and job["seed"] == 3
+
+    shot = Path(os.environ.get("MLX_AUDIO_SCREENSHOT", tmp_path / "ui.png"))
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 0
+    assert not page.problems, page.problems
+
+    # The history outlives a reload of the page (this browser session).
+    page.reload()
+    expect(page.get_by_test_id("history-item")).to_have_count(1)
+
+
+def test_errors_are_shown(page, server):
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/")
+    expect(page.get_by_test_id("model").locator("option")).to_have_count(2)
+    page.get_by_test_id("generate").click()  # no prompt: refused by the server, shown by the page
+    expect(page.get_by_test_id("error")).to_contain_text("prompt is empty")
+    expect(page.get_by_test_id("prompt")).to_have_attribute("aria-invalid", "true")
+
+    page.get_by_test_id("prompt").fill("strings")
+    page.get_by_test_id("seconds").fill("1")
+    page.get_by_test_id("model").select_option("broken")
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("current")).to_have_attribute("data-status", "failed", timeout=60_000)
+    expect(page.get_by_test_id("error")).to_contain_text("model.safetensors")
+    expect(page.get_by_test_id("result")).to_be_hidden()
+    expect(page.get_by_test_id("history-item")).to_have_count(0)

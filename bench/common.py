@@ -188,6 +188,7 @@ class Report:
     def __init__(self, title: str, out: str | None):
         self.out = Path(out) if out else None
         self.lines = [f"## {title}", "", device_line(), ""]
+        self._keyed: dict[str, tuple[int, int]] = {}
         self._flush()
 
     def para(self, text: str) -> None:
@@ -195,14 +196,27 @@ class Report:
         print(text, flush=True)
         self._flush()
 
-    def table(self, header: list[str], rows: list[list], note: str | None = None) -> None:
+    def table(self, header: list[str], rows: list[list], note: str | None = None, key: str | None = None):
+        """Add a table; with `key`, a later call with the same key replaces it in place (partial results
+        are on disk after every model, and the final file holds each table once)."""
         out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for r in rows:
             out.append("| " + " | ".join(fmt(c) for c in r) + " |")
         if note:
             out += ["", note]
-        self.lines += out + [""]
-        print("\n".join(out) + "\n", flush=True)
+        out.append("")
+        if key is not None and key in self._keyed:
+            start, n = self._keyed[key]
+            self.lines[start : start + n] = out
+            for k, (s0, n0) in self._keyed.items():
+                if s0 > start:
+                    self._keyed[k] = (s0 + len(out) - n, n0)
+            self._keyed[key] = (start, len(out))
+        else:
+            if key is not None:
+                self._keyed[key] = (len(self.lines), len(out))
+            self.lines += out
+        print("\n".join(out), flush=True)
         self._flush()
 
     def _flush(self) -> None:

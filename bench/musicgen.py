@@ -262,6 +262,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4", help="ours' batches (first --seconds)")
     ap.add_argument("--no-ref", action="store_true")
     ap.add_argument("--no-compiled", action="store_true", help="skip ours with compiled=True")
+    ap.add_argument("--clip-modes", default="eager,compiled", help="ours' modes for whole clips")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -293,7 +294,7 @@ def main() -> None:
                 log(f"ours {label} steps/s failed: {e!r}")
         for si, seconds in enumerate(seconds_list):
             for batch in parse_list(args.batches, int) if si == 0 else [1]:
-                for compiled in modes:
+                for compiled in [c for c in modes if ("compiled" if c else "eager") in args.clip_modes]:
                     label = "compiled" if compiled else "eager"
                     try:
                         run_ours_clip(m, batch, min(seconds, 0.5), compiled)  # warm-up
@@ -315,6 +316,7 @@ def main() -> None:
         del m
         mx_free()
         if args.no_ref:
+            write_tables(rep, step_rows, clip_rows, prof_rows, thr_rows)
             continue
         log(f"== musicgen-{name}: transformers")
         try:
@@ -352,16 +354,22 @@ def main() -> None:
             err = f"transformers: failed ({type(e).__name__}: {str(e)[:100]})"
             step_rows.append([f"musicgen-{name}", err, None])
         torch_free()
-        rep.table(["model", "implementation", "decode steps/s"], step_rows)
-    rep.table(["model", "clip", "implementation", "whole clip (s)", "peak memory (GB)"], clip_rows,
+        write_tables(rep, step_rows, clip_rows, prof_rows, thr_rows)
+
+
+def write_tables(rep, step_rows, clip_rows, prof_rows, thr_rows) -> None:
+    rep.table(["model", "implementation", "decode steps/s"], step_rows, key="steps")
+    hdr = ["model", "clip", "implementation", "whole clip (s)", "peak memory (GB)"]
+    rep.table(hdr, clip_rows, key="clip",
               note="Whole clip: T5 + LM (CFG, top-k 250) + EnCodec decode, batch 1. Peak memory: MLX "
               "`mx.get_peak_memory()` (weights included); torch on CUDA `max_memory_allocated()`, on CPU the "
               "peak RSS growth during generate (weights not included). 'est.': T5 + steps / (steps/s) + "
-              "EnCodec, each measured on the reference (its memory is that of the steps/s run).")  # fmt: skip
+              "EnCodec, each measured on the reference (its memory is that of the steps/s run).",
+              )  # fmt: skip
     rep.table(["model", "clip", "ours", "T5 (s)", "LM (s)", "LM steps/s", "EnCodec (s)", "total (s)"],
-              prof_rows, note="Where ours spends a whole clip (batch 1).")  # fmt: skip
+              prof_rows, note="Where ours spends a whole clip (batch 1).", key="prof")  # fmt: skip
     rep.table(["model", "clip", "ours", "batch", "wall (s)", "audio s / s"], thr_rows,
-              note="Throughput: batch x clip seconds / wall time.")  # fmt: skip
+              note="Throughput: batch x clip seconds / wall time.", key="thr")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -499,7 +499,7 @@ def main() -> None:
             except Exception as e:
                 log(f"{ref} failed: {e!r}")
                 rows.append([clip, f"{ref}: failed ({type(e).__name__}: {str(e)[:120]})", None, None])
-        rep.table(["clip", "implementation", "whole clip (s)", "peak memory (GB)"], rows)
+        rep.table(["clip", "implementation", "whole clip (s)", "peak memory (GB)"], rows, key="clips")
     mem_note = (
         "Peak memory: MLX `mx.get_peak_memory()` (weights included); torch on CUDA `max_memory_allocated()`, "
         "on CPU the peak RSS growth during the run (weights built before it are not counted)."

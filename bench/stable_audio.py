@@ -346,6 +346,10 @@ def profile(name: str, dtype: str, tiny: bool, rep: Report) -> None:
     t_gemm = _time(gemms)
     t_self = _time(lambda: mx.fast.scaled_dot_product_attention(q, q, q, scale=hd**-0.5))
     t_cross = _time(lambda: mx.fast.scaled_dot_product_attention(q, kc, kc, scale=hd**-0.5))
+    from mlx_audio_generate.stable_audio.dit import _attend
+
+    t_self_mm = _time(lambda: _attend(q, q, q, hd**-0.5, "matmul"))
+    t_cross_mm = _time(lambda: _attend(q, kc, kc, hd**-0.5, "matmul"))
     dc = m.dit.cfg_condition(
         mx.zeros((1, ctx, c.cond_token_dim)), mx.zeros((1, c.global_cond_dim)) if c.global_cond_dim else None,
         st["cfg"],
@@ -354,18 +358,24 @@ def profile(name: str, dtype: str, tiny: bool, rep: Report) -> None:
     tt = mx.full((1,), 0.5)
     mx.eval(dc.kv, dc.global_embed, x)
     steps = {}
-    for variant in ("eager", "compiled"):
-        m.dit.compiled = variant == "compiled"
+    for variant in ("eager", "compiled", "compiled-matmul"):
+        m.dit.compiled = variant.startswith("compiled")
+        m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
         steps[variant] = _time(lambda: m.dit.guided(x, tt, dc, st["cfg"]))
+    m.dit.attention = "auto"
     depth = c.depth
     rows = [
         ["whole DiT call, compiled", 1000 * steps["compiled"], None],
         ["whole DiT call, eager", 1000 * steps["eager"], None],
+        ["whole DiT call, compiled, matmul attention", 1000 * steps["compiled-matmul"], None],
         [f"{depth} x the 6 block matmuls ({flops / 1e9:.0f} GFLOP per block)", 1000 * depth * t_gemm,
-         depth * flops / t_gemm / 1e12],
+         flops / t_gemm / 1e12],
         [f"{depth} x self-attention SDPA ({n}x{heads}x{tokens}x{hd})", 1000 * depth * t_self,
          4 * n * heads * tokens * tokens * hd / t_self / 1e12],
         [f"{depth} x cross-attention SDPA ({ctx} keys, {kvh} KV heads)", 1000 * depth * t_cross, None],
+        [f"{depth} x self-attention as matmuls + softmax", 1000 * depth * t_self_mm,
+         4 * n * heads * tokens * tokens * hd / t_self_mm / 1e12],
+        [f"{depth} x cross-attention as matmuls + softmax", 1000 * depth * t_cross_mm, None],
     ]  # fmt: skip
     rest = steps["compiled"] - depth * (t_gemm + t_self + t_cross)
     rows.append(["everything else (norms, rope, GLU, adds, copies, launches)", 1000 * rest, None])
@@ -403,7 +413,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--ref-dtype", default=None, help="dtype of the references (default: --dtype)")
     ap.add_argument("--refs", default="diffusers,sat", help="comma list of diffusers, sat (or none)")
-    ap.add_argument("--variants", default="compiled,eager", help="ours: compiled and/or eager")
+    ap.add_argument("--variants", default="compiled,compiled-matmul,eager",
+                    help="ours: compiled, compiled-matmul (matmul attention), eager")  # fmt: skip
     ap.add_argument("--batches", default="1,4", help="ours' batch sizes for throughput")
     ap.add_argument("--steps-small", type=int, default=None, help="override small's 8 steps")
     ap.add_argument("--steps-1.0", dest="steps_10", type=int, default=None, help="override 1.0's 100 steps")
@@ -434,9 +445,10 @@ def main() -> None:
         m = build_ours(name, args.dtype, args.tiny)
         window = m.window_samples / m.sample_rate
         for variant in parse_list(args.variants):
-            m.dit.compiled = m.vae.compiled = variant == "compiled"
+            m.dit.compiled = m.vae.compiled = variant.startswith("compiled")
+            m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
             for batch in parse_list(args.batches, int):
-                if variant != "compiled" and batch != 1:
+                if variant == "eager" and batch != 1:
                     continue
                 try:
                     # warm-up: traces, compiles and caches every kernel of the timed run

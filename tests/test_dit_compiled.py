@@ -63,3 +63,19 @@ def test_oobleck_compiled_equals_eager():
         outs[compiled] = (np.array(vae.decode(z)), np.array(vae.encode(audio)))
     for a, b in zip(outs[True], outs[False], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_matmul_attention_equals_sdpa(tiny):  # noqa: F811 - the imported fixture
+    import numpy as np
+
+    from tests.test_dit import inputs, to_mx
+
+    _, config, _, ours = tiny
+    x, t, cond, _, glob = inputs(config)
+    c = ours.cfg_condition(to_mx(cond), to_mx(glob), 4.0)
+    outs = {}
+    for impl in ("sdpa", "matmul"):
+        ours.attention = impl
+        outs[impl] = np.array(ours.guided(to_mx(x), to_mx(t), c, 4.0))
+    ours.attention = "auto"
+    np.testing.assert_allclose(outs["matmul"], outs["sdpa"], rtol=0, atol=1e-5 * np.abs(outs["sdpa"]).max())

@@ -179,6 +179,23 @@ class _LayerNorm(nn.Module):
         return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
 
 
+def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, impl: str) -> mx.array:
+    """softmax(q k^T * scale) v over (B, H, N, D) queries and (B, Hk, S, D) keys/values, Hk dividing H
+    (query head h reads KV head h // (H / Hk), repeat_interleave's grouping).
+
+    impl "sdpa": MLX's fused kernel. "matmul": two matmuls around a precise (fp32) softmax; with KV groups
+    the G = H / Hk query heads of a group are stacked along the tokens so K/V are read once per group. On
+    the H100 MLX-CUDA's SDPA ran these long non-causal sequences at ~55 TFLOP/s; the matmuls run at several
+    times that (bench/stable_audio.py --profile). The CPU's SDPA is this same decomposition."""
+    if impl == "sdpa":
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    b, h, n, d = q.shape
+    hk = k.shape[1]
+    q = (q * scale).reshape(b, hk, (h // hk) * n, d)
+    p = mx.softmax(q @ k.swapaxes(-1, -2), axis=-1, precise=True)
+    return (p @ v).reshape(b, h, n, d)
+
+
 def _l2_normalize(x: mx.array) -> mx.array:
     # F.normalize: x / max(||x||, 1e-12)
     return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -217,24 +234,28 @@ class Attention(nn.Module):
     def context_kv(self, context: mx.array) -> tuple[mx.array, mx.array]:
         """Cross-attention keys/values (B, kv_heads, S, head_dim) of a context: reusable across steps."""
         b, s, _ = context.shape
-        kv = self.kv(context).reshape(b, s, 2, self.kv_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        return self._norm_k(kv[0]), kv[1]
+        k, v = mx.split(self.kv(context).reshape(b, s, 2, self.kv_heads, self.head_dim), 2, axis=2)
+        return self._norm_k(k[:, :, 0].transpose(0, 2, 1, 3)), v[:, :, 0].transpose(0, 2, 1, 3)
 
-    def __call__(self, x: mx.array, rope_freqs: mx.array, rotary_dim: int) -> mx.array:
+    def __call__(self, x: mx.array, rope_freqs: mx.array, rotary_dim: int, impl: str = "sdpa") -> mx.array:
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = self._norm_q(qkv[0]), self._norm_k(qkv[1]), qkv[2]
+        # Split views, not integer indexing (a gather kernel per q/k/v on MLX).
+        q, k, v = (
+            a.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+            for a in mx.split(self.qkv(x), 3, axis=-1)
+        )
+        q, k = self._norm_q(q), self._norm_k(k)
         # The reference rotates in float32 (half-split layout = MLX's non-traditional rope) and casts back.
         q = mx.fast.rope(q, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_freqs)
         k = mx.fast.rope(k, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_freqs)
-        o = mx.fast.scaled_dot_product_attention(q.astype(v.dtype), k.astype(v.dtype), v, scale=self.scale)
+        o = _attend(q.astype(v.dtype), k.astype(v.dtype), v, self.scale, impl)
         return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
-    def cross(self, x: mx.array, k: mx.array, v: mx.array) -> mx.array:
+    def cross(self, x: mx.array, k: mx.array, v: mx.array, impl: str = "sdpa") -> mx.array:
         b, n, _ = x.shape
         q = self._norm_q(self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3))
-        # MLX's SDPA groups query head h with KV head h // (heads / kv_heads): repeat_interleave's grouping.
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        # Query head h reads KV head h // (heads / kv_heads): repeat_interleave's grouping.
+        o = _attend(q, k, v, self.scale, impl)
         return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
 
@@ -266,11 +287,16 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(d, cfg.ff_mult)
 
     def __call__(
-        self, x: mx.array, kv: tuple[mx.array, mx.array] | None, rope_freqs: mx.array, rotary_dim: int
+        self,
+        x: mx.array,
+        kv: tuple[mx.array, mx.array] | None,
+        rope_freqs: mx.array,
+        rotary_dim: int,
+        impl: str = "sdpa",
     ) -> mx.array:
-        x = x + self.self_attn(self.pre_norm(x), rope_freqs, rotary_dim)
+        x = x + self.self_attn(self.pre_norm(x), rope_freqs, rotary_dim, impl)
         if kv is not None:
-            x = x + self.cross_attn.cross(self.cross_norm(x), *kv)
+            x = x + self.cross_attn.cross(self.cross_norm(x), *kv, impl=impl)
         return x + self.ff(self.ff_norm(x))
 
 
@@ -319,6 +345,8 @@ class StableAudioDiT(nn.Module):
         super().__init__()
         # None: compile on the GPU, run eagerly on the CPU (see the module doc); True/False force it.
         self.compiled: bool | None = None
+        # "sdpa" (MLX's fused attention), "matmul" (see _attend) or "auto": "sdpa" for now everywhere.
+        self.attention = "auto"
         self._jit = _Compiled()
         c = self.config = config
         self.timestep_features = {"weight": mx.zeros((c.timestep_features_dim // 2, 1))}
@@ -410,6 +438,9 @@ class StableAudioDiT(nn.Module):
         f = (2 * math.pi * t[:, None]) @ w.T  # FourierFeatures: 2*pi*input @ weight.T, then [cos, sin]
         return self.to_timestep_embed(mx.concatenate([mx.cos(f), mx.sin(f)], axis=-1))
 
+    def _attention_impl(self) -> str:
+        return "sdpa" if self.attention == "auto" else self.attention
+
     def _use_compiled(self) -> bool:
         return _on_gpu() if self.compiled is None else bool(self.compiled)
 
@@ -444,7 +475,7 @@ class StableAudioDiT(nn.Module):
 
             return fn
 
-        fn = self._compiled_fn(("forward", has_kv, has_g), make)
+        fn = self._compiled_fn(("forward", has_kv, has_g, self._attention_impl()), make)
         return fn(x, t, cond.kv or [], cond.global_embed if has_g else mx.array(0.0))
 
     def _denoise(
@@ -465,8 +496,9 @@ class StableAudioDiT(nn.Module):
             p = c.patch_size
             h = h.reshape(n, length // p, p, ch).transpose(0, 1, 3, 2).reshape(n, length // p, ch * p)
         h = mx.concatenate([g[:, None, :], self.project_in(h)], axis=1)
+        impl = self._attention_impl()
         for i, blk in enumerate(self.blocks):
-            h = blk(h, None if kv is None else kv[i], self._rope_freqs, c.rotary_dim)
+            h = blk(h, None if kv is None else kv[i], self._rope_freqs, c.rotary_dim, impl)
         h = self.project_out(h)[:, 1:]  # drop the prepended global token
         if c.patch_size > 1:  # "b (c p) t -> b c (t p)"
             p = c.patch_size
@@ -527,7 +559,7 @@ class StableAudioDiT(nn.Module):
 
             return fn
 
-        fn = self._compiled_fn(("guided", has_kv, has_g, phi), make)
+        fn = self._compiled_fn(("guided", has_kv, has_g, phi, self._attention_impl()), make)
         return fn(x, t, cond.kv or [], cond.global_embed if has_g else mx.array(0.0), scale)
 
     def __call__(

@@ -76,3 +76,18 @@ def stable_audio_1_0_converted(stable_audio_1_0, tmp_path_factory):
 
     src = stable_audio_1_0[0]
     return convert(str(src), tmp_path_factory.mktemp("conv") / "sa-1.0", t5=str(src / "t5"))
+
+
+@pytest.fixture(scope="session")
+def melody_dir(tmp_path_factory):
+    """A tiny MusicGen-Melody folder written by transformers (+ tokenizer and preprocessor config)."""
+    from tests.reference.musicgen import save_tiny_musicgen_melody
+
+    return save_tiny_musicgen_melody(tmp_path_factory.mktemp("melody-src"))
+
+
+@pytest.fixture(scope="session")
+def melody_converted(melody_dir, tmp_path_factory):
+    from mlx_audio_generate.convert import convert
+
+    return convert(str(melody_dir), tmp_path_factory.mktemp("conv") / "melody")

@@ -12,6 +12,8 @@ from ..weights import Checkpoint, cast, read_tensors, save_safetensors
 from .pipeline import MusicGenModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+# Melody repos ship the chroma feature extractor's settings here; copied so generation reads the same ones.
+EXTRA_FILES = ("preprocessor_config.json",)
 
 
 def read_config(folder: Path) -> dict:
@@ -29,10 +31,10 @@ def convert_musicgen(src: Path, out: Path, dtype: str | None = None, source: str
     every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps them)."""
     src, out = Path(src), Path(out)
     config = read_config(src)
-    if config.get("model_type") != "musicgen":
+    if config.get("model_type") not in ("musicgen", "musicgen_melody"):
         raise UserError(
             f"{src} is a '{config.get('model_type')}' checkpoint; this converter reads MusicGen "
-            "(musicgen-small/medium/large/stereo-*)"
+            "(musicgen-small/medium/large/stereo-*/melody*)"
         )
     if not (src / "tokenizer.json").is_file():
         raise UserError(f"{src} lacks tokenizer.json (the T5 tokenizer the model was trained with)")
@@ -53,6 +55,6 @@ def convert_musicgen(src: Path, out: Path, dtype: str | None = None, source: str
         "source": source or str(src),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES + EXTRA_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)

@@ -2,6 +2,11 @@
 
 model = MusicGen.from_pretrained("converted/musicgen-small")
 audio = model.generate("lofi piano", seconds=10, seed=0)   # (batch, channels, samples) float32
+
+Also: `melody=` (melody checkpoints: a file or mono samples at the model's rate), `audio_prompt=` (a file or
+channels × samples to continue: the output starts with it, `seconds` is the total length, as audiocraft's
+`generate_continuation`), and `seconds` beyond the 30 s window by sliding-window extension (`extend_stride`,
+longform.py). One melody / audio prompt is shared by every text prompt of a batch.
 """
 
 from __future__ import annotations
@@ -13,20 +18,34 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from ..audio import read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
 from ..t5 import load_tokenizer
+from .chroma import ChromaConfig, chroma_features
+from .delay import num_steps
 from .lm_generate import SamplingOptions, generate_codes
+from .longform import DEFAULT_WINDOW, Window, extend, melody_window, plan_windows, stride_frames
 from .pipeline import MusicGenModel
 
 Progress = Callable[[int, int], None]
+AudioInput = str | Path | np.ndarray
+
+
+def window_seed(seed: int, index: int) -> int:
+    """Seed of window `index` of a long clip: the clip's seed for the first (so a one-window clip is the
+    plain generation), an independent stream for the others."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(2, np.uint64)[0] % (2**63))
 
 
 class MusicGen:
-    def __init__(self, model: MusicGenModel, tokenizer, config: dict):
+    def __init__(self, model: MusicGenModel, tokenizer, config: dict, chroma: ChromaConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        self.chroma_config = chroma or ChromaConfig()
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> MusicGen:
@@ -36,7 +55,8 @@ class MusicGen:
         # EnCodec runs in fp32 whatever the stored dtype: its LSTM state drifts ~2% in bf16, and the
         # codec is small (58M parameters), so half precision buys nothing worth that.
         model.audio_encoder.set_dtype(mx.float32)
-        return cls(model, load_tokenizer(folder), config)
+        chroma = ChromaConfig.from_folder(folder) if model.lm.has_melody else None
+        return cls(model, load_tokenizer(folder), config, chroma)
 
     @property
     def sample_rate(self) -> int:
@@ -51,10 +71,14 @@ class MusicGen:
         return self.model.lm.config.audio_channels
 
     @property
+    def is_melody(self) -> bool:
+        return self.model.lm.has_melody
+
+    @property
     def max_seconds(self) -> float:
-        # The models were trained on 30 s windows (audiocraft's max_duration); the LM's positions run out
-        # soon after (2048 steps ≈ 41 s), so one window is capped at 30 s.
-        return 30.0
+        # One window: the models were trained on 30 s (audiocraft's max_duration). Longer clips are made of
+        # overlapping windows (`extend_stride`).
+        return DEFAULT_WINDOW
 
     def encode_text(self, prompts: list[str]) -> tuple[mx.array, mx.array]:
         ids, mask = self.tokenizer.encode(prompts)
@@ -71,6 +95,136 @@ class MusicGen:
         right = codec.decode(codes[:, 1::2])
         return mx.concatenate([left, right], axis=1)
 
+    # -- audio inputs -------------------------------------------------------------------------------------
+
+    def _read(self, audio: AudioInput, what: str, channels: int) -> np.ndarray:
+        """A file (any rate/channels soundfile reads, resampled) or an array at the model's rate, as
+        float32 channels × samples with `channels` channels (mono: the channel mean; stereo from mono: both
+        sides)."""
+        if isinstance(audio, str | Path):
+            x = read_audio(audio, sample_rate=self.sample_rate, channels=channels)
+        else:
+            x = np.asarray(audio, dtype=np.float32)
+            if x.ndim == 1:
+                x = x[None]
+            if x.ndim != 2 or x.shape[1] == 0:
+                raise UserError(f"{what} must be samples or channels × samples, got shape {x.shape}")
+            if x.shape[0] != channels:
+                if channels == 1:
+                    x = x.mean(axis=0, keepdims=True)
+                elif x.shape[0] == 1:
+                    x = np.repeat(x, channels, axis=0)
+                else:
+                    raise UserError(f"{what} has {x.shape[0]} channels; expected 1 or {channels}")
+        if not np.isfinite(x).all():
+            raise UserError(f"{what} holds NaN or infinite samples")
+        return x
+
+    def melody_chroma(self, wav: np.ndarray) -> mx.array:
+        """Mono melody samples at the model's rate -> one-hot chroma (1, frames, 12), as transformers'
+        MusicgenMelodyFeatureExtractor."""
+        if self.chroma_config.sampling_rate != self.sample_rate:
+            raise UserError("the melody feature extractor's sampling rate differs from the model's")
+        return mx.array(chroma_features(np.asarray(wav, np.float32).reshape(-1), self.chroma_config))[None]
+
+    def encode_audio(self, audio: np.ndarray) -> mx.array:
+        """Audio (C, T) at the model's rate and channel count -> codes (1, K, ceil(T / hop)). Stereo: L and R
+        are encoded separately by the mono codec and interleaved (transformers / audiocraft)."""
+        codec = self.model.audio_encoder
+        kc = self.model.lm.config.codebooks_per_channel
+        if codec.config.num_quantizers_for_bandwidth(codec.config.target_bandwidths[0]) != kc:
+            raise UserError("this checkpoint's EnCodec does not emit as many codebooks as the decoder reads")
+        x = mx.array(np.asarray(audio, np.float32))
+        codes = [codec.encode(x[c][None, None]) for c in range(x.shape[0])]
+        if len(codes) == 1:
+            return codes[0]
+        return mx.stack(codes, axis=2).reshape(1, 2 * kc, -1)  # [L0, R0, L1, R1, ...]
+
+    # -- generation ---------------------------------------------------------------------------------------
+
+    def generate_tokens(
+        self,
+        prompt: str | list[str],
+        seconds: float = 5.0,
+        temperature: float = 1.0,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        guidance_coef: float = 3.0,
+        seed: int | None = None,
+        progress: Progress | None = None,
+        melody: AudioInput | None = None,
+        audio_prompt: AudioInput | None = None,
+        extend_stride: float | None = None,
+        window_seconds: float | None = None,
+    ) -> mx.array:
+        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not p.strip() for p in prompts):
+            raise UserError("prompt is empty; describe the audio you want")
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise UserError(f"seconds must be a positive number, got {seconds}")
+        window_seconds = self.max_seconds if window_seconds is None else window_seconds
+        if not math.isfinite(window_seconds) or window_seconds <= 0:
+            raise UserError(f"window must be a positive number of seconds, got {window_seconds}")
+        if melody is not None and not self.is_melody:
+            raise UserError("melody conditioning needs a melody checkpoint (facebook/musicgen-melody*)")
+        options = SamplingOptions(
+            temperature=temperature, top_k=top_k, top_p=top_p or None, guidance_scale=guidance_coef
+        )
+        hop = self.model.audio_encoder.config.hop_length
+        samples = round(seconds * self.sample_rate)
+        total = math.ceil(samples / hop)
+        window = round(window_seconds * self.frame_rate)
+        stride = stride_frames(extend_stride, window_seconds, self.frame_rate)
+
+        wav = None if melody is None else self._read(melody, "melody", 1)[0]
+        codes = None
+        if audio_prompt is not None:
+            audio = self._read(audio_prompt, "audio prompt", self.audio_channels)
+            length = audio.shape[1] / self.sample_rate
+            if audio.shape[1] >= samples:
+                raise UserError(
+                    f"the audio prompt ({length:.2f} s) must be shorter than seconds ({seconds:g} s), "
+                    "the total length of the result"
+                )
+            if math.ceil(audio.shape[1] / hop) >= window:
+                raise UserError(
+                    f"the audio prompt ({length:.2f} s) must be shorter than the {window_seconds:g} s window"
+                )
+            codes = self.encode_audio(audio)
+            codes = mx.broadcast_to(codes, (len(prompts), *codes.shape[1:]))
+        plan = plan_windows(total, window, stride, 0 if codes is None else codes.shape[2])
+
+        states, mask = self.encode_text(prompts)
+        seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else seed
+        k, channels = self.model.lm.config.num_codebooks, self.audio_channels
+        steps = [num_steps(w.new_frames, k, channels) for w in plan]
+        window_samples = round(window_seconds * self.sample_rate)
+        index = {w.offset: i for i, w in enumerate(plan)}
+
+        def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
+            i = index[w.offset]
+            chroma = None
+            if wav is not None:
+                # one window: the whole melody, as transformers; several: audiocraft's moving, tiled melody
+                part = wav if len(plan) == 1 else melody_window(wav, w.offset * hop, window_samples)
+                chroma = self.melody_chroma(part)
+            done = sum(steps[:i])
+            report = None if progress is None else (lambda j, _n: progress(done + j, sum(steps)))
+            return generate_codes(
+                self.model.lm,
+                states,
+                mask,
+                w.new_frames,
+                options,
+                key=window_seed(seed, i),
+                prompt_codes=prompt_codes,
+                progress=report,
+                chroma=chroma,
+            )
+
+        return extend(plan, stride, run, codes)
+
     def generate(
         self,
         prompt: str | list[str],
@@ -81,21 +235,32 @@ class MusicGen:
         guidance_coef: float = 3.0,
         seed: int | None = None,
         progress: Progress | None = None,
+        melody: AudioInput | None = None,
+        audio_prompt: AudioInput | None = None,
+        extend_stride: float | None = None,
+        window_seconds: float | None = None,
     ) -> np.ndarray:
-        """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not p.strip() for p in prompts):
-            raise UserError("prompt is empty; describe the audio you want")
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise UserError(f"seconds must be a positive number, got {seconds}")
-        if seconds > self.max_seconds:
-            raise UserError(f"seconds must be at most {self.max_seconds:g} for MusicGen, got {seconds:g}")
-        samples = round(seconds * self.sample_rate)
-        frames = math.ceil(samples / self.model.audio_encoder.config.hop_length)
-        states, mask = self.encode_text(prompts)
-        options = SamplingOptions(
-            temperature=temperature, top_k=top_k, top_p=top_p or None, guidance_scale=guidance_coef
+        """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
+
+        melody: file path or mono samples at `sample_rate` (melody checkpoints only).
+        audio_prompt: file path or (channels ×) samples at `sample_rate` to continue; the result starts with
+            its EnCodec reconstruction and is `seconds` long in total.
+        extend_stride: seconds added per extra window when `seconds` exceeds the window (default 18 s for the
+            30 s window); window_seconds: the window (default 30 s; smaller values are for tests)."""
+        codes = self.generate_tokens(
+            prompt,
+            seconds,
+            temperature,
+            top_k,
+            top_p,
+            guidance_coef,
+            seed,
+            progress,
+            melody,
+            audio_prompt,
+            extend_stride,
+            window_seconds,
         )
-        codes = generate_codes(self.model.lm, states, mask, frames, options, key=seed, progress=progress)
+        samples = round(seconds * self.sample_rate)
         audio = self.decode_codes(codes)[..., :samples]
         return np.array(audio.astype(mx.float32))

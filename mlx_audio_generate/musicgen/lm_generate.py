@@ -6,6 +6,8 @@
 - The delay pattern is built up front (BOS column, then each codebook k delayed by k); at each step the
   sampled column is overwritten wherever the pattern fixes a BOS/pad token, exactly like transformers'
   `apply_delay_pattern_mask` on the growing sequence.
+- Conditioning comes from the LM: cross-attention keys/values (MusicGen) or a prefix of embeddings run once
+  through the cache before the codes (MusicGen-Melody, `chroma` optional); see model.py / melody.py.
 - `generate_steps` yields once per decoder step (for a progress bar) while MLX evaluates the step
   asynchronously; `generate_codes` collects them and reverts the delay.
 """
@@ -21,7 +23,10 @@ import numpy as np
 from ..errors import UserError
 from ..sampling import check_sampling_args, sample_tokens
 from .delay import delay_pattern, num_steps, revert_delay_pattern
-from .model import MusicgenLM, cross_attention_mask
+from .melody import MelodyLM
+from .model import MusicgenLM
+
+LM = MusicgenLM | MelodyLM
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def _start_ids(b: int, k: int, bos: int, prompt_codes: mx.array | None) -> mx.ar
 
 
 def generate_steps(
-    lm: MusicgenLM,
+    lm: LM,
     text_states: mx.array,
     text_mask: mx.array | None,
     frames: int,
@@ -62,13 +67,15 @@ def generate_steps(
     key: int | mx.array | None = None,
     prompt_codes: mx.array | None = None,
     compiled: bool = False,
+    chroma: mx.array | None = None,
 ) -> Iterator[mx.array]:
     """Yield the delay-pattern column of every decoder step, each (B, K) int32, `num_steps(frames)` of them.
 
     text_states: T5 last hidden states (B, T, Dt) (not yet projected); text_mask: their 0/1 mask (B, T).
     prompt_codes: optional audio-code prompt (B, K, P) to continue, as transformers' `decoder_input_ids`.
     key: an int seed or `mx.random.key`; the same key gives the same tokens.
-    compiled: run the decoder step through `mx.compile` (fixed-shape KV cache with an array offset)."""
+    compiled: run the decoder step through `mx.compile` (fixed-shape KV cache with an array offset).
+    chroma: melody chroma (1 or B, F, 12) for a melody LM (None = its null melody); an error for others."""
     cfg = lm.config
     check_sampling_args(options.temperature, options.top_k, options.top_p)
     if frames < 1:
@@ -86,22 +93,23 @@ def generate_steps(
 
     guided = options.guided
     rows = 2 * b if guided else b
-    states, mask = lm.project_text(text_states, text_mask, guided)
+    cond = lm.conditioning(text_states, text_mask, guided, chroma)
+    cross_kv, cross_mask = cond.cross_kv, cond.cross_mask
     dec = lm.decoder
-    dtype = dec.layer_norm.weight.dtype
-    cross_kv = dec.precompute_cross_kv(states.astype(dtype))
-    cross_mask = cross_attention_mask(mask)
-    cache = dec.make_cache(rows, length)
-    dec.ensure_positions(length)
+    # The melody prefix goes through the cache once, in the prefill; later offsets count it.
+    pre = cond.prefix_len
+    cache = dec.make_cache(rows, pre + length)
+    dec.ensure_positions(pre + length)
     keys = mx.random.split(_as_key(key), steps)
     scale = options.guidance_scale
 
-    def logits_of(col: mx.array, offset: int | mx.array) -> mx.array:
+    def logits_of(col: mx.array, offset: int | mx.array, prefix: mx.array | None = None) -> mx.array:
         x = mx.concatenate([col, col], axis=0) if guided else col  # both halves see the same codes
-        logits = dec(x, cross_kv, cross_mask, cache, offset, last_only=True)[:, :, -1].astype(mx.float32)
+        logits = dec(x, cross_kv, cross_mask, cache, offset, last_only=True, prefix=prefix)
+        logits = logits[:, :, -1].astype(mx.float32)
         if guided:
-            cond, uncond = logits[:b], logits[b:]
-            logits = uncond + (cond - uncond) * scale
+            with_cond, uncond = logits[:b], logits[b:]
+            logits = uncond + (with_cond - uncond) * scale
         return logits  # (B, K, V)
 
     step_fn: Callable[[mx.array, int], mx.array]
@@ -110,14 +118,13 @@ def generate_steps(
         traced = mx.compile(lambda col, off: logits_of(col, off), inputs=state, outputs=state)
 
         def step_fn(col: mx.array, offset: int) -> mx.array:
-            if col.shape[2] > 1:  # the prefill has its own shape: run it uncompiled
-                return logits_of(col, offset)
             return traced(col, mx.array(offset, dtype=mx.int32))
     else:
         step_fn = logits_of
 
     def step(col: mx.array, offset: int, t: int) -> mx.array:
-        logits = step_fn(col, offset)
+        # the prefill (BOS column, prompt, melody prefix) has its own shape: always uncompiled
+        logits = logits_of(col, 0, cond.prefix) if t == 0 else step_fn(col, offset)
         new = sample_tokens(logits, keys[t], options.temperature, options.top_k, options.top_p)
         p = pattern[:, :, first + t]
         return mx.where(p == -1, new, p)  # the pattern's BOS/pad wins where it is set
@@ -126,7 +133,7 @@ def generate_steps(
     mx.async_eval(y)
     for t in range(steps):
         if t + 1 < steps:
-            y_next = step(y[:, :, None], first + t, t + 1)
+            y_next = step(y[:, :, None], pre + first + t, t + 1)
             mx.async_eval(y_next)
         yield y
         if t + 1 < steps:
@@ -134,7 +141,7 @@ def generate_steps(
 
 
 def generate_codes(
-    lm: MusicgenLM,
+    lm: LM,
     text_states: mx.array,
     text_mask: mx.array | None,
     frames: int,
@@ -143,6 +150,7 @@ def generate_codes(
     prompt_codes: mx.array | None = None,
     progress: Callable[[int, int], None] | None = None,
     compiled: bool = False,
+    chroma: mx.array | None = None,
 ) -> mx.array:
     """Generate audio codes (B, K, P + frames) (P = prompt frames, 0 without a prompt), the delay reverted:
     exactly `frames` new frames. `progress(done, total)` is called after each step."""
@@ -154,7 +162,7 @@ def generate_codes(
     head = delay_pattern(start, first + total, cfg.bos_token_id, cfg.audio_channels)[..., :first]
     cols = [head]
     for i, col in enumerate(
-        generate_steps(lm, text_states, text_mask, frames, options, key, prompt_codes, compiled)
+        generate_steps(lm, text_states, text_mask, frames, options, key, prompt_codes, compiled, chroma)
     ):
         cols.append(col[..., None])
         if progress is not None:

@@ -10,6 +10,8 @@ Parameter names (ours, relative to `MusicgenLM`):
   decoder.lm_heads.weight                     (K * V, D)        the K heads stacked: one matmul
   enc_to_dec_proj.{weight,bias}               only when the T5 width differs from the decoder width
 The sinusoidal position table is not a parameter (transformers does not save it either).
+The melody decoder (`musicgen_melody_decoder`) has no encoder_attn layers: its conditioning is a prefix of
+embeddings run through the causal self-attention (see melody.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class DecoderConfig:
     pad_token_id: int = 2048
     scale_embedding: bool = False
     activation_function: str = "gelu"
+    cross_attention: bool = True  # False for the melody decoder (conditioning is prepended instead)
     layer_norm_eps: float = 1e-5  # torch nn.LayerNorm default; transformers does not expose it
 
     @classmethod
@@ -65,6 +68,7 @@ class DecoderConfig:
             pad_token_id=int(d.get("pad_token_id", 2048)),
             scale_embedding=bool(d.get("scale_embedding", False)),
             activation_function=act,
+            cross_attention=d.get("model_type") != "musicgen_melody_decoder",
         )
         if cfg.hidden_size % cfg.num_attention_heads:
             raise UserError("MusicGen decoder hidden_size is not a multiple of num_attention_heads")
@@ -179,8 +183,9 @@ class DecoderLayer(nn.Module):
         d = cfg.hidden_size
         self.self_attn = SelfAttention(d, cfg.num_attention_heads)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.encoder_attn = CrossAttention(d, cfg.num_attention_heads)
-        self.encoder_attn_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        if cfg.cross_attention:
+            self.encoder_attn = CrossAttention(d, cfg.num_attention_heads)
+            self.encoder_attn_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.fc1 = nn.Linear(d, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=False)
         self.final_layer_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
@@ -214,7 +219,8 @@ class MusicgenDecoder(nn.Module):
         # Offsets that send codebook k's ids into its slice of the stacked embedding table.
         self._code_offsets = mx.arange(c.num_codebooks, dtype=mx.int32)[:, None] * (c.vocab_size + 1)
         self._positions = mx.array(sinusoidal_positions(c.max_position_embeddings, c.hidden_size))
-        self._embed_scale = math.sqrt(c.hidden_size) if c.scale_embedding else 1.0
+        # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
+        # do not use it (every released checkpoint has it false anyway).
 
     def ensure_positions(self, n: int) -> None:
         """Grow the position table to `n` rows (transformers extends it the same way past max positions).
@@ -231,6 +237,10 @@ class MusicgenDecoder(nn.Module):
     def precompute_cross_kv(self, encoder_states: mx.array) -> list[tuple[mx.array, mx.array]]:
         """Cross-attention keys/values of every layer for (B, T, D) projected text states: once per
         generation instead of every step."""
+        if not self.config.cross_attention:
+            raise UserError(
+                "this MusicGen decoder has no cross-attention (melody checkpoints prepend instead)"
+            )
         return [layer.encoder_attn.keys_values(encoder_states) for layer in self.layers]
 
     def __call__(
@@ -241,18 +251,21 @@ class MusicgenDecoder(nn.Module):
         cache: list[KVCache] | None = None,
         offset: Offset = 0,
         last_only: bool = False,
+        prefix: mx.array | None = None,
     ) -> mx.array:
         """tokens (B, K, S) ints in [0, V]; `cross_mask` from `cross_attention_mask`; `offset` = position of
-        tokens[..., 0] (= tokens already in `cache`). `last_only` computes the heads for the last step only.
-        Returns logits (B, K, S or 1, V)."""
+        the first input (= positions already in `cache`). `prefix` (B, P, D): conditioning embeddings placed
+        before the tokens (the melody decoder's), counted by the positions like tokens, as transformers does.
+        `last_only` computes the heads for the last step only. Returns logits (B, K, P + S or 1, V)."""
         c = self.config
         b, k, s = tokens.shape
         if k != c.num_codebooks:
             raise UserError(f"decoder expects {c.num_codebooks} codebooks, got {k}")
         ids = tokens.astype(mx.int32) + self._code_offsets
         x = self.embed_tokens(ids).sum(axis=1)  # (B, S, D): sum over codebooks
-        if self._embed_scale != 1.0:
-            x = x * self._embed_scale
+        if prefix is not None:
+            x = mx.concatenate([prefix.astype(x.dtype), x], axis=1)
+            s = x.shape[1]
         if isinstance(offset, int):
             self.ensure_positions(offset + s)
             pos = self._positions[offset : offset + s]
@@ -292,12 +305,15 @@ class MusicgenDecoder(nn.Module):
                 [ckpt.take(f"{sa}{p}_proj.weight") for p in "qkv"], axis=0
             )
             out[ours + "self_attn.out_proj.weight"] = ckpt.take(sa + "out_proj.weight")
-            out[ours + "encoder_attn.q_proj.weight"] = ckpt.take(ca + "q_proj.weight")
-            out[ours + "encoder_attn.kv_proj.weight"] = mx.concatenate(
-                [ckpt.take(f"{ca}{p}_proj.weight") for p in "kv"], axis=0
-            )
-            out[ours + "encoder_attn.out_proj.weight"] = ckpt.take(ca + "out_proj.weight")
-            for name in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
+            norms = ["self_attn_layer_norm", "final_layer_norm"]
+            if c.cross_attention:
+                out[ours + "encoder_attn.q_proj.weight"] = ckpt.take(ca + "q_proj.weight")
+                out[ours + "encoder_attn.kv_proj.weight"] = mx.concatenate(
+                    [ckpt.take(f"{ca}{p}_proj.weight") for p in "kv"], axis=0
+                )
+                out[ours + "encoder_attn.out_proj.weight"] = ckpt.take(ca + "out_proj.weight")
+                norms.append("encoder_attn_layer_norm")
+            for name in norms:
                 for p in ("weight", "bias"):
                     out[f"{ours}{name}.{p}"] = ckpt.take(f"{ref}{name}.{p}")
             for fc in ("fc1", "fc2"):
@@ -325,8 +341,24 @@ def cross_attention_mask(mask: mx.array | None) -> mx.array | None:
     return keep[:, None, None, :]
 
 
+@dataclass
+class Conditioning:
+    """What the decoder sees besides the codes, already batched for guidance (2B rows when guided):
+    cross-attention keys/values + mask (MusicGen) or a prefix of embeddings (MusicGen-Melody)."""
+
+    cross_kv: list[tuple[mx.array, mx.array]] | None = None
+    cross_mask: mx.array | None = None
+    prefix: mx.array | None = None
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+
 class MusicgenLM(nn.Module):
     """The decoder plus the text-to-decoder projection of MusicgenForConditionalGeneration."""
+
+    has_melody = False
 
     def __init__(self, config: DecoderConfig, text_hidden_size: int):
         super().__init__()
@@ -357,6 +389,17 @@ class MusicgenLM(nn.Module):
         # (Without a mask transformers leaves the unconditional half at proj(0) = bias; so do we. Its generate
         # always builds a mask from the tokenizer output, so pass one.)
         return text_states, text_mask
+
+    def conditioning(
+        self, text_states: mx.array, text_mask: mx.array | None, guided: bool, chroma: mx.array | None = None
+    ) -> Conditioning:
+        """T5 states (B, T, Dt) + mask -> cross-attention keys/values of every layer and the SDPA mask."""
+        if chroma is not None:
+            raise UserError("this checkpoint has no melody conditioning; use a musicgen-melody model")
+        states, mask = self.project_text(text_states, text_mask, guided)
+        dec = self.decoder
+        kv = dec.precompute_cross_kv(states.astype(dec.layer_norm.weight.dtype))
+        return Conditioning(cross_kv=kv, cross_mask=cross_attention_mask(mask))
 
     def sanitize(self, ckpt: Checkpoint, prefix: str = "") -> dict[str, mx.array]:
         """Tensors `{prefix}decoder.*` and `{prefix}enc_to_dec_proj.*` of a

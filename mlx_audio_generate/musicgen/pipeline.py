@@ -1,7 +1,8 @@
 """The whole MusicGen model as one MLX module tree, built from a transformers MusicGen config dict.
 
 Parameter names are the keys of our converted `model.safetensors`:
-`text_encoder.*` (T5), `lm.decoder.*` / `lm.enc_to_dec_proj.*` (LM), `audio_encoder.*` (EnCodec).
+`text_encoder.*` (T5), `lm.decoder.*` / `lm.enc_to_dec_proj.*` (LM), `audio_encoder.*` (EnCodec);
+melody checkpoints add `lm.audio_enc_to_dec_proj.*` and have no cross-attention (melody.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..errors import UserError
 from ..t5 import T5Config, T5Encoder
 from ..weights import Checkpoint
 from .encodec import Encodec, EncodecConfig, encodec_ignore_patterns
+from .melody import MelodyLM
 from .model import DecoderConfig, MusicgenLM
 
 
@@ -26,7 +28,11 @@ class MusicGenModel(nn.Module):
         self.config = config
         t5_cfg = T5Config.from_dict(config["text_encoder"])
         self.text_encoder = T5Encoder(t5_cfg)
-        self.lm = MusicgenLM(DecoderConfig.from_dict(config["decoder"]), t5_cfg.d_model)
+        self.lm: MusicgenLM | MelodyLM
+        if config.get("model_type") == "musicgen_melody":
+            self.lm = MelodyLM.from_config(config, t5_cfg.d_model)
+        else:
+            self.lm = MusicgenLM(DecoderConfig.from_dict(config["decoder"]), t5_cfg.d_model)
         self.audio_encoder = Encodec(EncodecConfig.from_dict(config["audio_encoder"]))
 
     @property
@@ -34,7 +40,8 @@ class MusicGenModel(nn.Module):
         return self.config.get("model_type") == "musicgen_melody"
 
     def sanitize(self, ckpt: Checkpoint) -> dict:
-        """All tensors of a transformers MusicgenForConditionalGeneration checkpoint, strictly accounted."""
+        """All tensors of a transformers MusicgenForConditionalGeneration (or MusicgenMelody...) checkpoint,
+        strictly accounted."""
         weights = {}
         for k, v in self.text_encoder.sanitize(ckpt, "text_encoder.").items():
             weights[f"text_encoder.{k}"] = v

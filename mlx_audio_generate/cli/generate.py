@@ -28,6 +28,20 @@ def setup_arg_parser() -> ArgumentParser:
     g.add_argument("--top-k", type=int, default=250, help="top-k candidates; 1 = greedy (default 250)")
     g.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass, 0 = off (default 0)")
     g.add_argument("--guidance-coef", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
+    g.add_argument("--melody", default=None, metavar="FILE", help="melody to follow (melody checkpoints)")
+    g.add_argument(
+        "--audio-prompt",
+        default=None,
+        metavar="FILE",
+        help="audio to continue; --seconds is the total length",
+    )
+    g.add_argument(
+        "--extend-stride",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="beyond the 30 s window, seconds added per extra window (default 18)",
+    )
     g = p.add_argument_group("Stable Audio")
     g.add_argument("--steps", type=int, default=None, help="diffusion steps (default per checkpoint)")
     g.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default per checkpoint)")
@@ -56,11 +70,40 @@ def _validate(args) -> None:
             raise UserError(f"--top-p must be in [0, 1], got {args.top_p}")
         if not math.isfinite(args.guidance_coef) or args.guidance_coef < 0:
             raise UserError(f"--guidance-coef must be >= 0, got {args.guidance_coef}")
-    else:
+        if args.extend_stride is not None:
+            from ..musicgen.longform import DEFAULT_WINDOW
+
+            if not math.isfinite(args.extend_stride) or not 0 < args.extend_stride < DEFAULT_WINDOW:
+                raise UserError(
+                    f"--extend-stride must be more than 0 and less than {DEFAULT_WINDOW:g} (the window), "
+                    f"got {args.extend_stride:g}"
+                )
+        for flag, path in (("--melody", args.melody), ("--audio-prompt", args.audio_prompt)):
+            if path is not None:
+                _check_audio_file(flag, path)
+    elif args.melody or args.audio_prompt or args.extend_stride is not None:
+        raise UserError("--melody, --audio-prompt and --extend-stride are MusicGen options")
+    if args.model != "musicgen":
         if args.steps is not None and args.steps < 1:
             raise UserError(f"--steps must be >= 1, got {args.steps}")
         if args.cfg_scale is not None and (not math.isfinite(args.cfg_scale) or args.cfg_scale < 0):
             raise UserError(f"--cfg-scale must be >= 0, got {args.cfg_scale}")
+
+
+def _check_audio_file(flag: str, path: str) -> None:
+    """Fail before loading a model when an input audio file is missing or unreadable."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} file '{path}' does not exist")
+    try:
+        info = sf.info(str(p))
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{flag} file '{path}' is not audio that can be read ({msg})") from None
+    if info.frames == 0:
+        raise UserError(f"{flag} file '{path}' is empty")
 
 
 def auto_output_name(model: str, prompt: str, seed: int) -> Path:
@@ -118,6 +161,9 @@ def _main(argv: list[str] | None) -> int:
             guidance_coef=args.guidance_coef,
             seed=seed,
             progress=_progress("generating", args.quiet),
+            melody=args.melody,
+            audio_prompt=args.audio_prompt,
+            extend_stride=args.extend_stride,
         )[0]
     else:
         from ..stable_audio.generate import StableAudio

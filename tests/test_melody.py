@@ -194,3 +194,32 @@ def test_melody_changes_the_result_and_is_refused_elsewhere(ours, musicgen_conve
     assert (np.array(a) != np.array(b)).mean() > 0.1
     with pytest.raises(UserError, match="melody"):
         MusicGen.from_pretrained(musicgen_converted).generate("x", seconds=0.2, melody=tones(1.0))
+
+
+def test_stereo_melody_matches_transformers(tmp_path):
+    """musicgen-stereo-melody layout: 8 interleaved codebooks, each side decoded by the mono codec."""
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    from tests.reference.musicgen import save_tiny_musicgen_melody
+
+    src = save_tiny_musicgen_melody(tmp_path / "src", seed=5, audio_channels=2)
+    ours = MusicGen.from_pretrained(convert(str(src), tmp_path / "out"))
+    hf = MusicgenMelodyForConditionalGeneration.from_pretrained(src).eval()
+    inputs, _, _ = _text(ours, hf)
+    melody = tones(2.0, seed=1)
+    chroma = torch.from_numpy(np.stack([chroma_features(melody)] * 2))
+    calls = []
+    original = hf.audio_encoder.decode
+    hf.audio_encoder.decode = lambda codes, *a, **k: calls.append(codes.clone()) or original(codes, *a, **k)
+    with torch.no_grad():
+        ref_audio = hf.generate(
+            **inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=10 + 3, input_features=chroma
+        ).numpy()
+    left, right = calls[0][0].numpy(), calls[1][0].numpy()
+    ref = np.empty((2, 8, 10), left.dtype)
+    ref[:, 0::2], ref[:, 1::2] = left, right
+    codes = ours.generate_tokens(PROMPTS, seconds=0.2, top_k=1, melody=melody)
+    np.testing.assert_array_equal(np.array(codes), ref)
+    audio = ours.generate(PROMPTS, seconds=0.2, top_k=1, melody=melody)
+    assert audio.shape == ref_audio.shape == (2, 2, 6400)
+    assert rel_err(audio, ref_audio) <= 1e-4

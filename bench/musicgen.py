@@ -261,6 +261,7 @@ def main() -> None:
                     "whole clip up to this many seconds")  # fmt: skip
     ap.add_argument("--batches", default="1,4", help="ours' batches (first --seconds)")
     ap.add_argument("--no-ref", action="store_true")
+    ap.add_argument("--ref-only", action="store_true", help="only the transformers reference")
     ap.add_argument("--no-compiled", action="store_true", help="skip ours with compiled=True")
     ap.add_argument("--clip-modes", default="eager,compiled", help="ours' modes for whole clips")
     ap.add_argument("--tiny", action="store_true")
@@ -272,9 +273,15 @@ def main() -> None:
     step_rows, clip_rows, prof_rows, thr_rows = [], [], [], []
     modes = [False] if args.no_compiled else [False, True]
     for name in parse_list(args.models):
+        if args.ref_only:
+            modes_here: list[bool] = []
+        else:
+            modes_here = modes
         log(f"== musicgen-{name}: ours")
-        m = build_ours(name, args.dtype, args.tiny)
+        m = build_ours(name, args.dtype, args.tiny) if modes_here else None
         try:
+            if m is None:
+                raise RuntimeError("ours skipped (--ref-only)")
             total, kernels, counts = ours_step_ops(m)
             rep.para(
                 f"musicgen-{name}: one eager decode step (CFG batch 2, top-k sampling) builds {total} "
@@ -283,7 +290,7 @@ def main() -> None:
             )
         except Exception as e:
             log(f"op count failed: {e!r}")
-        for compiled in modes:
+        for compiled in modes_here:
             label = "compiled" if compiled else "eager"
             try:
                 ours_steps_per_s(m, 16, compiled)  # warm-up (traces, kernel caches)
@@ -294,7 +301,7 @@ def main() -> None:
                 log(f"ours {label} steps/s failed: {e!r}")
         for si, seconds in enumerate(seconds_list):
             for batch in parse_list(args.batches, int) if si == 0 else [1]:
-                for compiled in [c for c in modes if ("compiled" if c else "eager") in args.clip_modes]:
+                for compiled in [c for c in modes_here if ("compiled" if c else "eager") in args.clip_modes]:
                     label = "compiled" if compiled else "eager"
                     try:
                         run_ours_clip(m, batch, min(seconds, 0.5), compiled)  # warm-up
@@ -322,7 +329,9 @@ def main() -> None:
         try:
             import torch
 
+            tb = time.perf_counter()
             model, dev = build_ref(name, ref_dtype, args.tiny)
+            log(f"   built in {time.perf_counter() - tb:.1f} s")
             where = "CUDA" if dev.type == "cuda" else f"CPU {torch.get_num_threads()} threads"
             ref_label = f"transformers torch {ref_dtype} ({where})"
             ref_generate(model, dev, 1, 8)  # warm-up

@@ -413,6 +413,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--ref-dtype", default=None, help="dtype of the references (default: --dtype)")
     ap.add_argument("--refs", default="diffusers,sat", help="comma list of diffusers, sat (or none)")
+    ap.add_argument("--sat-models", default="small,1.0", help="models stable-audio-tools runs")
     ap.add_argument("--variants", default="compiled,compiled-matmul,eager",
                     help="ours: compiled, compiled-matmul (matmul attention), eager")  # fmt: skip
     ap.add_argument("--batches", default="1,4", help="ours' batch sizes for throughput")
@@ -494,7 +495,7 @@ def main() -> None:
         del m
         mx_free()
         for ref in refs:
-            if ref == "diffusers" and name != "1.0":
+            if (ref == "diffusers" and name != "1.0") or (ref == "sat" and name not in args.sat_models):
                 continue
             log(f"== {clip}: {ref}")
             try:

@@ -146,3 +146,15 @@ def test_converter_rejects_unknown_and_missing_tensors(musicgen_dir, tmp_path):
         key = "layers.9.fc1" if name == "extra" else "final_layer_norm"
         assert key in str(e.value)
         assert not (tmp_path / f"out-{name}").exists()  # nothing half-written
+
+
+def test_rows_depend_only_on_their_prompt_and_seed(musicgen_converted):
+    """Batched generation with per-row seeds: each row equals generating that prompt alone with its seed."""
+    model = MusicGen.from_pretrained(musicgen_converted)
+    batch = model.generate(["lofi piano", "dark techno", "lofi piano"], seconds=0.4, seed=[1, 2, 3])
+    for row, (prompt, seed) in enumerate([("lofi piano", 1), ("dark techno", 2), ("lofi piano", 3)]):
+        alone = model.generate(prompt, seconds=0.4, seed=seed)[0]
+        np.testing.assert_allclose(batch[row], alone, rtol=0, atol=1e-6)
+    assert not np.allclose(batch[0], batch[2])  # same prompt, different seeds: variations differ
+    with pytest.raises(UserError, match="2 seeds for 3 prompts"):
+        model.generate(["a", "b", "c"], seconds=0.2, seed=[1, 2])

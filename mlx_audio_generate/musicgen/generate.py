@@ -32,6 +32,13 @@ Progress = Callable[[int, int], None]
 AudioInput = str | Path | np.ndarray
 
 
+def window_keys(seed: int | list[int], index: int) -> int | list[int]:
+    """The seed(s) of window `index` for a clip seed or one seed per batch row."""
+    if isinstance(seed, list):
+        return [window_seed(s, index) for s in seed]
+    return window_seed(seed, index)
+
+
 def window_seed(seed: int, index: int) -> int:
     """Seed of window `index` of a long clip: the clip's seed for the first (so a one-window clip is the
     plain generation), an independent stream for the others."""
@@ -150,7 +157,7 @@ class MusicGen:
         top_k: int = 250,
         top_p: float = 0.0,
         guidance_coef: float = 3.0,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         progress: Progress | None = None,
         melody: AudioInput | None = None,
         audio_prompt: AudioInput | None = None,
@@ -197,6 +204,10 @@ class MusicGen:
 
         states, mask = self.encode_text(prompts)
         seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else seed
+        if isinstance(seed, list | tuple):
+            seed = [int(s) for s in seed]
+            if len(seed) != len(prompts):
+                raise UserError(f"got {len(seed)} seeds for {len(prompts)} prompts")
         k, channels = self.model.lm.config.num_codebooks, self.audio_channels
         steps = [num_steps(w.new_frames, k, channels) for w in plan]
         window_samples = round(window_seconds * self.sample_rate)
@@ -217,7 +228,7 @@ class MusicGen:
                 mask,
                 w.new_frames,
                 options,
-                key=window_seed(seed, i),
+                key=window_keys(seed, i),
                 prompt_codes=prompt_codes,
                 progress=report,
                 chroma=chroma,
@@ -233,7 +244,7 @@ class MusicGen:
         top_k: int = 250,
         top_p: float = 0.0,
         guidance_coef: float = 3.0,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         progress: Progress | None = None,
         melody: AudioInput | None = None,
         audio_prompt: AudioInput | None = None,
@@ -242,6 +253,8 @@ class MusicGen:
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
+        seed: one seed for every row, or one per prompt (variations: the same prompt with several seeds).
+            A row depends only on its own prompt and seed, not on the rest of the batch.
         melody: file path or mono samples at `sample_rate` (melody checkpoints only).
         audio_prompt: file path or (channels ×) samples at `sample_rate` to continue; the result starts with
             its EnCodec reconstruction and is `seconds` long in total.

@@ -42,10 +42,26 @@ class SamplingOptions:
         return self.guidance_scale is not None and self.guidance_scale > 1
 
 
-def _as_key(key: int | mx.array | None) -> mx.array:
+Key = int | list[int] | mx.array | None
+
+
+def row_keys(key: Key, rows: int) -> mx.array:
+    """One PRNG key per batch row, (rows, 2). An int or a single key is shared by every row, so a row's
+    tokens depend only on its own prompt and seed, never on what else is in the batch; a list gives each
+    row its own seed (variations)."""
     if key is None:
         key = int(np.random.SeedSequence().entropy % (2**63))
-    return mx.random.key(key) if isinstance(key, int) else key
+    if isinstance(key, int):
+        key = mx.random.key(key)
+    elif isinstance(key, list | tuple):
+        if len(key) != rows:
+            raise UserError(f"got {len(key)} seeds for {rows} prompts")
+        return mx.stack([mx.random.key(int(s)) for s in key])
+    if key.ndim == 1:
+        return mx.broadcast_to(key, (rows, *key.shape))
+    if key.shape[0] != rows:
+        raise UserError(f"got {key.shape[0]} keys for {rows} prompts")
+    return key
 
 
 def _start_ids(b: int, k: int, bos: int, prompt_codes: mx.array | None) -> mx.array:
@@ -64,7 +80,7 @@ def generate_steps(
     text_mask: mx.array | None,
     frames: int,
     options: SamplingOptions = SamplingOptions(),
-    key: int | mx.array | None = None,
+    key: Key = None,
     prompt_codes: mx.array | None = None,
     compiled: bool = False,
     chroma: mx.array | None = None,
@@ -73,7 +89,8 @@ def generate_steps(
 
     text_states: T5 last hidden states (B, T, Dt) (not yet projected); text_mask: their 0/1 mask (B, T).
     prompt_codes: optional audio-code prompt (B, K, P) to continue, as transformers' `decoder_input_ids`.
-    key: an int seed or `mx.random.key`; the same key gives the same tokens.
+    key: an int seed, an `mx.random.key`, or one seed / key per row (see `row_keys`); the same key gives the
+        same tokens.
     compiled: run the decoder step through `mx.compile` (fixed-shape KV cache with an array offset).
     chroma: melody chroma (1 or B, F, 12) for a melody LM (None = its null melody); an error for others."""
     cfg = lm.config
@@ -100,8 +117,12 @@ def generate_steps(
     pre = cond.prefix_len
     cache = dec.make_cache(rows, pre + length)
     dec.ensure_positions(pre + length)
-    keys = mx.random.split(_as_key(key), steps)
+    # (B, steps, 2): row r draws step t's noise from its own key, whatever the batch holds
+    keys = mx.vmap(lambda k: mx.random.split(k, steps))(row_keys(key, b))
     scale = options.guidance_scale
+    sample = mx.vmap(
+        lambda logits, k: sample_tokens(logits, k, options.temperature, options.top_k, options.top_p)
+    )
 
     def logits_of(col: mx.array, offset: int | mx.array, prefix: mx.array | None = None) -> mx.array:
         x = mx.concatenate([col, col], axis=0) if guided else col  # both halves see the same codes
@@ -125,7 +146,7 @@ def generate_steps(
     def step(col: mx.array, offset: int, t: int) -> mx.array:
         # the prefill (BOS column, prompt, melody prefix) has its own shape: always uncompiled
         logits = logits_of(col, 0, cond.prefix) if t == 0 else step_fn(col, offset)
-        new = sample_tokens(logits, keys[t], options.temperature, options.top_k, options.top_p)
+        new = sample(logits, keys[:, t])
         p = pattern[:, :, first + t]
         return mx.where(p == -1, new, p)  # the pattern's BOS/pad wins where it is set
 
@@ -146,7 +167,7 @@ def generate_codes(
     text_mask: mx.array | None,
     frames: int,
     options: SamplingOptions = SamplingOptions(),
-    key: int | mx.array | None = None,
+    key: Key = None,
     prompt_codes: mx.array | None = None,
     progress: Callable[[int, int], None] | None = None,
     compiled: bool = False,

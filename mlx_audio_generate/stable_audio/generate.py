@@ -7,6 +7,22 @@ One generation is stable-audio-tools' `generate_diffusion_cond` as its gradio ap
 conditioning (seconds_start = 0, seconds_total = the requested seconds), initial noise over the model's whole
 window, the sampler of the checkpoint's objective with classifier-free guidance, the VAE decode, and the
 result cut to the requested length. Noise comes from an explicit MLX key (`seed`), not torch's generator.
+
+Audio to audio (both start from a clip: a file, resampled to the model's rate, or a (channels, samples)
+array at that rate; the reference's `prepare_audio` pads/crops it to the model's `sample_size` and sets its
+channels; the VAE encodes it with the bottleneck's sampling noise):
+- variations (`init_audio`): `generate_diffusion_cond(init_audio=..., init_noise_level=...)` of
+  stable-audio-tools 0.0.19: the sampler starts from the encoded clip noised to `init_noise_level`, every
+  sampler of both objectives. Its range: v (1.0) sigma in (0.3, 500] (the schedule's sigma_min, sigma_max);
+  rectified flow (small) t in (0, 1] (1 = pure noise). Or `init_strength` s in (0, 1], mapped to the start of
+  the default schedule: t = s (rectified flow), sigma = 0.3 * (500 / 0.3) ** s (v: the log-linear
+  polyexponential schedule, so s is the fraction of its log-sigma range that is re-run).
+- inpainting (`inpaint_audio`, `mask_start` / `mask_end` seconds): stable-audio-tools 0.0.16's masked
+  sampling (see inpaint.py; v objective only), then the frames outside the mask are set to the clip's latents.
+
+Seeds: `k0, k1 = split(key(seed))` give the initial and per-step noise (unchanged by audio-to-audio);
+`split(key(seed), 4)[2:]` give the VAE encode noise and inpainting's per-step re-noising (threefry counters
+distinct from the first split's, so all four streams are independent).
 """
 
 from __future__ import annotations
@@ -20,14 +36,71 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from ..audio import read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
 from ..t5 import T5Tokenizer, load_tokenizer
+from . import inpaint
 from . import samplers as S
 from .conditioners import Conditioning
 from .pipeline import StableAudioModel
 
 Progress = Callable[[int, int], None]
+# A file, or a (channels, samples) / (samples,) array at the model's sample rate.
+AudioInput = str | Path | np.ndarray | mx.array
+
+
+@dataclass(frozen=True)
+class NoiseKeys:
+    initial: mx.array  # the sampler's starting noise
+    steps: mx.array  # stochastic samplers' per-step noise (S.gaussian_noise)
+    vae: mx.array  # the VAE bottleneck's sampling noise when encoding init / inpaint audio
+    mask: mx.array  # inpainting's per-step re-noising of the input (S.gaussian_noise)
+
+
+def noise_keys(seed: int) -> NoiseKeys:
+    """The four independent noise streams of one seed (see the module doc)."""
+    root = mx.random.key(seed)
+    k0, k1 = mx.random.split(root)
+    k_vae, k_mask = mx.random.split(root, 4)[2:]
+    return NoiseKeys(k0, k1, k_vae, k_mask)
+
+
+def strength_to_noise_level(objective: str, strength: float) -> float:
+    """init_strength s in (0, 1] -> the reference's init_noise_level (see the module doc)."""
+    if S.objective_family(objective) == "rf":
+        return float(strength)
+    return S.V_SIGMA_MIN * (S.V_SIGMA_MAX / S.V_SIGMA_MIN) ** float(strength)
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def resolve_init_noise_level(
+    objective: str, init_noise_level: float | None, init_strength: float | None
+) -> float:
+    """Validate the variation amount for a model of `objective`; return the reference's init_noise_level.
+
+    Needs only the objective (config.json's model_config), so a CLI can check it before loading weights."""
+    rf = S.objective_family(objective) == "rf"
+    if init_noise_level is not None and init_strength is not None:
+        raise UserError("give init_noise_level or init_strength, not both")
+    if init_strength is not None:
+        if not _real(init_strength) or not 0 < init_strength <= 1:
+            raise UserError(f"init_strength must be in (0, 1], got {init_strength!r}")
+        return strength_to_noise_level(objective, init_strength)
+    lo, hi = (0.0, 1.0) if rf else (S.V_SIGMA_MIN, S.V_SIGMA_MAX)
+    what = "t (rectified flow)" if rf else "sigma (v objective)"
+    if init_noise_level is None:
+        raise UserError(
+            f"init_audio needs init_noise_level, a {what} in ({lo:g}, {hi:g}], or init_strength in (0, 1]"
+        )
+    if not _real(init_noise_level) or not lo < init_noise_level <= hi:
+        raise UserError(
+            f"init_noise_level must be a {what} in ({lo:g}, {hi:g}] for this model, got {init_noise_level!r}"
+        )
+    return float(init_noise_level)
 
 
 @dataclass(frozen=True)
@@ -117,6 +190,54 @@ class StableAudio:
             raise UserError(f"seed must be an integer in [0, 2^64), got {seed}")
         return samples
 
+    # -- audio to audio -------------------------------------------------------------------------------------
+
+    def load_audio(self, audio: AudioInput, what: str = "audio") -> np.ndarray:
+        """The clip (channels, samples) float32 at the model's rate with the model's channel count (the
+        reference's `set_audio_channels`: mono is repeated, extra channels dropped, a mono model averages)."""
+        if isinstance(audio, (str, Path)):
+            a = read_audio(audio, sample_rate=self.sample_rate)  # UserError if missing or unreadable
+        else:
+            try:
+                a = np.asarray(audio, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise UserError(f"{what} must be a file path or a (channels, samples) array") from None
+            if a.ndim == 1:
+                a = a[None]
+            if a.ndim != 2 or a.shape[1] == 0:
+                raise UserError(f"{what} must be a (channels, samples) array, got shape {a.shape}")
+            if a.shape[0] > a.shape[1]:
+                raise UserError(
+                    f"{what} has shape {a.shape}: expected (channels, samples), not the transpose"
+                )
+        if not np.isfinite(a).all():
+            raise UserError(f"{what} contains NaN or infinite samples")
+        channels = self.audio_channels
+        if channels == 1:
+            a = a.mean(axis=0, keepdims=True)
+        elif a.shape[0] == 1:
+            a = np.repeat(a, channels, axis=0)
+        elif a.shape[0] > channels:
+            a = a[:channels]
+        return np.ascontiguousarray(a[:, : self.model.sample_size], dtype=np.float32)
+
+    def prepare_audio(self, clip: np.ndarray) -> np.ndarray:
+        """`prepare_audio`'s PadCrop: (1, channels, sample_size), zero-padded at the end or cropped."""
+        out = np.zeros((1, clip.shape[0], self.model.sample_size), np.float32)
+        n = min(clip.shape[1], self.model.sample_size)
+        out[0, :, :n] = clip[:, :n]
+        return out
+
+    def encode_audio(self, audio: np.ndarray, noise: mx.array | None) -> mx.array:
+        """VAE latents (1, latent_dim, frames) of prepared audio; `noise`: the bottleneck's sampling noise."""
+        latents = self.model.vae.encode(mx.array(audio), noise=noise)
+        if latents.shape[-1] != self.model.latent_frames:
+            raise UserError(
+                f"this model's sample_size {self.model.sample_size} is not a multiple of its VAE's "
+                f"{self.model.vae.downsampling_ratio}x downsampling: audio to audio is not possible"
+            )
+        return latents
+
     def generate(
         self,
         prompt: str | list[str],
@@ -127,21 +248,52 @@ class StableAudio:
         negative_prompt: str | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
+        *,
+        init_audio: AudioInput | None = None,
+        init_noise_level: float | None = None,
+        init_strength: float | None = None,
+        inpaint_audio: AudioInput | None = None,
+        mask_start: float | None = None,
+        mask_end: float | None = None,
+        mask_softness_left: float = 0.0,
+        mask_softness_right: float = 0.0,
+        marination: float = 0.0,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
-        seconds None = the whole window; steps / cfg_scale / sampler None = the checkpoint's defaults
-        (`defaults`); an empty negative prompt means none (the reference app's rule); `progress(done, total)`
-        is called after each step.
+        seconds None = the whole window (with init / inpaint audio: the clip's length, at most the window);
+        steps / cfg_scale / sampler None = the checkpoint's defaults (`defaults`); an empty negative prompt
+        means none (the reference app's rule); `progress(done, total)` is called after each step.
+
+        init_audio: make a variation of this clip; init_noise_level (or init_strength) says how far from it
+        (ranges in the module doc). inpaint_audio: regenerate [mask_start, mask_end) seconds of this clip and
+        keep the rest; mask_softness_left / _right: Hann crossfades (seconds) inside the region's edges;
+        marination in [0, 1]: the reference's early pinning of the region to the input (0 = off).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         d = self.defaults
-        seconds = self.max_seconds if seconds is None else seconds
+        a2a = self._check_a2a(
+            init_audio, init_noise_level, init_strength, inpaint_audio,
+            (mask_start, mask_end, mask_softness_left, mask_softness_right, marination),
+        )  # fmt: skip
+        objective = self.model.objective
+        level = None
+        if init_audio is not None:
+            level = resolve_init_noise_level(objective, init_noise_level, init_strength)
+        what = "init_audio" if init_audio is not None else "inpaint_audio"
+        clip = None if a2a is None else self.load_audio(a2a, what)
+        clip_seconds = None if clip is None else clip.shape[1] / self.sample_rate
+        seconds = (self.max_seconds if clip is None else clip_seconds) if seconds is None else seconds
         steps = d.steps if steps is None else steps
         cfg = float(d.cfg_scale if cfg_scale is None else cfg_scale)
         sampler = sampler or d.sampler
         samples = self._check(prompts, seconds, steps, sampler, cfg, seed)
         steps = int(steps)
+        if inpaint_audio is not None:
+            inpaint.check_mask_args(
+                mask_start, mask_end, mask_softness_left, mask_softness_right, marination,
+                min(clip_seconds, seconds),
+            )  # fmt: skip
 
         cond = self.condition(prompts, seconds)
         neg = self.condition([negative_prompt] * len(prompts), seconds) if negative_prompt else None
@@ -155,10 +307,27 @@ class StableAudio:
         )
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**32))
-        k0, k1 = mx.random.split(mx.random.key(seed))
+        keys = noise_keys(seed)
         shape = (len(prompts), dit.config.io_channels, self.model.latent_frames)
         # The sampler state stays float32 whatever the DiT's dtype (the DiT casts its input itself).
-        noise = mx.random.normal(shape, key=k0)
+        noise = mx.random.normal(shape, key=keys.initial)
+        extra: dict = {}
+        init = mask = None
+        if clip is not None:
+            vae_noise = mx.random.normal((1, *shape[1:]), key=keys.vae)
+            # Encoded once and repeated over the batch, as the reference does.
+            init = mx.broadcast_to(self.encode_audio(self.prepare_audio(clip), vae_noise), shape)
+            extra["init_data"] = init
+        if level is not None:
+            extra["sigma_max"] = level
+        if inpaint_audio is not None:
+            sr, ratio = self.sample_rate, self.model.vae.downsampling_ratio
+            bounds = inpaint.frame_bounds(
+                mask_start, mask_end, mask_softness_left, mask_softness_right, sr, ratio
+            )
+            mask = inpaint.build_mask(self.model.latent_frames, *bounds, marination=float(marination))
+            extra["inpaint_mask"] = mask
+            extra["inpaint_noise_fn"] = S.gaussian_noise(keys.mask, steps)
         callback = None if progress is None else (lambda info: progress(info.i + 1, info.steps))
         latents = S.sample(
             lambda x, t: dit.guided(x, t, dit_cond, cfg),
@@ -167,8 +336,31 @@ class StableAudio:
             objective=self.model.objective,
             sampler=sampler,
             dist_shift=self.model.dist_shift,
-            key=k1,
+            key=keys.steps,
             callback=callback,
+            **extra,
         )
+        if mask is not None:
+            latents = inpaint.keep_outside(latents, init, mask)
         audio = self.model.vae.decode(latents.astype(mx.float32))[..., :samples]
         return np.array(audio.astype(mx.float32))
+
+    def _check_a2a(
+        self,
+        init_audio: AudioInput | None,
+        init_noise_level: float | None,
+        init_strength: float | None,
+        inpaint_audio: AudioInput | None,
+        mask_args: tuple,
+    ) -> AudioInput | None:
+        """Cheap checks of how the audio-to-audio arguments combine (before any file is read)."""
+        if init_audio is not None and inpaint_audio is not None:
+            raise UserError("give init_audio (variation) or inpaint_audio (inpainting), not both")
+        if init_audio is None and (init_noise_level is not None or init_strength is not None):
+            raise UserError("init_noise_level / init_strength need init_audio")
+        start, end, soft_l, soft_r, marination = mask_args
+        if inpaint_audio is None and (start is not None or end is not None or soft_l or soft_r or marination):
+            raise UserError("mask_start / mask_end / mask softness / marination need inpaint_audio")
+        if inpaint_audio is not None:
+            S.check_inpaint(self.model.objective)
+        return init_audio if init_audio is not None else inpaint_audio

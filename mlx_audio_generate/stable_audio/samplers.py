@@ -28,10 +28,14 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
+from . import inpaint
 
 ModelFn = Callable[[mx.array, mx.array], mx.array]  # (x, t of shape (batch,), float32) -> prediction
 DenoiserFn = Callable[[mx.array, np.float32], mx.array]  # (x, sigma) -> clean estimate
 NoiseFn = Callable[[int, tuple[int, ...]], mx.array]  # (step index, shape) -> unit-variance noise
+# (step index, sigma, x) -> the x the step continues from: where k-diffusion's callback may rewrite x (after
+# the model call and Euler/Heun's derivative, before the update); inpainting re-pins the kept frames there.
+StepHook = Callable[[int, np.float32, mx.array], mx.array]
 Callback = Callable[["StepInfo"], None]
 SamplerFn = Callable[..., mx.array]
 
@@ -147,6 +151,10 @@ def _noise(noise_fn: NoiseFn | None, i: int, x: mx.array) -> mx.array:
     if noise_fn is None:
         raise ValueError("this sampler is stochastic: pass noise_fn (see gaussian_noise)")
     return noise_fn(i, tuple(x.shape)).astype(x.dtype)
+
+
+def _hook(hook: StepHook | None, i: int, sigma: np.float32, x: mx.array) -> mx.array:
+    return x if hook is None else hook(i, sigma, x)
 
 
 def gaussian_noise(key: mx.array, steps: int) -> NoiseFn:
@@ -269,7 +277,8 @@ def rf_pingpong(
 
 
 # ------------------------------------------------------------------------------------ k-diffusion samplers
-# Each takes a denoiser (v_denoiser(model_fn)), x (already noise * sigmas[0]) and sigmas (ending in 0).
+# Each takes a denoiser (v_denoiser(model_fn)), x (already noise * sigmas[0]) and sigmas (ending in 0), and
+# an optional StepHook run where k-diffusion runs its callback (the reference's masked sampling uses it).
 
 
 def k_euler(
@@ -279,13 +288,16 @@ def k_euler(
     *,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    hook: StepHook | None = None,
 ) -> mx.array:
     """k-diffusion `sample_euler` (no churn). Not offered by `sample_k`; same schedule and scaling."""
     n = len(sigmas) - 1
     for i in range(n):
         s = sigmas[i]
         den = denoiser(x, s)
-        x = x + (x - den) / float(s) * float(sigmas[i + 1] - s)
+        d = (x - den) / float(s)
+        x = _hook(hook, i, s, x)
+        x = x + d * float(sigmas[i + 1] - s)
         _step(callback, i, n, s, x, den)
     return x
 
@@ -297,6 +309,7 @@ def k_heun(
     *,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    hook: StepHook | None = None,
 ) -> mx.array:
     """k-diffusion `sample_heun` (no churn; Euler on the last step)."""
     n = len(sigmas) - 1
@@ -304,6 +317,7 @@ def k_heun(
         s, sn = sigmas[i], sigmas[i + 1]
         den = denoiser(x, s)
         d = (x - den) / float(s)
+        x = _hook(hook, i, s, x)
         dt = float(sn - s)
         if sn == 0:
             x = x + d * dt
@@ -322,6 +336,7 @@ def dpmpp_2m(
     *,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    hook: StepHook | None = None,
 ) -> mx.array:
     """k-diffusion `sample_dpmpp_2m`."""
     n = len(sigmas) - 1
@@ -330,6 +345,7 @@ def dpmpp_2m(
         lam = -np.log(sigmas)
     for i in range(n):
         den = denoiser(x, sigmas[i])
+        x = _hook(hook, i, sigmas[i], x)
         h = lam[i + 1] - lam[i]
         ratio = float(np.exp(-lam[i + 1]) / np.exp(-lam[i]))
         if old is None or sigmas[i + 1] == 0:
@@ -350,6 +366,7 @@ def dpmpp_2m_sde(
     *,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    hook: StepHook | None = None,
 ) -> mx.array:
     """k-diffusion `sample_dpmpp_2m_sde` (eta 1, midpoint, s_noise 1)."""
     n = len(sigmas) - 1
@@ -357,6 +374,7 @@ def dpmpp_2m_sde(
     for i in range(n):
         s, sn = sigmas[i], sigmas[i + 1]
         den = denoiser(x, s)
+        x = _hook(hook, i, s, x)
         if sn == 0:
             x = den  # final denoising step
         else:
@@ -380,6 +398,7 @@ def dpmpp_3m_sde(
     *,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    hook: StepHook | None = None,
 ) -> mx.array:
     """k-diffusion `sample_dpmpp_3m_sde` (eta 1, s_noise 1): stable-audio-open-1.0's sampler."""
     n = len(sigmas) - 1
@@ -388,6 +407,7 @@ def dpmpp_3m_sde(
     for i in range(n):
         s, sn = sigmas[i], sigmas[i + 1]
         den = denoiser(x, s)
+        x = _hook(hook, i, s, x)
         if sn == 0:
             x = den  # final denoising step
         else:
@@ -456,6 +476,15 @@ def check_sampler(objective: str, sampler: str) -> None:
         )
 
 
+def check_inpaint(objective: str) -> None:
+    """UserError unless the objective has the reference's masked sampling (k-diffusion, i.e. "v")."""
+    if objective_family(objective) != "v":
+        raise UserError(
+            f"inpainting needs a v-objective model such as stable-audio-open-1.0 (this one is "
+            f"{objective!r}): stable-audio-tools' masked sampling exists only for its k-diffusion samplers"
+        )
+
+
 def sample(
     model_fn: ModelFn,
     noise: mx.array,
@@ -467,6 +496,8 @@ def sample(
     sigma_max: float | None = None,
     rho: float = V_RHO,
     init_data: mx.array | None = None,
+    inpaint_mask: np.ndarray | None = None,
+    inpaint_noise_fn: NoiseFn | None = None,
     dist_shift: DistributionShift | None = None,
     key: mx.array | None = None,
     noise_fn: NoiseFn | None = None,
@@ -476,12 +507,21 @@ def sample(
 
     model_fn(x, t) -> v is the DiT (with CFG) at t of shape (batch,). sigma_max defaults to 500 (v) / 1 (rf);
     with `init_data` (audio-to-audio latents) pass sigma_max = init_noise_level, as the reference does.
-    sigma_min and rho only apply to v. Stochastic samplers need `key` (or `noise_fn`, which wins)."""
+    sigma_min and rho only apply to v. Stochastic samplers need `key` (or `noise_fn`, which wins).
+
+    Inpainting (v only): `init_data` plus `inpaint_mask`, the soft mask over latent frames of
+    `inpaint.build_mask`, samples as stable-audio-tools 0.0.16's `sample_k` with a mask (see inpaint.py);
+    `inpaint_noise_fn` gives the per-step noise that re-noises the input (its `torch.randn_like`)."""
     if steps <= 0:
         raise UserError(f"steps must be a positive integer, got {steps}")
     family = objective_family(objective)
     sampler = sampler or default_sampler(objective)
     check_sampler(objective, sampler)
+    hook = None
+    if inpaint_mask is not None:
+        check_inpaint(objective)
+        if init_data is None or inpaint_noise_fn is None:
+            raise ValueError("inpainting needs init_data and inpaint_noise_fn")
     if noise_fn is None and sampler in STOCHASTIC:
         if key is None:
             raise ValueError(f"sampler {sampler!r} is stochastic: pass key= (or noise_fn=)")
@@ -494,9 +534,12 @@ def sample(
             raise UserError(f"sigma_min and sigma_max must be positive, got {sigma_min} and {sigma_max}")
         sigmas = polyexponential_sigmas(steps, sigma_min, sigma_max, rho)
         x = noise * float(sigmas[0])
-        if init_data is not None:
+        if inpaint_mask is not None:
+            x = inpaint.masked_start(init_data, x, inpaint_mask, steps)
+            hook = inpaint.renoise_hook(init_data, inpaint_mask, steps, inpaint_noise_fn)
+        elif init_data is not None:
             x = init_data + x
-        return fn(v_denoiser(model_fn), x, sigmas, noise_fn=noise_fn, callback=callback)
+        return fn(v_denoiser(model_fn), x, sigmas, noise_fn=noise_fn, callback=callback, hook=hook)
 
     sigma_max = min(1.0 if sigma_max is None else sigma_max, 1.0)
     if not sigma_max > 0:

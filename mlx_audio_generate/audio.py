@@ -62,11 +62,17 @@ def _no_peak_chunk(f) -> None:
         pass
 
 
-def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, metadata: dict | None = None) -> Path:
+def write_audio(
+    path: str | Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    metadata: dict | None = None,
+    sidecar: bool = True,
+) -> Path:
     """Write `audio` (channels × samples, float) atomically; the format follows the extension.
 
     `metadata` (prompt, model, seed, settings) is embedded as the file's title/comment where the format
-    has tags, and always written beside it as `<file>.json`."""
+    has tags, and (with `sidecar`) written beside it as `<file>.json`."""
     import soundfile as sf
 
     path = check_output_path(path)
@@ -88,10 +94,11 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, metadata:
 
     try:
         atomic_write(path, write)
-        if metadata is not None:
-            sidecar = path.with_name(path.name + ".json")
+        if metadata is not None and sidecar:
             text = json.dumps(metadata, indent=2, sort_keys=True)
-            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), suffix=".json")
+            atomic_write(
+                path.with_name(path.name + ".json"), lambda t: Path(t).write_text(text), suffix=".json"
+            )
     except OSError as e:
         raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
     return path

@@ -35,6 +35,20 @@ SHORT_NAMES = {
 FAMILY_NAMES = ("musicgen", "stable_audio")
 
 
+def family_of(name: str) -> str | None:
+    """The family a model name stands for (family names, short names, known repo ids), else None."""
+    if name in FAMILY_NAMES:
+        return name
+    from .hub import MUSICGEN_REPOS, STABLE_AUDIO_REPOS
+
+    repo = SHORT_NAMES.get(name, name)
+    if repo in MUSICGEN_REPOS:
+        return "musicgen"
+    if repo in STABLE_AUDIO_REPOS:
+        return "stable_audio"
+    return None
+
+
 def cache_root() -> Path:
     env = os.environ.get("MLX_AUDIO_GENERATE_CACHE")
     if env:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import mlx_audio_generate  # noqa: F401  (first: loads an optimised BLAS before mlx.core is imported)
 from tests.reference.musicgen import save_tiny_musicgen
 
 
@@ -36,17 +37,10 @@ def musicgen_stereo_converted(musicgen_stereo_dir, tmp_path_factory):
 
 
 def _tiny_stable_audio(tmp_path_factory, style: str):
-    from transformers import T5EncoderModel
-
     from tests.reference.stable_audio import save_tiny_stable_audio
 
-    src, ref = save_tiny_stable_audio(tmp_path_factory.mktemp(f"sa-{style}-src"), style)
-    # The reference T5Conditioner loads its T5 in float16; the builder casts it back to float32, but its
-    # weights stay fp16-rounded (~1e-3 off the checkpoint). Give it the exact fp32 weights we convert.
-    # (Through __dict__, as T5Conditioner does, so the T5 stays out of the wrapper's state_dict.)
-    t5 = T5EncoderModel.from_pretrained(src / "t5").eval()
-    ref.conditioner.conditioners["prompt"].__dict__["model"] = t5
-    return src, ref
+    # the builder gives the reference conditioner the exact fp32 T5 of the checkpoint
+    return save_tiny_stable_audio(tmp_path_factory.mktemp(f"sa-{style}-src"), style)
 
 
 @pytest.fixture(scope="session")

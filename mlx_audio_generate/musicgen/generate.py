@@ -12,7 +12,7 @@ longform.py). One melody / audio prompt is shared by every text prompt of a batc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
@@ -23,12 +23,15 @@ from ..converted import load_weights, open_converted
 from ..errors import UserError
 from ..t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
-from .delay import num_steps
-from .lm_generate import SamplingOptions, generate_codes
+from .delay import num_steps, revert_delay_pattern
+from .lm_generate import SamplingOptions, generate_codes, generate_steps, head_columns
 from .longform import DEFAULT_WINDOW, Window, extend, melody_window, plan_windows, stride_frames
 from .pipeline import MusicGenModel
 
 Progress = Callable[[int, int], None]
+# Frames of EnCodec's right-hand receptive field (~3.75 at 32 kHz: a 7-tap conv at the frame rate plus the
+# upsampling convs); audio this close to the last decoded frame can still change.
+_STREAM_MARGIN = 5
 AudioInput = str | Path | np.ndarray
 
 
@@ -163,8 +166,10 @@ class MusicGen:
         audio_prompt: AudioInput | None = None,
         extend_stride: float | None = None,
         window_seconds: float | None = None,
+        _stream: bool = False,
     ) -> mx.array:
-        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding)."""
+        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding).
+        (`_stream`: return the single-window plan for `stream` instead of running it.)"""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not p.strip() for p in prompts):
             raise UserError("prompt is empty; describe the audio you want")
@@ -213,26 +218,31 @@ class MusicGen:
         window_samples = round(window_seconds * self.sample_rate)
         index = {w.offset: i for i, w in enumerate(plan)}
 
-        def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
+        def window_args(w: Window) -> dict:
+            """generate_codes / generate_steps arguments of window `w` (all but prompt_codes)."""
             i = index[w.offset]
             chroma = None
             if wav is not None:
                 # one window: the whole melody, as transformers; several: audiocraft's moving, tiled melody
                 part = wav if len(plan) == 1 else melody_window(wav, w.offset * hop, window_samples)
                 chroma = self.melody_chroma(part)
-            done = sum(steps[:i])
-            report = None if progress is None else (lambda j, _n: progress(done + j, sum(steps)))
-            return generate_codes(
-                self.model.lm,
-                states,
-                mask,
-                w.new_frames,
-                options,
+            return dict(
+                lm=self.model.lm,
+                text_states=states,
+                text_mask=mask,
+                frames=w.new_frames,
+                options=options,
                 key=window_keys(seed, i),
-                prompt_codes=prompt_codes,
-                progress=report,
                 chroma=chroma,
             )
+
+        if _stream:
+            return plan, codes, window_args
+
+        def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
+            done = sum(steps[: index[w.offset]])
+            report = None if progress is None else (lambda j, _n: progress(done + j, sum(steps)))
+            return generate_codes(**window_args(w), prompt_codes=prompt_codes, progress=report)
 
         return extend(plan, stride, run, codes)
 
@@ -250,7 +260,8 @@ class MusicGen:
         audio_prompt: AudioInput | None = None,
         extend_stride: float | None = None,
         window_seconds: float | None = None,
-    ) -> np.ndarray:
+        stream: bool = False,
+    ) -> np.ndarray | Iterator[np.ndarray]:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
         seed: one seed for every row, or one per prompt (variations: the same prompt with several seeds).
@@ -259,7 +270,23 @@ class MusicGen:
         audio_prompt: file path or (channels ×) samples at `sample_rate` to continue; the result starts with
             its EnCodec reconstruction and is `seconds` long in total.
         extend_stride: seconds added per extra window when `seconds` exceeds the window (default 18 s for the
-            30 s window); window_seconds: the window (default 30 s; smaller values are for tests)."""
+            30 s window); window_seconds: the window (default 30 s; smaller values are for tests).
+        stream: return an iterator of audio chunks instead (see `stream`; one window at most)."""
+        if stream:
+            if extend_stride is not None or window_seconds is not None:
+                raise UserError("streaming covers one window; extend_stride / window_seconds do not apply")
+            return self.stream(
+                prompt,
+                seconds,
+                temperature,
+                top_k,
+                top_p,
+                guidance_coef,
+                seed,
+                progress,
+                melody,
+                audio_prompt,
+            )
         codes = self.generate_tokens(
             prompt,
             seconds,
@@ -277,3 +304,65 @@ class MusicGen:
         samples = round(seconds * self.sample_rate)
         audio = self.decode_codes(codes)[..., :samples]
         return np.array(audio.astype(mx.float32))
+
+    def stream(
+        self,
+        prompt: str | list[str],
+        seconds: float = 5.0,
+        temperature: float = 1.0,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        guidance_coef: float = 3.0,
+        seed: int | list[int] | None = None,
+        progress: Progress | None = None,
+        melody: AudioInput | None = None,
+        audio_prompt: AudioInput | None = None,
+        chunk_seconds: float = 1.0,
+    ) -> Iterator[np.ndarray]:
+        """`generate`, yielding audio (batch, channels, n) chunks while the tokens are still being generated;
+        the chunks joined equal `generate`'s result for the same arguments.
+
+        EnCodec's decoder is non-causal over ~4 frames (its convolutions) and causal beyond (its LSTM), so
+        every `chunk_seconds` the codes so far are decoded and the audio up to `_STREAM_MARGIN` frames before
+        their end, which no later code can change, is emitted. One window (30 s) at most."""
+        if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
+            raise UserError(f"chunk_seconds must be a positive number, got {chunk_seconds}")
+        if math.isfinite(seconds) and seconds > self.max_seconds:
+            raise UserError(f"streaming covers one {self.max_seconds:g} s window; use generate() for longer")
+        plan, prompt_codes, window_args = self.generate_tokens(
+            prompt,
+            seconds,
+            temperature,
+            top_k,
+            top_p,
+            guidance_coef,
+            seed,
+            None,
+            melody,
+            audio_prompt,
+            _stream=True,
+        )
+        (w,) = plan
+        args = window_args(w)
+        lm = self.model.lm
+        b = args["text_states"].shape[0]
+        hop, kc = self.model.audio_encoder.config.hop_length, lm.config.codebooks_per_channel
+        samples = round(seconds * self.sample_rate)
+        cols = [head_columns(lm, b, w.new_frames, prompt_codes)]
+        total = num_steps(w.new_frames, lm.config.num_codebooks, self.audio_channels)
+        every = max(1, round(chunk_seconds * self.frame_rate))
+        sent = 0  # samples already yielded
+        for t, col in enumerate(generate_steps(**args, prompt_codes=prompt_codes)):
+            cols.append(col[..., None])
+            if progress is not None:
+                progress(t + 1, total)
+            done = t + 1 == total
+            frames = sum(c.shape[2] for c in cols) - kc  # complete frames so far (delay reverted)
+            if not done and (frames < 1 or (t + 1) % every):
+                continue
+            codes = revert_delay_pattern(mx.concatenate(cols, axis=2), self.audio_channels)
+            audio = self.decode_codes(codes)
+            end = samples if done else min(samples, (frames - _STREAM_MARGIN) * hop)
+            if end > sent:
+                yield np.array(audio[..., sent:end].astype(mx.float32))
+                sent = end

@@ -161,6 +161,15 @@ def generate_steps(
             y = y_next
 
 
+def head_columns(lm: LM, b: int, frames: int, prompt_codes: mx.array | None) -> mx.array:
+    """The known delayed columns before the first generated one (the BOS column, then the prompt's)."""
+    cfg = lm.config
+    total = num_steps(frames, cfg.num_codebooks, cfg.audio_channels)
+    start = _start_ids(b, cfg.num_codebooks, cfg.bos_token_id, prompt_codes)
+    first = start.shape[2]
+    return delay_pattern(start, first + total, cfg.bos_token_id, cfg.audio_channels)[..., :first]
+
+
 def generate_codes(
     lm: LM,
     text_states: mx.array,
@@ -176,12 +185,8 @@ def generate_codes(
     """Generate audio codes (B, K, P + frames) (P = prompt frames, 0 without a prompt), the delay reverted:
     exactly `frames` new frames. `progress(done, total)` is called after each step."""
     cfg = lm.config
-    b, k = text_states.shape[0], cfg.num_codebooks
-    total = num_steps(frames, k, cfg.audio_channels)
-    start = _start_ids(b, k, cfg.bos_token_id, prompt_codes)
-    first = start.shape[2]
-    head = delay_pattern(start, first + total, cfg.bos_token_id, cfg.audio_channels)[..., :first]
-    cols = [head]
+    total = num_steps(frames, cfg.num_codebooks, cfg.audio_channels)
+    cols = [head_columns(lm, text_states.shape[0], frames, prompt_codes)]
     for i, col in enumerate(
         generate_steps(lm, text_states, text_mask, frames, options, key, prompt_codes, compiled, chroma)
     ):

@@ -66,6 +66,12 @@ def noise_keys(seed: int) -> NoiseKeys:
     return NoiseKeys(k0, k1, k_vae, k_mask)
 
 
+def _rows_noise(keys: list[mx.array], steps: int) -> S.NoiseFn:
+    """Per-step noise drawn row by row from each row's own key (S.gaussian_noise for one row)."""
+    per_row = [mx.random.split(k, max(steps, 1)) for k in keys]
+    return lambda i, shape: mx.stack([mx.random.normal(shape[1:], key=ks[i]) for ks in per_row])
+
+
 def strength_to_noise_level(objective: str, strength: float) -> float:
     """init_strength s in (0, 1] -> the reference's init_noise_level (see the module doc)."""
     if S.objective_family(objective) == "rf":
@@ -168,7 +174,13 @@ class StableAudio:
         return self.model.conditioner(self.encode_text(prompts), numbers)
 
     def _check(
-        self, prompts: list[str], seconds: float, steps: int, sampler: str, cfg: float, seed: int | None
+        self,
+        prompts: list[str],
+        seconds: float,
+        steps: int,
+        sampler: str,
+        cfg: float,
+        seed: int | list[int] | None,
     ) -> int:
         """Validate the request; return its length in samples."""
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -186,8 +198,12 @@ class StableAudio:
         S.check_sampler(self.model.objective, sampler)
         if not math.isfinite(cfg) or cfg < 0:
             raise UserError(f"cfg_scale must be a number >= 0, got {cfg}")
-        if seed is not None and (not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64):
-            raise UserError(f"seed must be an integer in [0, 2^64), got {seed}")
+        seeds = seed if isinstance(seed, list | tuple) else [seed]
+        if isinstance(seed, list | tuple) and len(seed) != len(prompts):
+            raise UserError(f"got {len(seed)} seeds for {len(prompts)} prompts")
+        for s in seeds:
+            if s is not None and (not isinstance(s, numbers.Integral) or not 0 <= s < 2**64):
+                raise UserError(f"seed must be an integer in [0, 2^64), got {s}")
         return samples
 
     # -- audio to audio -------------------------------------------------------------------------------------
@@ -246,7 +262,7 @@ class StableAudio:
         cfg_scale: float | None = None,
         sampler: str | None = None,
         negative_prompt: str | None = None,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         progress: Progress | None = None,
         *,
         init_audio: AudioInput | None = None,
@@ -307,16 +323,30 @@ class StableAudio:
         )
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**32))
-        keys = noise_keys(seed)
         shape = (len(prompts), dit.config.io_channels, self.model.latent_frames)
-        # The sampler state stays float32 whatever the DiT's dtype (the DiT casts its input itself).
-        noise = mx.random.normal(shape, key=keys.initial)
         extra: dict = {}
+        if isinstance(seed, list | tuple):
+            # One seed per row: every draw of row r comes from its own keys, so a row equals that prompt
+            # generated alone with its seed (list of one == the int seed), whatever else the batch holds.
+            rows = [noise_keys(int(s)) for s in seed]
+            keys = rows[0]
+            noise = mx.stack([mx.random.normal(shape[1:], key=r.initial) for r in rows])
+            extra["noise_fn"] = _rows_noise([r.steps for r in rows], steps)
+        else:
+            rows, keys = None, noise_keys(seed)
+            # The sampler state stays float32 whatever the DiT's dtype (the DiT casts its input itself).
+            noise = mx.random.normal(shape, key=keys.initial)
         init = mask = None
         if clip is not None:
-            vae_noise = mx.random.normal((1, *shape[1:]), key=keys.vae)
-            # Encoded once and repeated over the batch, as the reference does.
-            init = mx.broadcast_to(self.encode_audio(self.prepare_audio(clip), vae_noise), shape)
+            prepared = self.prepare_audio(clip)
+            if rows is None or len({int(s) for s in seed}) == 1:
+                # Encoded once and repeated over the batch, as the reference does.
+                vae_noise = mx.random.normal((1, *shape[1:]), key=keys.vae)
+                init = mx.broadcast_to(self.encode_audio(prepared, vae_noise), shape)
+            else:
+                init = mx.concatenate(
+                    [self.encode_audio(prepared, mx.random.normal((1, *shape[1:]), key=r.vae)) for r in rows]
+                )
             extra["init_data"] = init
         if level is not None:
             extra["sigma_max"] = level
@@ -327,7 +357,11 @@ class StableAudio:
             )
             mask = inpaint.build_mask(self.model.latent_frames, *bounds, marination=float(marination))
             extra["inpaint_mask"] = mask
-            extra["inpaint_noise_fn"] = S.gaussian_noise(keys.mask, steps)
+            extra["inpaint_noise_fn"] = (
+                S.gaussian_noise(keys.mask, steps)
+                if rows is None
+                else _rows_noise([r.mask for r in rows], steps)
+            )
         callback = None if progress is None else (lambda info: progress(info.i + 1, info.steps))
         latents = S.sample(
             lambda x, t: dit.guided(x, t, dit_cond, cfg),

@@ -1,0 +1,41 @@
+"""MusicGen streaming: chunks arrive during generation and join to exactly the non-streamed result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlx_audio_generate.errors import UserError
+from mlx_audio_generate.musicgen.generate import MusicGen
+
+
+@pytest.fixture(scope="module")
+def model(musicgen_converted):
+    return MusicGen.from_pretrained(musicgen_converted)
+
+
+def test_chunks_join_to_the_non_streamed_result(model):
+    args = dict(seconds=2.3, seed=[4, 5])
+    ref = model.generate(["lofi piano", "dark techno"], **args)
+    steps = []
+    chunks = []
+    for chunk in model.generate(
+        ["lofi piano", "dark techno"], stream=True, progress=lambda d, t: steps.append(d), **args
+    ):
+        chunks.append((len(steps), chunk))
+    assert len(chunks) == 3  # every second (50 frames) and the rest at the end
+    # chunks come out while generating, not all at the end
+    assert chunks[0][0] < steps[-1]
+    out = np.concatenate([c for _, c in chunks], axis=-1)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_stream_continuation_and_chunk_size(model):
+    prompt = 0.05 * np.sin(np.arange(8000) / 9.0).astype(np.float32)
+    ref = model.generate("lofi", seconds=1.0, seed=1, audio_prompt=prompt)
+    chunks = list(model.stream("lofi", seconds=1.0, seed=1, audio_prompt=prompt, chunk_seconds=0.2))
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=-1), ref)
+    with pytest.raises(UserError, match="chunk_seconds"):
+        next(model.stream("lofi", seconds=1.0, chunk_seconds=0))
+    with pytest.raises(UserError, match="one 30 s window"):
+        next(model.stream("lofi", seconds=31.0))

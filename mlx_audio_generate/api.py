@@ -1,9 +1,9 @@
 """The Python API: load a model once, generate many times.
 
-    from mlx_audio_generate import load
-    model = load("converted/musicgen-small")          # a converted folder (see mlx-audio-convert)
-    audio = model.generate("lofi piano", seconds=10, seed=0)[0]   # (channels, samples) float32
-    model.sample_rate                                             # 32000 (MusicGen) / 44100 (Stable Audio)
+>>> from mlx_audio_generate import load
+>>> model = load("musicgen-small")          # a model name (downloaded + converted once) or a converted folder
+>>> audio = model.generate("lofi piano", seconds=10, seed=0)[0]   # (channels, samples) float32
+>>> model.sample_rate                                             # 32000 (MusicGen) / 44100 (Stable Audio)
 """
 
 from __future__ import annotations
@@ -28,9 +28,17 @@ def converted_family(folder: str | Path) -> str:
     return family
 
 
-def load(weights_dir: str | Path) -> Any:
-    """A ready model (MusicGen or StableAudio) from a converted folder; both have `generate` and
-    `sample_rate`."""
+def load(
+    model: str | Path, dtype: str | None = None, trust_remote_code: bool = False, quiet: bool = True
+) -> Any:
+    """A ready model (MusicGen or StableAudio), both with `generate(...)` and `sample_rate`.
+
+    `model`: a folder written by mlx-audio-convert, or a model name / Hugging Face repo id / reference
+    checkpoint folder, fetched and converted once into the cache (`registry.resolve`; `dtype` applies to
+    that conversion)."""
+    from .registry import resolve
+
+    weights_dir = resolve(str(model), dtype=dtype, trust_remote_code=trust_remote_code, quiet=quiet)
     family = converted_family(weights_dir)
     if family == "musicgen":
         from .musicgen.generate import MusicGen

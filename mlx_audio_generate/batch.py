@@ -1,0 +1,510 @@
+"""Batch jobs: many prompts from a JSONL file, sharded over the ranks of MLX's distributed layer.
+
+Each line of the jobs file is one item: `{"prompt": ..., "id"?: ..., "seed"?: ..., <settings>?}` where the
+settings are the model family's sampling settings (SETTINGS). Started under `mlx.launch` with N ranks, item
+`i` goes to rank `i % N` (static sharding: no scheduler); each rank loads the model once, batches its items
+with identical settings, and writes `<out>/<id or index:05d>.<ext>` plus `<file>.json`. At the end every
+rank's manifest rows are gathered with `mx.distributed.all_gather` and rank 0 writes `<out>/manifest.jsonl`.
+Without a launcher `mx.distributed.init()` is a group of size 1: the same job on one machine.
+
+Resuming: an item is done when its `<file>.json` sidecar is complete (it is rewritten with the run's
+timing only after the audio file has been renamed into place) and describes the same request; everything
+else is (re)generated, so a killed run never counts a half-written file.
+
+Determinism: an item's seed is its line's "seed", else a hash of (base seed, id or index), never the rank
+or the number of ranks; at batch size 1 an item's file is the same bytes on 1 or N ranks, and the same as
+`mlx-audio-generate --seed <its seed>` gives (the manifest lists each seed).
+
+Test-only: `MLX_AUDIO_GENERATE_TEST_KILL_AFTER=<rank>:<k>` makes that rank SIGKILL itself after writing k
+items (tests/test_distributed.py uses it to simulate a crashed machine). Nothing else reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+# Per-family settings an item (or a CLI flag) may set; the names are the `generate` keyword arguments.
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "musicgen": ("seconds", "temperature", "top_k", "top_p", "guidance_coef"),
+    "stable_audio": ("seconds", "steps", "cfg_scale", "sampler", "negative_prompt"),
+}
+# None = the checkpoint's own default (Stable Audio's steps / cfg_scale / sampler depend on its objective).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "musicgen": {"seconds": 5.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "guidance_coef": 3.0},
+    "stable_audio": {
+        "seconds": 5.0,
+        "steps": None,
+        "cfg_scale": None,
+        "sampler": None,
+        "negative_prompt": "",
+    },
+}
+ALL_SETTINGS = tuple(dict.fromkeys(SETTINGS["musicgen"] + SETTINGS["stable_audio"]))
+ITEM_KEYS = ("prompt", "id", "seed")
+FORMATS = ("wav", "flac", "ogg", "mp3")
+MANIFEST = "manifest.jsonl"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_KILL_ENV = "MLX_AUDIO_GENERATE_TEST_KILL_AFTER"
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int  # position among the file's items (0-based)
+    line: int  # 1-based line number in the jobs file
+    prompt: str
+    seed: int
+    settings: dict[str, Any] = field(hash=False)
+    id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.id if self.id is not None else f"{self.index:05d}"
+
+    def group_key(self) -> tuple:
+        return tuple(sorted(self.settings.items()))
+
+
+# -- validation ---------------------------------------------------------------------------------------
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seconds": (lambda v: _real(v) and v > 0, "a number > 0"),
+    "temperature": (lambda v: _real(v) and v >= 0, "a number >= 0"),
+    "top_k": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "top_p": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "guidance_coef": (lambda v: _real(v) and v >= 0, "a number >= 0"),
+    "steps": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "cfg_scale": (lambda v: _real(v) and v >= 0, "a number >= 0"),
+    "sampler": (lambda v: isinstance(v, str) and v.strip() != "", "a sampler name"),
+    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
+}
+_FLOATS = {"seconds", "temperature", "top_p", "guidance_coef", "cfg_scale"}
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """`value` checked for setting `key` (None = the default); a UserError (without a location) if bad.
+    Numbers are normalised (1 -> 1.0 for float settings) so equal requests group and resume alike."""
+    if value is None:
+        return None
+    ok, want = _RULES[key]
+    if not ok(value):
+        raise UserError(f"{key} must be {want}, got {json.dumps(value)}")
+    return float(value) if key in _FLOATS else value
+
+
+def family_defaults(family: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The job-wide settings: the family's defaults with the CLI's flags (already checked) on top."""
+    wrong = [k for k, v in overrides.items() if v is not None and k not in SETTINGS[family]]
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        raise UserError(f"{flag} is not a {family} setting; {family} takes {_flags(family)}")
+    out = dict(DEFAULTS[family])
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+def _flags(family: str) -> str:
+    return ", ".join("--" + k.replace("_", "-") for k in SETTINGS[family])
+
+
+def item_seed(base_seed: int, key: str) -> int:
+    """A seed in [0, 2^32) from (base seed, the item's id or index): independent of ranks and order."""
+    digest = hashlib.sha256(f"mlx-audio-generate/{base_seed}/{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def read_jobs(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; malformed JSON is an error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file '{path}' does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read prompts file '{path}': {e}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f'{path}:{n}: each line must be a JSON object like {{"prompt": "..."}}')
+        out.append((n, obj))
+    if not out:
+        raise UserError(f"prompts file '{path}' has no items; write one JSON object per line")
+    return out
+
+
+def check_keys(lines: list[tuple[int, dict]], path: str | Path, family: str | None) -> None:
+    """Keys that are neither item keys nor settings of `family` (None: of either family) are errors naming
+    the line. Run with None before the model is resolved (a typo fails at once, not after a download)."""
+    allowed = ITEM_KEYS + (SETTINGS[family] if family else ALL_SETTINGS)
+    for n, obj in lines:
+        wrong = [k for k in obj if k not in allowed]
+        if wrong:
+            what = f"not a {family} setting" if family and wrong[0] in ALL_SETTINGS else "an unknown key"
+            raise UserError(f"{path}:{n}: {wrong[0]!r} is {what}; allowed: {', '.join(allowed)}")
+
+
+def parse_items(
+    lines: list[tuple[int, dict]], path: str | Path, family: str, base_seed: int, job: dict[str, Any]
+) -> list[Item]:
+    """Validate every line (keys, types, ranges, ids) and build the items; `job`: the job-wide settings."""
+    check_keys(lines, path, family)
+    items: list[Item] = []
+    names: dict[str, int] = {}
+    for index, (n, obj) in enumerate(lines):
+        where = f"{path}:{n}"
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f'{where}: "prompt" must be a non-empty string')
+        ident = obj.get("id")
+        if ident is not None:
+            ident = str(ident) if _integer(ident) else ident
+            if not isinstance(ident, str) or not _ID.fullmatch(ident):
+                raise UserError(
+                    f"{where}: \"id\" must be 1-100 letters, digits, '.', '_' or '-' (a file name), got "
+                    f"{json.dumps(obj['id'])}"
+                )
+        seed = obj.get("seed")
+        if seed is not None and (not _integer(seed) or not 0 <= seed < 2**32):
+            raise UserError(f'{where}: "seed" must be an integer in [0, 2^32), got {json.dumps(seed)}')
+        settings = dict(job)
+        for key in SETTINGS[family]:
+            try:
+                value = check_setting(key, obj.get(key))
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+            if value is not None:
+                settings[key] = value
+        key = f"id:{ident}" if ident is not None else f"#{index}"
+        item = Item(
+            index, n, prompt, seed if seed is not None else item_seed(base_seed, key), settings, ident
+        )
+        # Names are compared case-insensitively: macOS file systems usually are.
+        other = names.setdefault(item.name.lower(), n)
+        if other != n:
+            raise UserError(f"{where}: file name '{item.name}' is already used by line {other}")
+        items.append(item)
+    return items
+
+
+def prepare_output_dir(path: str | Path, fmt: str) -> Path:
+    """Create the output folder if needed and make sure files can be written there (before any model work)."""
+    from .audio import _available_formats
+
+    if "." + fmt not in _available_formats():
+        raise UserError(f"--format {fmt} cannot be written by this machine's libsndfile")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir '{out}' exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--output-dir '{out}' is not writable ({e.strerror or e})") from None
+    return out
+
+
+# -- resuming ---------------------------------------------------------------------------------------------
+
+
+def request(item: Item, model: str) -> dict[str, Any]:
+    """What an item's file is made from: embedded in the audio file and compared on a rerun. Deliberately
+    free of rank, timing and index, so the file's bytes do not depend on how the job was split."""
+    meta = {"prompt": item.prompt, "seed": item.seed, "model": model, "settings": item.settings}
+    if item.id is not None:
+        meta["id"] = item.id
+    return meta
+
+
+def finished_row(item: Item, out_dir: Path, ext: str, model: str) -> dict[str, Any] | None:
+    """The manifest row of an item already done by an earlier run, or None if it must be (re)generated."""
+    import soundfile as sf
+
+    audio = out_dir / f"{item.name}.{ext}"
+    try:
+        row = json.loads((out_dir / f"{audio.name}.json").read_text())
+        if not isinstance(row, dict) or "seconds_taken" not in row:
+            return None  # killed between the audio file and the final sidecar: not done
+        if any(row.get(k) != v for k, v in request(item, model).items()):
+            return None  # another request wrote this name (edited line, other model or settings)
+        info = sf.info(str(audio))
+        if info.frames != row.get("samples") or info.samplerate != row.get("sample_rate"):
+            return None
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return {**row, "item": item.index, "line": item.line, "file": audio.name, "skipped": True}
+
+
+# -- generation -------------------------------------------------------------------------------------------
+
+
+def batches(items: list[Item], batch_size: int) -> list[list[Item]]:
+    """Items with identical settings (all but prompt and seed), in chunks of `batch_size`, in file order."""
+    groups: dict[tuple, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.group_key(), []).append(item)
+    out = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    return sorted(out, key=lambda b: b[0].index)
+
+
+def check_loaded(model: Any, family: str, items: list[Item], path: str | Path) -> None:
+    """Checks that need the loaded model (Stable Audio's window and sampler names), naming the line."""
+    if family != "stable_audio":
+        return
+    from .stable_audio import samplers
+
+    for item in items:
+        s = item.settings
+        try:
+            if s["seconds"] > model.max_seconds:
+                raise UserError(f"seconds must be at most {model.max_seconds:g} for this model (its window)")
+            if s["sampler"] is not None:
+                samplers.check_sampler(model.model.objective, s["sampler"])
+        except UserError as e:
+            raise UserError(f"{path}:{item.line}: {e}") from None
+
+
+class Generator:
+    """Calls `model.generate` for a batch; one list of per-row seeds when the model takes it, else one item
+    at a time (a row's audio depends only on its own seed either way)."""
+
+    def __init__(self, model: Any, quiet: bool):
+        self.model = model
+        self.quiet = quiet
+        self.list_seeds: bool | None = None  # unknown until a batch of several has been tried
+
+    def __call__(self, batch: list[Item]) -> list[np.ndarray]:
+        kwargs = dict(batch[0].settings)
+        if len(batch) == 1 or self.list_seeds is False:
+            return [self.model.generate(it.prompt, seed=it.seed, **kwargs)[0] for it in batch]
+        try:
+            audio = self.model.generate([it.prompt for it in batch], seed=[it.seed for it in batch], **kwargs)
+        except (TypeError, ValueError, UserError) as e:
+            if self.list_seeds:
+                raise
+            self.list_seeds = False
+            if not self.quiet:
+                print(
+                    f"note: this model takes one seed per call ({e}); batch size 1 instead", file=sys.stderr
+                )
+            return self(batch)
+        self.list_seeds = True
+        if len(audio) != len(batch):
+            raise RuntimeError(f"generate returned {len(audio)} rows for {len(batch)} prompts")
+        return list(audio)
+
+
+def _kill_after() -> tuple[int, int] | None:
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return None
+    rank, k = spec.split(":")
+    return int(rank), int(k)
+
+
+def run_shard(
+    items: list[Item],
+    load: Callable[[], Any],
+    out_dir: Path,
+    ext: str,
+    model_name: str,
+    batch_size: int,
+    rank: int,
+    quiet: bool,
+    check: Callable[[Any], None] = lambda model: None,
+) -> list[dict[str, Any]]:
+    """Generate this rank's items (skipping finished ones); return their manifest rows. The model is loaded
+    only when there is something to generate, so a rerun of a finished job is quick."""
+    from .audio import write_audio
+    from .weights import atomic_write
+
+    rows, todo = [], []
+    for item in items:
+        # temp files of a write that was killed (atomic_write's `.<file>.*`): never read, just litter
+        for tmp in out_dir.glob(f".{item.name}.{ext}.*"):
+            tmp.unlink(missing_ok=True)
+        row = finished_row(item, out_dir, ext, model_name)
+        if row is None:
+            todo.append(item)
+        else:
+            rows.append(row)
+    if not quiet and rows:
+        print(f"[rank {rank}] {len(rows)} item(s) already done, {len(todo)} to generate", file=sys.stderr)
+    if not todo:
+        return rows
+    model = load()
+    check(model)
+    generate = Generator(model, quiet)
+    sr = model.sample_rate
+    kill = _kill_after()
+    host = socket.gethostname()
+    written = 0
+    for batch in batches(todo, batch_size):
+        t0 = time.perf_counter()
+        audio = generate(batch)
+        took = (time.perf_counter() - t0) / len(batch)
+        for item, wav in zip(batch, audio, strict=True):
+            path = out_dir / f"{item.name}.{ext}"
+            meta = request(item, model_name)
+            write_audio(path, wav, sr, metadata=meta)
+            samples = int(wav.shape[-1])
+            row = {
+                **meta,
+                "item": item.index,
+                "line": item.line,
+                "file": path.name,
+                "duration": round(samples / sr, 6),
+                "samples": samples,
+                "sample_rate": sr,
+                "rank": rank,
+                "host": host,
+                "batch": len(batch),
+                "seconds_taken": round(took, 4),
+            }
+            # The complete sidecar is the done marker: written (atomically) only once the audio is in place.
+            text = json.dumps(row, indent=2, sort_keys=True)
+            atomic_write(out_dir / f"{path.name}.json", lambda tmp, t=text: Path(tmp).write_text(t))
+            rows.append({**row, "skipped": False})
+            written += 1
+            if not quiet:
+                print(f"[rank {rank}] {path} ({samples / sr:.2f} s, seed {item.seed})", file=sys.stderr)
+            if kill is not None and kill == (rank, written):
+                os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crashed machine (see module doc)
+    return rows
+
+
+# -- collectives ---------------------------------------------------------------------------------------
+
+
+def gather_bytes(data: bytes, group: Any) -> list[bytes]:
+    """Every rank's `data`, in rank order, on every rank: the lengths are all_gather'ed first, then each
+    rank's bytes padded to the longest as one uint8 array (all_gather needs equal shapes)."""
+    import mlx.core as mx
+
+    size = group.size()
+    if size == 1:
+        return [data]
+    lengths = np.array(mx.distributed.all_gather(mx.array([len(data)], dtype=mx.int64), group=group))
+    width = max(int(lengths.max()), 1)
+    buf = np.zeros(width, np.uint8)
+    buf[: len(data)] = np.frombuffer(data, np.uint8)
+    gathered = np.array(mx.distributed.all_gather(mx.array(buf), group=group)).reshape(size, width)
+    return [gathered[r, : int(lengths[r])].tobytes() for r in range(size)]
+
+
+def launched_size() -> int | None:
+    """The number of ranks a launcher says it started (NCCL's MLX_WORLD_SIZE, the ring's hostfile), if any."""
+    if os.environ.get("MLX_WORLD_SIZE", "").isdigit():
+        return int(os.environ["MLX_WORLD_SIZE"])
+    try:
+        hosts = json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text())
+        return len(hosts) if isinstance(hosts, list) else None
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def init_group() -> Any:
+    """`mx.distributed.init()`, refusing a size-1 group where a launcher started several ranks: each rank
+    would then do the whole job (duplicate work and races on the same files)."""
+    import mlx.core as mx
+
+    group = mx.distributed.init()
+    expected = launched_size()
+    if group.size() == 1 and expected and expected > 1:
+        raise UserError(
+            f"started as one of {expected} ranks, but MLX's distributed layer did not connect them (group of "
+            "size 1); check the hostfile's IPs and ports, or the backend (mlx.launch --backend ring|nccl)"
+        )
+    return group
+
+
+def barrier(group: Any) -> None:
+    """Wait until every rank gets here (an all_sum nobody reads)."""
+    import mlx.core as mx
+
+    if group.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.ones(1), group=group))
+
+
+def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    from .weights import atomic_write
+
+    path = out_dir / MANIFEST
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in sorted(rows, key=lambda r: r["item"]))
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text), suffix=".jsonl")
+    except OSError as e:
+        raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
+    return path
+
+
+@dataclass
+class Job:
+    items: list[Item]
+    out_dir: Path
+    ext: str
+    model_name: str
+    load: Callable[[], Any]
+    batch_size: int = 1
+    quiet: bool = False
+    check: Callable[[Any], None] = lambda model: None
+
+
+def run_job(job: Job, group: Any = None) -> list[dict[str, Any]] | None:
+    """Run this rank's share of `job`; return the whole manifest on rank 0 (None elsewhere).
+    `group`: an `mx.distributed` group (default: `init_group()`, size 1 without a launcher)."""
+    group = init_group() if group is None else group
+    rank, size = group.rank(), group.size()
+    mine = [it for it in job.items if it.index % size == rank]
+    if rank == 0:  # a manifest is there only once a run has completed the whole job
+        (job.out_dir / MANIFEST).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    rows = run_shard(
+        mine, job.load, job.out_dir, job.ext, job.model_name, job.batch_size, rank, job.quiet, job.check
+    )
+    if not job.quiet and size > 1:
+        print(
+            f"[rank {rank}] done with {len(mine)} item(s) in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
+    parts = gather_bytes(json.dumps(rows).encode(), group)
+    manifest = None
+    if rank == 0:
+        manifest = sorted((r for p in parts for r in json.loads(p)), key=lambda r: r["item"])
+        if [r["item"] for r in manifest] != [it.index for it in job.items]:
+            raise RuntimeError("the gathered manifest does not cover every item once")
+        write_manifest(job.out_dir, manifest)
+    barrier(group)  # nobody exits (and so nobody's launcher tears the job down) before the manifest exists
+    return manifest

@@ -1,0 +1,155 @@
+"""`mlx-audio-generate --prompts-file jobs.jsonl --output-dir out/`: a batch job, optionally over several
+machines or GPUs (`mlx.launch ... -- mlx-audio-generate --prompts-file ...`; see mlx_audio_generate/batch.py).
+
+Everything the job could trip on (flags, every line of the prompts file, the output folder) is checked before
+the model is loaded, and every rank checks the same things, so a bad job fails on all ranks at once.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from .. import batch as B
+from ..errors import UserError
+from .common import ArgumentParser, run_main
+
+
+def setup_arg_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="mlx-audio-generate",
+        description="Generate one file per line of a JSONL prompts file; shards over ranks under mlx.launch.",
+    )
+    p.add_argument("--prompts-file", required=True, metavar="JSONL", help="one JSON object per line (--help)")
+    p.add_argument("--output-dir", required=True, help="folder for the files and manifest.jsonl (created)")
+    p.add_argument("--model", default=None, help="short name, HF repo id or converted folder")
+    p.add_argument("--weights-dir", default=None, help="folder written by mlx-audio-convert")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of items without their own (default 0)")
+    p.add_argument("--format", choices=B.FORMATS, default="wav", help="audio file format (default wav)")
+    p.add_argument("--seconds", type=float, default=None, help="default duration of an item (default 5)")
+    g = p.add_argument_group("MusicGen defaults (a line's own keys win)")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
+    g.add_argument("--top-k", type=int, default=None, help="top-k candidates (default 250)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, 0 = off (default 0)")
+    g.add_argument("--guidance-coef", type=float, default=None, help="classifier-free guidance (default 3)")
+    g = p.add_argument_group("Stable Audio defaults (a line's own keys win)")
+    g.add_argument("--steps", type=int, default=None, help="diffusion steps (default per checkpoint)")
+    g.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default per checkpoint)")
+    g.add_argument("--sampler", default=None, help="sampler (default per checkpoint)")
+    g.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    p.add_argument("--quiet", action="store_true", help="no per-item lines")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.epilog = (
+        'Each line: {"prompt": "...", "id"?: "name", "seed"?: 123, <setting>?: value}; settings: '
+        + ", ".join(B.ALL_SETTINGS)
+        + ". Files are <output-dir>/<id or line index:05d>.<format>; a rerun skips finished items."
+    )
+    return p
+
+
+def _flag_settings(args) -> dict:
+    """The sampling flags given on the command line, checked (an error names the flag)."""
+    out = {}
+    for key in B.ALL_SETTINGS:
+        value = getattr(args, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
+        try:
+            out[key] = B.check_setting(key, value)
+        except UserError as e:
+            raise UserError(f"--{key.replace('_', '-')}: {e}") from None
+    return out
+
+
+def _family_hint(args) -> str | None:
+    """The model family when it is known without fetching anything, so the prompts file can be checked
+    against that family before a possibly long download and conversion."""
+    from ..api import converted_family
+    from ..registry import FAMILY_NAMES, SHORT_NAMES
+
+    if args.weights_dir is not None:
+        family = converted_family(args.weights_dir)
+        if args.model in FAMILY_NAMES and args.model != family:
+            raise UserError(f"--weights-dir '{args.weights_dir}' holds a {family} model, not {args.model}")
+        return family
+    if Path(args.model).expanduser().is_dir():
+        try:
+            return converted_family(args.model)
+        except UserError:
+            return None  # a reference checkpoint folder: resolve() converts it
+    name = SHORT_NAMES.get(args.model, args.model).lower()
+    return "musicgen" if "musicgen" in name else "stable_audio" if "stable-audio" in name else None
+
+
+def _main(argv: list[str] | None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    if args.model is None and args.weights_dir is None:
+        raise UserError("give --model (a name, repo id or converted folder) or --weights-dir")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2^32), got {args.seed}")
+    flags = _flag_settings(args)
+    lines = B.read_jobs(args.prompts_file)
+    B.check_keys(lines, args.prompts_file, None)
+    from ..registry import FAMILY_NAMES, resolve
+
+    if args.weights_dir is None and args.model in FAMILY_NAMES:
+        raise UserError(
+            f"--model {args.model} needs --weights-dir; or name a checkpoint (e.g. musicgen-small)"
+        )
+    family = _family_hint(args)
+    folder = model_name = None
+    if args.weights_dir is not None:
+        folder = Path(args.weights_dir)
+        model_name = str(folder)  # `dir/` and `dir` are the same request on a rerun
+    elif family is None:  # the family is only known once the model is resolved (maybe fetched)
+        folder, model_name = Path(resolve(args.model, quiet=args.quiet)), args.model
+        from ..api import converted_family
+
+        family = converted_family(folder)
+    # every line is checked before the output folder is touched or a checkpoint is fetched
+    items = B.parse_items(lines, args.prompts_file, family, args.seed, B.family_defaults(family, flags))
+    out_dir = B.prepare_output_dir(args.output_dir, args.format)
+    if folder is None:
+        folder, model_name = Path(resolve(args.model, quiet=args.quiet)), args.model
+
+    def load():
+        from ..api import load as load_model
+
+        return load_model(folder)
+
+    job = B.Job(
+        items=items,
+        out_dir=out_dir,
+        ext=args.format,
+        model_name=model_name,
+        load=load,
+        batch_size=args.batch_size,
+        quiet=args.quiet,
+        check=lambda model: B.check_loaded(model, family, items, args.prompts_file),
+    )
+    manifest = B.run_job(job)
+    if manifest is not None and not args.quiet:
+        skipped = sum(r["skipped"] for r in manifest)
+        print(
+            f"{len(manifest)} item(s) in {out_dir} ({len(manifest) - skipped} generated, {skipped} already "
+            f"done); manifest {out_dir / B.MANIFEST}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main_from_generate(argv: list[str] | None) -> int:
+    """The batch job inside `mlx-audio-generate`'s own run_main (it routes `--prompts-file` here)."""
+    return _main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    raise SystemExit(run_main(_main, argv, "mlx-audio-generate"))
+
+
+if __name__ == "__main__":
+    main()

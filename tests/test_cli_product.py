@@ -123,3 +123,17 @@ def test_formats_from_extension(musicgen_converted, tmp_path, capsys, ext):
     info = sf.info(str(out))
     assert info.samplerate == 32000 and abs(info.duration - 0.5) < 0.06  # lossy codecs pad a little
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_prompts_file_routes_to_the_batch_job(musicgen_converted, tmp_path, capsys):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "lofi piano", "seconds": 0.3}\n{"prompt": "rock", "id": "riff", "seed": 4}\n')
+    out = tmp_path / "out"
+    args = ["--model", "musicgen", "--weights-dir", str(musicgen_converted), "--prompts-file", str(jobs)]
+    code, _, err = run([*args, "--output-dir", str(out), "--seconds", "0.3", "--quiet"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in rows] == ["00000.wav", "riff.wav"] and rows[1]["seed"] == 4
+    jobs.write_text('{"prompt": "x", "bogus": 1}\n')
+    code, _, err = run([*args, "--output-dir", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "jobs.jsonl:1" in err and len(err.strip().splitlines()) == 1

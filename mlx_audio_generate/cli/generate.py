@@ -58,7 +58,11 @@ def setup_arg_parser() -> ArgumentParser:
         "repo id, a converted folder, or musicgen / stable_audio together with --weights-dir",
     )
     p.add_argument("--prompt", action="append", default=None, help="text description (repeat for several)")
-    p.add_argument("--prompts-file", default=None, help="JSONL batch job (one item per line; see README)")
+    p.add_argument(
+        "--prompts-file",
+        default=None,
+        help="JSONL batch job with --output-dir (see README; mlx.launch ranks)",
+    )
     p.add_argument(
         "--n", type=int, default=1, help="variations per prompt, each with its own seed (default 1)"
     )
@@ -285,13 +289,13 @@ def _progress(desc: str, quiet: bool):
 def _main(argv: list[str] | None) -> int:
     import numpy as np
 
+    raw = sys.argv[1:] if argv is None else argv
+    if any(a == "--prompts-file" or a.startswith("--prompts-file=") for a in raw):
+        # a JSONL batch job (sharded over mlx.launch ranks): its own flags (--output-dir, --format, ...)
+        from .batch import main_from_generate
+
+        return main_from_generate(raw)
     args = setup_arg_parser().parse_args(argv)
-    if args.prompts_file is not None:
-        try:
-            from .batch import main_from_generate
-        except ImportError:
-            raise UserError("--prompts-file batch jobs are not available in this build") from None
-        return main_from_generate(argv)
     prompts = _check_generic(args)
     base_seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
     # item k: prompt k // n, seed base + k (a prompt's variations side by side, every seed distinct)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,8 +33,10 @@ def convert(
         raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
     src = fetch(model, trust_remote_code=trust_remote_code)
     family = detect_family(src)
+    remove_stale_partials(parent, output.name)
     try:
-        tmp = make_temp_dir(parent, output.name)
+        # the pid in the name lets a later run remove what a killed conversion left (remove_stale_partials)
+        tmp = make_temp_dir(parent, f"{output.name}.{os.getpid()}")
     except OSError as e:
         raise UserError(f"cannot write into '{parent}': {e.strerror or e}") from None
     try:
@@ -48,10 +52,41 @@ def convert(
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)
+    except OSError as e:  # disk full, permissions, ... while writing the conversion: nothing is left behind
+        raise UserError(f"cannot write the conversion into '{parent}': {e.strerror or e}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return output
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists (another user's)
+        return True
+    return True
+
+
+def remove_stale_partials(parent: Path, name: str) -> None:
+    """Remove the partial folders of `name` in `parent` left by killed conversions on this machine.
+
+    They are `.{name}.{pid}` (registry staging) and `.{name}.{pid}.XXXXXXXX` (convert's temp folder, and the
+    registry's `..{name}.{pid}.{pid}.XXXXXXXX`); only folders whose pid is no longer running are removed,
+    so a conversion in progress in another process is never touched."""
+    pattern = re.compile(rf"\.{{1,2}}{re.escape(name)}\.(\d+)(?:\.\d+)?(?:\.[a-z0-9_]{{8}})?")
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _default_t5(src: Path) -> str:

@@ -96,11 +96,12 @@ def resolve(
     target = cache_dir(repo, dtype)
     if _is_converted(target):
         return target
-    from .convert import convert
+    from .convert import convert, remove_stale_partials
 
     if not quiet:
         print(f"converting {repo} for MLX (once; cached in {target})", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target.parent, target.name)  # what killed conversions left behind
     staging = target.parent / f".{target.name}.{os.getpid()}"
     try:
         convert(repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, t5=t5, force=True)

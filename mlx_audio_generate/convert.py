@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .hub import detect_family, fetch
+from .quantize import check_options
 from .weights import make_temp_dir
 
 
@@ -19,8 +20,13 @@ def convert(
     trust_remote_code: bool = False,
     t5: str | None = None,
     force: bool = False,
+    quantize_bits: int | None = None,
+    quantize_group_size: int = 64,
 ) -> Path:
-    """Convert `model` (repo id or folder) into `output`; the folder appears only once complete."""
+    """Convert `model` (repo id or folder) into `output`; the folder appears only once complete.
+    `quantize_bits` (None, 4 or 8) quantizes the LM / DiT linear layers in groups of `quantize_group_size`."""
+    check_options(quantize_bits, quantize_group_size)
+    q = {"quantize_bits": quantize_bits, "quantize_group_size": quantize_group_size}
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():
         raise UserError(f"--output '{output}' exists and is not a folder")
@@ -43,12 +49,12 @@ def convert(
         if family == "musicgen":
             from .musicgen.convert import convert_musicgen
 
-            convert_musicgen(src, tmp, dtype=dtype, source=model)
+            convert_musicgen(src, tmp, dtype=dtype, source=model, **q)
         else:
             from .stable_audio.convert import convert_stable_audio
 
             t5_src = fetch(t5 or _default_t5(src), trust_remote_code=trust_remote_code)
-            convert_stable_audio(src, tmp, dtype=dtype, source=model, t5_folder=t5_src)
+            convert_stable_audio(src, tmp, dtype=dtype, source=model, t5_folder=t5_src, **q)
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)

@@ -9,6 +9,7 @@ from typing import Any
 import mlx.nn as nn
 
 from .errors import UserError
+from .quantize import apply_saved_quantization
 from .weights import load_safetensors
 
 FORMAT_VERSION = 1
@@ -40,9 +41,14 @@ def open_converted(folder: str | Path, family: str) -> tuple[Path, dict[str, Any
     return folder, config
 
 
-def load_weights(model: nn.Module, folder: Path) -> None:
-    """Load model.safetensors strictly: every parameter present, nothing extra, shapes checked."""
+def load_weights(model: nn.Module, folder: Path, config: dict[str, Any] | None = None) -> None:
+    """Load model.safetensors strictly: every parameter present, nothing extra, shapes checked. A quantized
+    folder (config metadata `quantization`) has the same layers quantized first, so it also loads strictly."""
     weights = load_safetensors(folder / "model.safetensors")
+    if config is None:
+        config = json.loads((folder / "config.json").read_text())
+    meta = config.get("mlx_audio_generate") or {}
+    apply_saved_quantization(model, weights, meta, str(folder))
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:

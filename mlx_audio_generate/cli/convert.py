@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..convert import convert
+from ..errors import UserError
 from ..weights import DTYPES
 from .common import ArgumentParser, run_main
 
@@ -19,6 +20,16 @@ def setup_arg_parser() -> ArgumentParser:
     p.add_argument(
         "--t5", default=None, help="T5 folder or repo for Stable Audio (default google-t5/t5-base)"
     )
+    p.add_argument(
+        "-q",
+        "--quantize",
+        action="store_true",
+        help="quantize the MusicGen LM / Stable Audio DiT linear layers (T5, codec, VAE stay as converted)",
+    )
+    p.add_argument("--q-bits", type=int, default=None, help="with -q: bits per weight, 4 or 8 (default 4)")
+    p.add_argument(
+        "--q-group-size", type=int, default=None, help="with -q: weights per scale: 32, 64, 128 (64)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --output folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -26,6 +37,8 @@ def setup_arg_parser() -> ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     args = setup_arg_parser().parse_args(argv)
+    if not args.quantize and (args.q_bits is not None or args.q_group_size is not None):
+        raise UserError("--q-bits / --q-group-size need -q (--quantize)")
     out = convert(
         args.model,
         args.output,
@@ -33,6 +46,8 @@ def _main(argv: list[str] | None) -> int:
         trust_remote_code=args.trust_remote_code,
         t5=args.t5,
         force=args.force,
+        quantize_bits=(4 if args.q_bits is None else args.q_bits) if args.quantize else None,
+        quantize_group_size=64 if args.q_group_size is None else args.q_group_size,
     )
     print(f"converted {args.model} -> {out}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..converted import FORMAT_VERSION
 from ..errors import UserError
+from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, read_tensors, save_safetensors
 from .pipeline import MusicGenModel
 
@@ -26,9 +27,17 @@ def read_config(folder: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({e})") from None
 
 
-def convert_musicgen(src: Path, out: Path, dtype: str | None = None, source: str | None = None) -> None:
+def convert_musicgen(
+    src: Path,
+    out: Path,
+    dtype: str | None = None,
+    source: str | None = None,
+    quantize_bits: int | None = None,
+    quantize_group_size: int = 64,
+) -> None:
     """Convert into `out` (an existing, empty folder). Every checkpoint tensor is used or explicitly ignored,
-    every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps them)."""
+    every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps them).
+    `quantize_bits` (4 or 8) then quantizes the LM's linear layers (quantize.py)."""
     src, out = Path(src), Path(out)
     config = read_config(src)
     if config.get("model_type") not in ("musicgen", "musicgen_melody"):
@@ -46,14 +55,21 @@ def convert_musicgen(src: Path, out: Path, dtype: str | None = None, source: str
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint does not fit the MusicGen config: {e}") from None
+    stored_dtype = dtype or str(next(iter(weights.values())).dtype).removeprefix("mlx.core.")
+    quantization = None
+    if quantize_bits is not None:
+        quantization = quantize_model(model, "musicgen", quantize_bits, quantize_group_size)
+        weights = model_weights(model)
     save_safetensors(out / "model.safetensors", weights)
     config = dict(config)
     config["mlx_audio_generate"] = {
         "family": "musicgen",
         "format_version": FORMAT_VERSION,
-        "dtype": dtype or str(next(iter(weights.values())).dtype).removeprefix("mlx.core."),
+        "dtype": stored_dtype,
         "source": source or str(src),
     }
+    if quantization is not None:
+        config["mlx_audio_generate"]["quantization"] = quantization
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES + EXTRA_FILES:
         if (src / name).is_file():

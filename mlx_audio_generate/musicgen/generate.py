@@ -61,7 +61,7 @@ class MusicGen:
     def from_pretrained(cls, folder: str | Path) -> MusicGen:
         folder, config = open_converted(folder, "musicgen")
         model = MusicGenModel(config)
-        load_weights(model, folder)
+        load_weights(model, folder, config)
         # EnCodec runs in fp32 whatever the stored dtype: its LSTM state drifts ~2% in bf16, and the
         # codec is small (58M parameters), so half precision buys nothing worth that.
         model.audio_encoder.set_dtype(mx.float32)

@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from ..converted import FORMAT_VERSION
 from ..errors import UserError
+from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, read_tensors, save_safetensors
 from .pipeline import StableAudioModel
 
@@ -69,10 +70,17 @@ def _dtype_name(weights: dict[str, mx.array]) -> str:
 
 
 def convert_stable_audio(
-    src: Path, out: Path, dtype: str | None, source: str | None, t5_folder: Path
+    src: Path,
+    out: Path,
+    dtype: str | None,
+    source: str | None,
+    t5_folder: Path,
+    quantize_bits: int | None = None,
+    quantize_group_size: int = 64,
 ) -> None:
     """Convert into `out` (an existing, empty folder). Every tensor of both checkpoints is used or explicitly
-    ignored, every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps)."""
+    ignored, every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps).
+    `quantize_bits` (4 or 8) then quantizes the DiT's linear layers (quantize.py)."""
     src, out = Path(src), Path(out)
     model_config = _read_json(src / "model_config.json", "not a stable-audio-tools checkpoint")
     t5_config, t5_tensors, tok_dir = read_t5(Path(t5_folder))
@@ -85,18 +93,25 @@ def convert_stable_audio(
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint does not fit its model_config.json: {e}") from None
+    stored_dtype = dtype or _dtype_name(weights)
+    quantization = None
+    if quantize_bits is not None:
+        quantization = quantize_model(model, "stable_audio", quantize_bits, quantize_group_size)
+        weights = model_weights(model)
     save_safetensors(out / "model.safetensors", weights)
     config = {
         "mlx_audio_generate": {
             "family": "stable_audio",
             "format_version": FORMAT_VERSION,
-            "dtype": dtype or _dtype_name(weights),
+            "dtype": stored_dtype,
             "source": source or str(src),
             "t5_source": str(t5_folder),
         },
         "model_config": model_config,
         "t5": t5_config,
     }
+    if quantization is not None:
+        config["mlx_audio_generate"]["quantization"] = quantization
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file():

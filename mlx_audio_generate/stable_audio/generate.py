@@ -137,7 +137,7 @@ class StableAudio:
             if not isinstance(config.get(key), dict):
                 raise UserError(f"'{folder}/config.json' lacks its '{key}' section; convert the model again")
         model = StableAudioModel(config["model_config"], config["t5"])
-        load_weights(model, folder)
+        load_weights(model, folder, config)
         # The VAE's output is the waveform itself: it decodes in float32 whatever the stored dtype
         # (bfloat16's 8-bit mantissa would put a ~-48 dB noise floor on the audio); it is ~10% of the model.
         model.vae.set_dtype(mx.float32)

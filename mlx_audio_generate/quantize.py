@@ -1,0 +1,99 @@
+"""Weight quantization of the generative core (MusicGen LM / Stable Audio DiT) with MLX's `nn.quantize`.
+
+Only `nn.Linear` layers of the LM (`lm.*`) or the DiT (`dit.*`) are quantized (affine, `bits` bits per weight,
+one scale + bias per `group_size` input columns). T5, EnCodec, the Oobleck VAE, the conditioners and the
+embeddings stay in the converted dtype. Also left alone:
+- layers whose input width is not a multiple of `group_size` (MLX quantizes whole groups);
+- layers the model uses through their dense `.weight` (fused residual `addmm` of the attention output and
+  MusicGen's `fc2`, dtype probes such as the DiT's `project_in`): a packed weight cannot stand in there;
+- the text/melody projections into the LM, and the DiT's timestep / conditioning embedders (`to_*_embed`),
+  input/output projections and 1x1 pre/post convs (small, and the DiT's ends set the latent's precision).
+
+The converted folder records `{"quantization": {"bits", "group_size", "modules"}}` in config.json metadata;
+which layers are quantized is read back from the file itself (a `<layer>.scales` tensor), so loading
+re-applies exactly the quantization that was written and then loads strictly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .errors import UserError
+
+BITS = (4, 8)
+GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
+MODULES = {"musicgen": "lm", "stable_audio": "dit"}
+
+# Last path component of layers that are read through `.weight` (see the module docstring).
+_DENSE_ONLY = {
+    "lm": {"out_proj", "fc2", "enc_to_dec_proj", "audio_enc_to_dec_proj"},
+    "dit": {"out", "project_in", "project_out", "preprocess_conv", "postprocess_conv"},
+}
+_SKIP_PREFIXES = {"lm": (), "dit": ("to_timestep_embed", "to_cond_embed", "to_global_embed")}
+
+
+def check_options(bits: Any, group_size: Any) -> None:
+    """UserError unless (bits, group_size) is a quantization MLX supports (bits None: no quantization)."""
+    if bits is None:
+        return
+    if isinstance(bits, bool) or bits not in BITS:
+        raise UserError(f"--q-bits must be one of {', '.join(map(str, BITS))}, not {bits!r}")
+    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        raise UserError(
+            f"--q-group-size must be one of {', '.join(map(str, GROUP_SIZES))}, not {group_size!r}"
+        )
+
+
+def _predicate(modules: str, group_size: int):
+    dense_only, skip = _DENSE_ONLY[modules], _SKIP_PREFIXES[modules]
+
+    def pred(path: str, module: nn.Module) -> bool:
+        if not isinstance(module, nn.Linear) or isinstance(module, nn.QuantizedLinear):
+            return False
+        if path.rsplit(".", 1)[-1] in dense_only or path.startswith(skip):
+            return False
+        return module.weight.shape[-1] % group_size == 0
+
+    return pred
+
+
+def quantize_model(model: nn.Module, family: str, bits: int, group_size: int) -> dict[str, Any]:
+    """Quantize the family's core module of a loaded `model` in place; returns the config metadata entry."""
+    check_options(bits, group_size)
+    modules = MODULES[family]
+    core = getattr(model, modules)
+    nn.quantize(core, group_size=group_size, bits=bits, class_predicate=_predicate(modules, group_size))
+    n = sum(isinstance(m, nn.QuantizedLinear) for _, m in core.named_modules())
+    if n == 0:
+        raise UserError(
+            f"no {modules.upper()} layer has an input width divisible by --q-group-size {group_size}; "
+            "pick a smaller group size"
+        )
+    return {"bits": bits, "group_size": group_size, "modules": modules, "layers": n}
+
+
+def model_weights(model: nn.Module) -> dict:
+    """The model's parameters as the flat {name: array} that model.safetensors holds."""
+    return dict(tree_flatten(model.parameters()))
+
+
+def apply_saved_quantization(model: nn.Module, weights: dict, meta: dict[str, Any], where: str) -> None:
+    """Before a strict load: quantize exactly the layers whose `.scales` the saved weights hold."""
+    q = meta.get("quantization")
+    if q is None:
+        return
+    if not isinstance(q, dict):
+        raise UserError(f"'{where}' has a malformed quantization entry; convert the model again")
+    try:
+        check_options(q.get("bits"), q.get("group_size"))
+    except UserError:
+        raise UserError(f"'{where}' records an unsupported quantization {q}; convert again") from None
+    nn.quantize(
+        model,
+        group_size=q["group_size"],
+        bits=q["bits"],
+        class_predicate=lambda path, m: isinstance(m, nn.Linear) and f"{path}.scales" in weights,
+    )

@@ -100,34 +100,36 @@ def sinusoidal_positions(num_positions: int, dim: int) -> np.ndarray:
 
 
 class KVCache:
-    """Preallocated self-attention cache of one layer: `state = [keys, values]`, each (B, H, max_len, Dh).
+    """Preallocated self-attention cache of one layer: `state = [kv]`, one (2, B, H, max_len, Dh) buffer
+    holding keys (row 0) and values (row 1), so one write per step stores both.
 
-    Writes are slice updates, so the arrays keep one shape for the whole generation: with an mx.array
+    Writes are slice updates, so the array keeps one shape for the whole generation: with an mx.array
     offset the step function can be `mx.compile`d passing `[c.state for c in caches]` as compile
     inputs and outputs."""
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype: mx.Dtype = mx.float32):
-        shape = (batch, heads, max_len, head_dim)
-        self.state = [mx.zeros(shape, dtype), mx.zeros(shape, dtype)]
+        self.state = [mx.zeros((2, batch, heads, max_len, head_dim), dtype)]
 
     @property
     def max_len(self) -> int:
-        return self.state[0].shape[2]
+        return self.state[0].shape[3]
 
-    def update(self, k: mx.array, v: mx.array, offset: Offset) -> tuple[mx.array, mx.array]:
-        """Write k/v (B, H, S, Dh) at `offset`; return the keys/values to attend: with an int offset the
-        filled prefix, with an array offset the whole buffer (the caller masks the unwritten tail)."""
-        s = k.shape[2]
+    def update(self, kv: mx.array, offset: Offset) -> tuple[mx.array, mx.array]:
+        """Write kv (2, B, H, S, Dh) at `offset` with one slice update; return the keys/values to attend
+        (views of the buffer): with an int offset the filled prefix, with an array offset the whole buffer
+        (the caller masks the unwritten tail)."""
+        s = kv.shape[3]
         if isinstance(offset, int):
             if offset + s > self.max_len:
                 raise UserError(f"KV cache holds {self.max_len} steps; step {offset + s} asked for")
-            self.state[0][:, :, offset : offset + s, :] = k
-            self.state[1][:, :, offset : offset + s, :] = v
-            return self.state[0][:, :, : offset + s, :], self.state[1][:, :, : offset + s, :]
-        start = offset.reshape(1).astype(mx.int32)
-        self.state[0] = mx.slice_update(self.state[0], k.astype(self.state[0].dtype), start, axes=(2,))
-        self.state[1] = mx.slice_update(self.state[1], v.astype(self.state[1].dtype), start, axes=(2,))
-        return self.state[0], self.state[1]
+            self.state[0][:, :, :, offset : offset + s, :] = kv
+            out = self.state[0][:, :, :, : offset + s, :]
+        else:
+            start = offset.reshape(1).astype(mx.int32)
+            self.state[0] = mx.slice_update(self.state[0], kv.astype(self.state[0].dtype), start, axes=(3,))
+            out = self.state[0]
+        k, v = mx.split(out, 2, axis=0)
+        return k.squeeze(0), v.squeeze(0)
 
 
 class SelfAttention(nn.Module):
@@ -140,20 +142,23 @@ class SelfAttention(nn.Module):
 
     def __call__(self, x: mx.array, cache: KVCache | None, offset: Offset) -> mx.array:
         b, s, d = x.shape
+        # (3, B, H, S, Dh); q and k/v are split views (integer indexing would be a gather kernel each)
         qkv = self.qkv_proj(x).reshape(b, s, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, kv = mx.split(qkv, [1], axis=0)
+        q = q.squeeze(0)
         mask: str | mx.array | None
         if cache is None:
+            k, v = (a.squeeze(0) for a in mx.split(kv, 2, axis=0))
             mask = "causal" if s > 1 else None
         else:
-            k, v = cache.update(k, v, offset)
+            k, v = cache.update(kv, offset)  # K and V written together
             if isinstance(offset, int):
                 mask = "causal" if s > 1 else None  # lower-right aligned: queries are the last s keys
             else:  # whole buffer: key j visible to query i iff j <= offset + i
                 qpos = offset.astype(mx.int32) + mx.arange(s, dtype=mx.int32)[:, None]
                 mask = mx.arange(k.shape[2], dtype=mx.int32)[None, :] <= qpos
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, s, d))
+        return o.transpose(0, 2, 1, 3).reshape(b, s, d)  # out_proj is applied by the layer (addmm)
 
 
 class CrossAttention(nn.Module):
@@ -168,13 +173,14 @@ class CrossAttention(nn.Module):
     def keys_values(self, enc: mx.array) -> tuple[mx.array, mx.array]:
         b, t, _ = enc.shape
         kv = self.kv_proj(enc).reshape(b, t, 2, self.heads, -1).transpose(2, 0, 3, 1, 4)
-        return kv[0], kv[1]
+        k, v = mx.split(kv, 2, axis=0)  # views, not gathers
+        return k.squeeze(0), v.squeeze(0)
 
     def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array], mask: mx.array | None) -> mx.array:
         b, s, d = x.shape
         q = self.q_proj(x).reshape(b, s, self.heads, -1).transpose(0, 2, 1, 3)
         o = mx.fast.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale, mask=mask)
-        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, s, d))
+        return o.transpose(0, 2, 1, 3).reshape(b, s, d)  # out_proj is applied by the layer (addmm)
 
 
 class DecoderLayer(nn.Module):
@@ -198,11 +204,14 @@ class DecoderLayer(nn.Module):
         cache: KVCache | None,
         offset: Offset,
     ) -> mx.array:
-        x = x + self.self_attn(self.self_attn_layer_norm(x), cache, offset)
+        # The three residual adds ride in the output GEMMs: x + o @ W.T as one addmm (fewer kernels per step).
+        o = self.self_attn(self.self_attn_layer_norm(x), cache, offset)
+        x = mx.addmm(x, o, self.self_attn.out_proj.weight.T)
         if cross_kv is not None:
-            x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), cross_kv, cross_mask)
+            o = self.encoder_attn(self.encoder_attn_layer_norm(x), cross_kv, cross_mask)
+            x = mx.addmm(x, o, self.encoder_attn.out_proj.weight.T)
         h = nn.gelu(self.fc1(self.final_layer_norm(x)))  # exact erf GELU, as torch's "gelu"
-        return x + self.fc2(h)
+        return mx.addmm(x, h, self.fc2.weight.T)
 
 
 class MusicgenDecoder(nn.Module):
@@ -333,11 +342,17 @@ def cross_attention_mask(mask: mx.array | None) -> mx.array | None:
 
     A row with no valid token (the guidance branch) is attended in full instead: transformers adds the most
     negative float to every score, so its softmax is uniform over states that `project_text` zeroed (no bias
-    in k/v), giving exactly 0 — the same result, without the NaN a fully masked SDPA row would give."""
+    in k/v), giving exactly 0 — the same result, without the NaN a fully masked SDPA row would give.
+
+    When that leaves every position attended (no padding: a single prompt, or prompts of one length, with or
+    without the guidance rows) it returns None, so SDPA takes its fused path instead of matmul + softmax.
+    (One host sync, once per generation.)"""
     if mask is None:
         return None
     keep = mask.astype(mx.bool_)
     keep = keep | ~mx.any(keep, axis=-1, keepdims=True)
+    if mx.all(keep).item():
+        return None
     return keep[:, None, None, :]
 
 

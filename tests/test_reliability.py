@@ -214,9 +214,7 @@ def test_wrong_tensor_shape_in_converted_folder(musicgen_converted, tmp_path):
     name = next(k for k, v in sorted(weights.items()) if v.ndim == 2)
     weights[name] = mx.zeros((weights[name].shape[0] + 1, weights[name].shape[1]), weights[name].dtype)
     mx.save_safetensors(str(folder / "model.safetensors"), weights)
-    leaf = name.rsplit(".", 1)[-1]
-    msg = one_line_error(lambda: mlx_audio_generate.load(folder), "model.safetensors", leaf)
-    assert "shape" in msg.lower() or name in msg, msg
+    one_line_error(lambda: mlx_audio_generate.load(folder), "model.safetensors", name, "shape")
 
 
 def test_malicious_pickle_is_refused(musicgen_dir, tmp_path, monkeypatch):

@@ -66,6 +66,11 @@ def model(musicgen_converted):
     return mlx_audio_generate.load(musicgen_converted)
 
 
+@pytest.fixture(scope="module")
+def sa_model(stable_audio_small_converted):
+    return mlx_audio_generate.load(stable_audio_small_converted)
+
+
 # ------------------------------------------------------------------------------ killed conversion (SIGKILL)
 
 
@@ -180,6 +185,24 @@ def test_python_api_rejects_bad_arguments(model, kwargs, words):
 
 def test_python_api_rejects_over_limit_stream(model):
     one_line_error(lambda: list(model.stream("piano", seconds=model.max_seconds + 1)), "window")
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"steps": 0}, ["steps"]),
+        ({"steps": -3}, ["steps"]),
+        ({"cfg_scale": -1.0}, ["cfg_scale"]),
+        ({"cfg_scale": float("nan")}, ["cfg_scale"]),
+        ({"seconds": 1e6}, ["seconds", "at most"]),
+        ({"seconds": float("nan")}, ["seconds"]),
+        ({"seconds": -0.5}, ["seconds"]),
+        ({"seed": -1}, ["seed"]),
+    ],
+)
+def test_stable_audio_api_rejects_bad_arguments(sa_model, kwargs, words):
+    kwargs = {"seconds": 0.5, "steps": 2, "seed": 0, **kwargs}
+    one_line_error(lambda: sa_model.generate("drums", **kwargs), *words)
 
 
 @pytest.mark.xfail(reason="not validated yet: NaN temperature / guidance reach the sampler", strict=False)

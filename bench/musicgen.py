@@ -3,6 +3,9 @@
 
     python bench/musicgen.py --models small,medium,large --seconds 10,30 --dtype float16 --out mg.md
     python bench/musicgen.py --models small --seconds 5 --dtype float32 --ref-steps 20   # a CPU run
+    python bench/musicgen.py --models small,large --seconds 10 --no-ref --no-compiled --clip-modes eager \
+        --batches 1 --out mg.md          # ours only, short (~1 min on an H100): op count, steps/s, 10 s clip
+    BENCH_PKG_ROOT=/path/to/old/checkout python bench/musicgen.py ...   # the same for another commit
 
 Whole clip = T5 + LM decode (CFG batch 2, top-k 250, guidance 3) + EnCodec decode, after one warm-up.
 Decode steps/s are timed over `--steps` steps after 8 warm steps, eager and with `compiled=True`.

@@ -183,6 +183,13 @@ class CrossAttention(nn.Module):
         return o.transpose(0, 2, 1, 3).reshape(b, s, d)  # out_proj is applied by the layer (addmm)
 
 
+def _residual(x: mx.array, o: mx.array, layer: nn.Module) -> mx.array:
+    """`x + layer(o)` for a bias-free linear: one addmm GEMM when dense, the plain sum when quantized."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return x + layer(o)
+    return mx.addmm(x, o, layer.weight.T)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -206,12 +213,12 @@ class DecoderLayer(nn.Module):
     ) -> mx.array:
         # The three residual adds ride in the output GEMMs: x + o @ W.T as one addmm (fewer kernels per step).
         o = self.self_attn(self.self_attn_layer_norm(x), cache, offset)
-        x = mx.addmm(x, o, self.self_attn.out_proj.weight.T)
+        x = _residual(x, o, self.self_attn.out_proj)
         if cross_kv is not None:
             o = self.encoder_attn(self.encoder_attn_layer_norm(x), cross_kv, cross_mask)
-            x = mx.addmm(x, o, self.encoder_attn.out_proj.weight.T)
+            x = _residual(x, o, self.encoder_attn.out_proj)
         h = nn.gelu(self.fc1(self.final_layer_norm(x)))  # exact erf GELU, as torch's "gelu"
-        return mx.addmm(x, h, self.fc2.weight.T)
+        return _residual(x, h, self.fc2)
 
 
 class MusicgenDecoder(nn.Module):

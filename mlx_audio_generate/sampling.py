@@ -6,14 +6,16 @@ then a categorical draw. Draws take an explicit PRNG key, so one seed gives bit-
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 
 from .errors import UserError
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"temperature must be a number >= 0, got {temperature}")
     if top_k is not None and top_k < 0:
         raise UserError(f"top-k must be >= 0 (0 = off), got {top_k}")
     if top_p is not None and not 0.0 <= top_p <= 1.0:

@@ -178,6 +178,12 @@ class MusicGen:
         window_seconds = self.max_seconds if window_seconds is None else window_seconds
         if not math.isfinite(window_seconds) or window_seconds <= 0:
             raise UserError(f"window must be a positive number of seconds, got {window_seconds}")
+        if (
+            not isinstance(guidance_coef, int | float)
+            or not math.isfinite(guidance_coef)
+            or guidance_coef < 0
+        ):
+            raise UserError(f"guidance_coef must be a number >= 0, got {guidance_coef}")
         if melody is not None and not self.is_melody:
             raise UserError("melody conditioning needs a melody checkpoint (facebook/musicgen-melody*)")
         options = SamplingOptions(

@@ -4,8 +4,9 @@ Only `nn.Linear` layers of the LM (`lm.*`) or the DiT (`dit.*`) are quantized (a
 one scale + bias per `group_size` input columns). T5, EnCodec, the Oobleck VAE, the conditioners and the
 embeddings stay in the converted dtype. Also left alone:
 - layers whose input width is not a multiple of `group_size` (MLX quantizes whole groups);
-- layers the model uses through their dense `.weight` (fused residual `addmm` of the attention output and
-  MusicGen's `fc2`, dtype probes such as the DiT's `project_in`): a packed weight cannot stand in there;
+- layers the model reads through their dense `.weight` (dtype probes such as the DiT's `project_in`): a
+  packed weight cannot stand in there. (The attention outputs and MusicGen's `fc2`, whose residual adds ride
+  in an `addmm` when dense, are quantized: the models take `x + layer(o)` for an nn.QuantizedLinear.)
 - the text/melody projections into the LM, and the DiT's timestep / conditioning embedders (`to_*_embed`),
   input/output projections and 1x1 pre/post convs (small, and the DiT's ends set the latent's precision).
 
@@ -27,10 +28,11 @@ BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
 MODULES = {"musicgen": "lm", "stable_audio": "dit"}
 
-# Last path component of layers that are read through `.weight` (see the module docstring).
+# Last path component of layers kept dense: read through `.weight`, or the conditioning projections into
+# the LM and the DiT's ends (see the module docstring).
 _DENSE_ONLY = {
-    "lm": {"out_proj", "fc2", "enc_to_dec_proj", "audio_enc_to_dec_proj"},
-    "dit": {"out", "project_in", "project_out", "preprocess_conv", "postprocess_conv"},
+    "lm": {"enc_to_dec_proj", "audio_enc_to_dec_proj"},
+    "dit": {"project_in", "project_out", "preprocess_conv", "postprocess_conv"},
 }
 _SKIP_PREFIXES = {"lm": (), "dit": ("to_timestep_embed", "to_cond_embed", "to_global_embed")}
 

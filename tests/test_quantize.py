@@ -1,7 +1,7 @@
 """`mlx-audio-convert -q`: MusicGen LM / Stable Audio DiT linears quantized with nn.quantize, rest untouched.
 
-The shared tiny MusicGen is 48 wide, which no MLX group size (32/64/128) divides, so the quantized MusicGen
-tests build their own tiny checkpoint (transformers, 64 wide, FFN 128); the 48-wide one checks the error for a
+The shared tiny MusicGen is 48 wide (FFN 96: only its fc2 takes group 32), so the quantized MusicGen tests
+build their own tiny checkpoint (transformers, 64 wide, FFN 128); the 48-wide one checks the error for a
 group size that divides no layer. Measured on these tiny models (fp32 source; SNR of the quantized model's
 output against the unquantized one): MusicGen teacher-forced LM logits 8-bit ~45 dB, 4-bit ~21 dB (group 32
 or 64); Stable Audio small DiT output of one call 8-bit ~48 dB, 4-bit ~22 dB.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -59,6 +60,19 @@ def musicgen64_converted(musicgen64_dir, tmp_path_factory):
     return convert(str(musicgen64_dir), tmp_path_factory.mktemp("conv") / "mg64")
 
 
+def linears(core: nn.Module, prefix: str, group_size: int) -> dict[str, nn.Module]:
+    """The nn.Linear layers of an unquantized core whose input width `group_size` divides, by full name."""
+    return {
+        f"{prefix}.{path}": m
+        for path, m in core.named_modules()
+        if isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0
+    }
+
+
+def quantized_modules(core: nn.Module, prefix: str) -> set[str]:
+    return {f"{prefix}.{path}" for path, m in core.named_modules() if isinstance(m, nn.QuantizedLinear)}
+
+
 def lm_logits(m: MusicGen) -> np.ndarray:
     tokens = mx.array(np.random.default_rng(0).integers(0, 64, (1, 4, 12)), dtype=mx.int32)
     states, mask = m.encode_text(["lofi piano"])
@@ -81,7 +95,8 @@ def test_musicgen_lm_quantized(musicgen64_dir, musicgen64_converted, tmp_path, b
                       "--q-group-size", "32"])  # fmt: skip
     assert e.value.code == 0
     meta = json.loads((out / "config.json").read_text())["mlx_audio_generate"]
-    assert meta["quantization"] == {"bits": bits, "group_size": 32, "modules": "lm", "layers": 9}
+    # 2 layers x (qkv_proj, out_proj, q_proj, kv_proj, out_proj, fc1, fc2) + lm_heads: every LM linear.
+    assert meta["quantization"] == {"bits": bits, "group_size": 32, "modules": "lm", "layers": 15}
     assert meta["dtype"] == "float32"
     w, plain = (
         load_safetensors(out / "model.safetensors"),
@@ -90,6 +105,13 @@ def test_musicgen_lm_quantized(musicgen64_dir, musicgen64_converted, tmp_path, b
     quantized = sorted(k.removesuffix(".scales") for k in w if k.endswith(".scales"))
     assert quantized and all(k.startswith("lm.") for k in quantized)
     assert "lm.decoder.lm_heads" in quantized and "lm.decoder.layers.0.fc1" in quantized
+    # The residual-fused layers (addmm when dense) are quantized too: every LM linear but the text projection.
+    for i in range(2):
+        for name in ("self_attn.out_proj", "encoder_attn.out_proj", "fc2"):
+            assert f"lm.decoder.layers.{i}.{name}" in quantized
+    plain_model = MusicGen.from_pretrained(musicgen64_converted)
+    expected = set(linears(plain_model.model.lm, "lm", 32)) - {"lm.enc_to_dec_proj"}
+    assert set(quantized) == expected
     for k in quantized:
         assert w[f"{k}.weight"].dtype == mx.uint32 and f"{k}.biases" in w
         assert w[f"{k}.weight"].shape[-1] == plain[f"{k}.weight"].shape[-1] * bits // 32
@@ -102,18 +124,27 @@ def test_musicgen_lm_quantized(musicgen64_dir, musicgen64_converted, tmp_path, b
         musicgen64_converted / "model.safetensors"
     ).stat().st_size
 
-    model = MusicGen.from_pretrained(out)  # strict load of the quantized layers
-    snr = snr_db(lm_logits(model), lm_logits(MusicGen.from_pretrained(musicgen64_converted)))
+    model = MusicGen.from_pretrained(out)  # strict load: the saved quantization is re-applied first
+    assert quantized_modules(model.model.lm, "lm") == expected
+    layer = model.model.lm.decoder.layers[0]
+    assert isinstance(layer.self_attn.out_proj, nn.QuantizedLinear) and layer.self_attn.out_proj.bits == bits
+    assert isinstance(layer.fc2, nn.QuantizedLinear) and layer.fc2.group_size == 32
+    assert not isinstance(model.model.lm.enc_to_dec_proj, nn.QuantizedLinear)
+    snr = snr_db(lm_logits(model), lm_logits(plain_model))
     print(f"MusicGen LM {bits}-bit (group 32) teacher-forced logits SNR {snr:.1f} dB")
     assert snr > MIN_SNR_DB[bits]
     audio = model.generate("lofi piano", seconds=0.2, seed=0)
     assert audio.shape == (1, 1, 6400) and np.isfinite(audio).all()
+    np.testing.assert_array_equal(model.generate("lofi piano", seconds=0.2, seed=0), audio)  # seeded
+    greedy = model.generate("lofi piano", seconds=0.2, top_k=1)
+    assert greedy.shape == (1, 1, 6400) and np.isfinite(greedy).all()
+    np.testing.assert_array_equal(model.generate("lofi piano", seconds=0.2, top_k=1, seed=1), greedy)
 
 
 def test_group_size_dividing_no_layer_is_an_error(musicgen_dir, tmp_path):
-    # 48-wide LM: group 32 divides none of its quantizable inputs -> one clear error, nothing written.
-    with pytest.raises(UserError, match="no LM layer .* divisible by --q-group-size 32"):
-        convert(str(musicgen_dir), tmp_path / "out", quantize_bits=8, quantize_group_size=32)
+    # 48-wide LM, FFN 96: group 64 divides none of its quantizable inputs -> one clear error, nothing written.
+    with pytest.raises(UserError, match="no LM layer .* divisible by --q-group-size 64"):
+        convert(str(musicgen_dir), tmp_path / "out", quantize_bits=8, quantize_group_size=64)
     assert not (tmp_path / "out").exists()
 
 
@@ -160,10 +191,21 @@ def test_stable_audio_dit_quantized(stable_audio_small, stable_audio_small_conve
     quantized = sorted(k.removesuffix(".scales") for k in w if k.endswith(".scales"))
     assert quantized and all(k.startswith("dit.blocks.") for k in quantized)
     assert not any(k.startswith(("t5.", "vae.", "conditioner.")) and w[k].dtype == mx.uint32 for k in w)
+    # Every transformer-block linear, the residual-fused attention outputs (`out`) included.
+    plain = StableAudio.from_pretrained(stable_audio_small_converted)
+    expected = {k for k in linears(plain.model.dit, "dit", 64) if k.startswith("dit.blocks.")}
+    assert set(quantized) == expected
+    assert {f"dit.blocks.0.{k}" for k in ("self_attn.out", "cross_attn.out", "ff.proj_out")} <= expected
 
-    sa = StableAudio.from_pretrained(out)
-    snr = snr_db(dit_output(sa), dit_output(StableAudio.from_pretrained(stable_audio_small_converted)))
+    sa = StableAudio.from_pretrained(out)  # strict load: the saved quantization is re-applied first
+    assert quantized_modules(sa.model.dit, "dit") == expected
+    block = sa.model.dit.blocks[0]
+    assert isinstance(block.self_attn.out, nn.QuantizedLinear) and block.self_attn.out.bits == bits
+    assert isinstance(block.cross_attn.out, nn.QuantizedLinear)
+    assert not isinstance(sa.model.dit.project_in, nn.QuantizedLinear)
+    snr = snr_db(dit_output(sa), dit_output(plain))
     print(f"Stable Audio DiT {bits}-bit (group 64) one-call output SNR {snr:.1f} dB")
     assert snr > MIN_SNR_DB[bits]
     audio = sa.generate("lofi piano", seconds=0.5, steps=2, seed=0)
     assert np.isfinite(audio).all()
+    np.testing.assert_array_equal(sa.generate("lofi piano", seconds=0.5, steps=2, seed=0), audio)  # seeded

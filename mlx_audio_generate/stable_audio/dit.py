@@ -238,11 +238,16 @@ class Attention(nn.Module):
         return self._norm_k(k[:, :, 0].transpose(0, 2, 1, 3)), v[:, :, 0].transpose(0, 2, 1, 3)
 
     def _out(self, o: mx.array, residual: mx.array | None) -> mx.array:
-        """Output projection of (B, H, N, D) heads; `residual + out(o)` as one GEMM (addmm) when given."""
+        """Output projection of (B, H, N, D) heads; `residual + out(o)` as one GEMM (addmm) when given.
+
+        A quantized `out` (nn.QuantizedLinear: packed weight) takes the plain sum instead.
+        """
         b, _, n, _ = o.shape
         o = o.transpose(0, 2, 1, 3).reshape(b, n, -1)
         if residual is None:
             return self.out(o)
+        if isinstance(self.out, nn.QuantizedLinear):
+            return residual + self.out(o)
         return mx.addmm(residual, o, self.out.weight.T)
 
     def __call__(

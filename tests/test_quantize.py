@@ -3,8 +3,9 @@
 The shared tiny MusicGen is 48 wide (FFN 96: only its fc2 takes group 32), so the quantized MusicGen tests
 build their own tiny checkpoint (transformers, 64 wide, FFN 128); the 48-wide one checks the error for a
 group size that divides no layer. Measured on these tiny models (fp32 source; SNR of the quantized model's
-output against the unquantized one): MusicGen teacher-forced LM logits 8-bit ~45 dB, 4-bit ~21 dB (group 32
-or 64); Stable Audio small DiT output of one call 8-bit ~48 dB, 4-bit ~22 dB.
+output against the unquantized one; every LM / DiT-block linear quantized): MusicGen teacher-forced LM logits
+8-bit ~45-46 dB, 4-bit ~21 dB (group 32 or 64); Stable Audio small DiT output of one call 8-bit ~47-48 dB,
+4-bit ~22 dB (docs/benchmarks.md, Quantization).
 """
 
 from __future__ import annotations

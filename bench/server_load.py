@@ -5,11 +5,12 @@
     python bench/server_load.py --model-dir converted/musicgen-small --jobs 20 --seconds 2
 
 The server runs as its own process (`python -m mlx_audio_generate.cli.serve --model tiny=DIR`) on a free
-127.0.0.1 port. After a warm-up (the first job loads the weights) each client thread submits its share of
-the jobs one after another (submit, poll until finished, download the WAV). Every clip is checked: it reads
-with soundfile, has the model's sample rate and the requested duration, and jobs with the same seed and
-parameters give identical samples. RSS of the server process (VmRSS, and the peak VmHWM) is read from
-/proc/<pid>/status after the warm-up and at the end. Latency = submit -> audio downloaded, per job.
+127.0.0.1 port; mlx_audio_generate/server/launch.py starts it and waits until it answers. After a warm-up
+(the first job loads the weights) each client thread submits its share of the jobs one after another
+(submit, poll until finished, download the WAV). Every clip is checked: it reads with soundfile, has the
+model's sample rate and the requested duration, and jobs with the same seed and parameters give identical
+samples. RSS of the server process (VmRSS, and the peak VmHWM) is read from /proc/<pid>/status after the
+warm-up and at the end. Latency = submit -> audio downloaded, per job.
 Afterwards GET /api/models must still answer.
 
 tests/test_server_load.py runs a smaller version of the same `run_load` in the test suite.
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,12 +32,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ("warm piano", "drum loop", "ambient pad")
 SETTINGS = ({}, {"temperature": 0.7, "top_k": 50})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -54,55 +47,14 @@ def rss_mb(pid: int) -> dict[str, float]:
     return out
 
 
-class ServerProcess:
-    """The real server on a free loopback port; `stop()` always ends it."""
+def start_tiny_server(model_dir: Path, output_dir: Path, log_path: Path, timeout: float = 60.0):
+    """The real server serving `model_dir` as "tiny" on a free loopback port: a context manager yielding
+    `(proc, url)` that always stops it."""
+    sys.path.insert(0, str(ROOT))
+    from mlx_audio_generate.server.launch import serve
 
-    def __init__(self, model_dir: Path, output_dir: Path, log_path: Path, timeout: float = 60.0):
-        import httpx
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlx_audio_generate.cli.serve",
-            "--port",
-            str(self.port),
-            "--model",
-            f"tiny={model_dir}",
-            "--output-dir",
-            str(output_dir),
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api/models", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+    args = ["--model", f"tiny={Path(model_dir).resolve()}", "--output-dir", str(output_dir)]
+    return serve(args, log_path=log_path, timeout=timeout)
 
 
 @dataclass
@@ -279,11 +231,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="server-load-") as tmp:
         work = Path(tmp)
         model_dir = args.model_dir or build_tiny(work)
-        server = ServerProcess(model_dir.resolve(), work / "out", work / "server.log")
-        try:
-            result = run_load(server.url, server.proc.pid, args.jobs, args.clients, args.seconds)
-        finally:
-            server.stop()
+        with start_tiny_server(model_dir, work / "out", work / "server.log") as (proc, url):
+            result = run_load(url, proc.pid, args.jobs, args.clients, args.seconds)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import device_line
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server import Server
+from mlx_audio_generate.server.launch import serve
 
 SECONDS = 2.0
 CHROMIUM_ARGS = [
@@ -46,12 +46,9 @@ def server(musicgen_converted, tmp_path_factory):
     broken = root / "broken"
     shutil.copytree(musicgen_converted, broken)
     (broken / "model.safetensors").unlink()  # described from its config; fails when a job loads it
-    srv = Server(
-        ["--model", f"tiny={musicgen_converted}", "--model", f"broken={broken}", "--output-dir", str(root)],
-        root / "server.log",
-    )
-    yield srv
-    srv.stop()
+    args = ["--model", f"tiny={musicgen_converted}", "--model", f"broken={broken}", "--output-dir", str(root)]
+    with serve(args, log_path=root / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture()

@@ -5,65 +5,18 @@ from __future__ import annotations
 import http.client
 import io
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from mlx_audio_generate.server.launch import ServerStartError, serve, start_server
+
 httpx = pytest.importorskip("httpx")
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m mlx_audio_generate.cli.serve ...` on a free 127.0.0.1 port; `stop()` always ends it."""
-
-    def __init__(self, args: list[str], log_path: Path, timeout: float = 60.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        cmd = [sys.executable, "-m", "mlx_audio_generate.cli.serve", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/api/models", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"server did not answer within {timeout} s:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def wait_job(client, job_id: str, timeout: float = 60.0, until=("done", "failed", "cancelled")) -> dict:
@@ -107,10 +60,9 @@ def models_dir(tmp_path_factory, musicgen_converted, stable_audio_small_converte
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("server-out")
-    srv = Server(["--models-dir", str(models_dir), "--output-dir", str(out)], out.parent / "server.log")
-    srv.output_dir = out
-    yield srv
-    srv.stop()
+    args = ["--models-dir", str(models_dir), "--output-dir", str(out)]
+    with serve(args, log_path=out.parent / "server.log") as srv:
+        yield SimpleNamespace(proc=srv.proc, url=srv.url, port=srv.port, output_dir=out)
 
 
 @pytest.fixture()
@@ -307,26 +259,28 @@ def test_openapi_ui_and_host_check(client, server):
 
 
 def test_queue_full_and_cancel(musicgen_converted, tmp_path):
-    srv = Server(
-        ["--model", f"tiny={musicgen_converted}", "--max-queue", "1", "--output-dir", str(tmp_path)],
-        tmp_path / "log",
-    )
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            long = submit(c, seconds=12.0)
-            wait_job(c, long, until=("running", "done", "failed"))
-            waiting = submit(c)  # the one queue slot
-            r = c.post("/api/jobs", json={"model": "tiny", "prompt": "x", "seconds": 1.0})
-            assert r.status_code == 429 and "waiting" in r.json()["message"], r.text
-            assert c.get(f"/api/jobs/{long}").json()["status"] == "running"  # so the 429 was deterministic
-            assert c.get(f"/api/jobs/{waiting}").json()["queue_position"] == 1
+    args = ["--model", f"tiny={musicgen_converted}", "--max-queue", "1", "--output-dir", str(tmp_path)]
+    with serve(args, log_path=tmp_path / "log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        long = submit(c, seconds=12.0)
+        wait_job(c, long, until=("running", "done", "failed"))
+        waiting = submit(c)  # the one queue slot
+        r = c.post("/api/jobs", json={"model": "tiny", "prompt": "x", "seconds": 1.0})
+        assert r.status_code == 429 and "waiting" in r.json()["message"], r.text
+        assert c.get(f"/api/jobs/{long}").json()["status"] == "running"  # so the 429 was deterministic
+        assert c.get(f"/api/jobs/{waiting}").json()["queue_position"] == 1
 
-            assert c.delete(f"/api/jobs/{waiting}").json()["status"] == "cancelled"
-            c.delete(f"/api/jobs/{long}")
-            assert wait_job(c, long)["status"] == "cancelled"
-            assert wait_job(c, submit(c))["status"] == "done"  # the worker carries on
-    finally:
-        srv.stop()
+        assert c.delete(f"/api/jobs/{waiting}").json()["status"] == "cancelled"
+        c.delete(f"/api/jobs/{long}")
+        assert wait_job(c, long)["status"] == "cancelled"
+        assert wait_job(c, submit(c))["status"] == "done"  # the worker carries on
+
+
+def test_launch_reports_a_server_that_exits(tmp_path):
+    # The launcher's failure path: the process ends before it answers -> ServerStartError with its log.
+    log = tmp_path / "log"
+    with pytest.raises(ServerStartError, match="server exited with 2") as e:
+        start_server(["--model", "tiny=/nonexistent/folder"], log_path=log, timeout=30)
+    assert "not a folder written by mlx-audio-convert" in str(e.value)
 
 
 @pytest.mark.parametrize(

@@ -27,14 +27,10 @@ def _bench():
 
 def test_concurrent_clients(musicgen_converted, tmp_path):
     bench = _bench()
-    server = bench.ServerProcess(
-        Path(musicgen_converted).resolve(), tmp_path / "out", tmp_path / "server.log"
-    )
-    try:
-        result = bench.run_load(server.url, server.proc.pid, jobs=12, clients=4, seconds=0.3, job_timeout=60)
-        alive = server.proc.poll() is None
-    finally:
-        server.stop()
+    log = tmp_path / "server.log"
+    with bench.start_tiny_server(musicgen_converted, tmp_path / "out", log) as (proc, url):
+        result = bench.run_load(url, proc.pid, jobs=12, clients=4, seconds=0.3, job_timeout=60)
+        alive = proc.poll() is None
     assert not result.errors, result.errors
     assert alive
     assert len(result.latencies) == 12

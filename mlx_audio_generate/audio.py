@@ -156,16 +156,29 @@ def read_audio(path: str | Path, sample_rate: int | None = None, channels: int |
     audio = data.T
     if audio.shape[1] == 0:
         raise UserError(f"audio file '{path}' is empty")
-    if channels is not None and audio.shape[0] != channels:
-        if channels == 1:
-            audio = audio.mean(axis=0, keepdims=True)
-        elif audio.shape[0] == 1:
-            audio = np.repeat(audio, channels, axis=0)
-        else:
-            raise UserError(f"'{path}' has {audio.shape[0]} channels; expected 1, 2 or {channels}")
+    if channels is not None:
+        audio = match_channels(audio, channels, what=f"'{path}'")
     if sample_rate is not None and sr != sample_rate:
         audio = resample(audio, sr, sample_rate)
     return audio
+
+
+def match_channels(
+    audio: np.ndarray, channels: int, what: str = "audio", drop_extra: bool = False
+) -> np.ndarray:
+    """Audio (C, T) -> (channels, T): to mono, the channel mean; from mono, the channel repeated; more
+    channels than wanted: the first `channels` with `drop_extra` (stable-audio-tools' `set_audio_channels`),
+    else a UserError naming `what` (as for any other count that cannot be matched)."""
+    n = audio.shape[0]
+    if n == channels:
+        return audio
+    if channels == 1:
+        return audio.mean(axis=0, keepdims=True)
+    if n == 1:
+        return np.repeat(audio, channels, axis=0)
+    if drop_extra and n > channels:
+        return audio[:channels]
+    raise UserError(f"{what} has {n} channels; expected 1 or {channels}")
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import soundfile as sf
 from mlx_audio_generate.audio import (
     FORMATS,
     loudness_normalize,
+    match_channels,
     read_audio,
     true_peak,
     write_audio,
@@ -75,6 +76,17 @@ def test_normalize_hits_target_and_is_true_peak_safe():
     out, info = loudness_normalize(spiky, SR, target_lufs=-14.0)
     assert true_peak(out, SR) <= 10 ** (-1.0 / 20) + 1e-6
     assert info["output_lufs"] < -14.0
+
+
+def test_match_channels():
+    x = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], np.float32)
+    np.testing.assert_array_equal(match_channels(x, 1), [[2.0, 3.0, 4.0]])  # mono: the channel mean
+    np.testing.assert_array_equal(match_channels(x[:1], 2), [[1.0, 2.0, 3.0]] * 2)  # mono to stereo: repeated
+    assert match_channels(x, 2) is x  # already right: untouched
+    three = np.concatenate([x, x[:1] * 9])
+    np.testing.assert_array_equal(match_channels(three, 2, drop_extra=True), x)  # the first channels
+    with pytest.raises(UserError, match="melody has 3 channels; expected 1 or 2"):
+        match_channels(three, 2, what="melody")
 
 
 def test_read_resample_and_mixdown(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..audio import read_audio
+from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
 from ..t5 import load_tokenizer
@@ -119,13 +119,7 @@ class MusicGen:
                 x = x[None]
             if x.ndim != 2 or x.shape[1] == 0:
                 raise UserError(f"{what} must be samples or channels × samples, got shape {x.shape}")
-            if x.shape[0] != channels:
-                if channels == 1:
-                    x = x.mean(axis=0, keepdims=True)
-                elif x.shape[0] == 1:
-                    x = np.repeat(x, channels, axis=0)
-                else:
-                    raise UserError(f"{what} has {x.shape[0]} channels; expected 1 or {channels}")
+            x = match_channels(x, channels, what)
         if not np.isfinite(x).all():
             raise UserError(f"{what} holds NaN or infinite samples")
         return x

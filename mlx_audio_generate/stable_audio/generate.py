@@ -36,7 +36,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..audio import read_audio
+from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
 from ..t5 import T5Tokenizer, load_tokenizer
@@ -228,13 +228,7 @@ class StableAudio:
                 )
         if not np.isfinite(a).all():
             raise UserError(f"{what} contains NaN or infinite samples")
-        channels = self.audio_channels
-        if channels == 1:
-            a = a.mean(axis=0, keepdims=True)
-        elif a.shape[0] == 1:
-            a = np.repeat(a, channels, axis=0)
-        elif a.shape[0] > channels:
-            a = a[:channels]
+        a = match_channels(a, self.audio_channels, what, drop_extra=True)
         return np.ascontiguousarray(a[:, : self.model.sample_size], dtype=np.float32)
 
     def prepare_audio(self, clip: np.ndarray) -> np.ndarray:

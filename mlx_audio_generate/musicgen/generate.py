@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -33,6 +34,22 @@ Progress = Callable[[int, int], None]
 # upsampling convs); audio this close to the last decoded frame can still change.
 _STREAM_MARGIN = 5
 AudioInput = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `MusicGen._plan` prepares before the first decoder step."""
+
+    windows: list[Window]
+    stride: int  # frames
+    prompt_codes: mx.array | None  # the encoded audio prompt, one row per text prompt
+    window_args: Callable[[Window], dict]  # generate_codes / generate_steps arguments of a window
+    steps: list[int]  # decoder steps of each window
+
+    def steps_before(self, w: Window) -> int:
+        """Decoder steps of the windows before `w`."""
+        i = next(i for i, x in enumerate(self.windows) if x.offset == w.offset)
+        return sum(self.steps[:i])
 
 
 def window_keys(seed: int | list[int], index: int) -> int | list[int]:
@@ -146,24 +163,22 @@ class MusicGen:
 
     # -- generation ---------------------------------------------------------------------------------------
 
-    def generate_tokens(
+    def _plan(
         self,
         prompt: str | list[str],
-        seconds: float = 5.0,
-        temperature: float = 1.0,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        guidance_coef: float = 3.0,
-        seed: int | list[int] | None = None,
-        progress: Progress | None = None,
-        melody: AudioInput | None = None,
-        audio_prompt: AudioInput | None = None,
-        extend_stride: float | None = None,
-        window_seconds: float | None = None,
-        _stream: bool = False,
-    ) -> mx.array:
-        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding).
-        (`_stream`: return the single-window plan for `stream` instead of running it.)"""
+        seconds: float,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        guidance_coef: float,
+        seed: int | list[int] | None,
+        melody: AudioInput | None,
+        audio_prompt: AudioInput | None,
+        extend_stride: float | None,
+        window_seconds: float | None,
+    ) -> _Plan:
+        """Check `generate`'s arguments, read the audio inputs, encode the text and plan the
+        windows: everything before the first decoder step (shared by `generate_tokens` and `stream`)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not p.strip() for p in prompts):
             raise UserError("prompt is empty; describe the audio you want")
@@ -236,15 +251,36 @@ class MusicGen:
                 chroma=chroma,
             )
 
-        if _stream:
-            return plan, codes, window_args
+        return _Plan(plan, stride, codes, window_args, steps)
+
+    def generate_tokens(
+        self,
+        prompt: str | list[str],
+        seconds: float = 5.0,
+        temperature: float = 1.0,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        guidance_coef: float = 3.0,
+        seed: int | list[int] | None = None,
+        progress: Progress | None = None,
+        melody: AudioInput | None = None,
+        audio_prompt: AudioInput | None = None,
+        extend_stride: float | None = None,
+        window_seconds: float | None = None,
+    ) -> mx.array:
+        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding)."""
+        p = self._plan(
+            prompt, seconds, temperature, top_k, top_p, guidance_coef, seed, melody, audio_prompt,
+            extend_stride, window_seconds,
+        )  # fmt: skip
+        total = sum(p.steps)
 
         def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
-            done = sum(steps[: index[w.offset]])
-            report = None if progress is None else (lambda j, _n: progress(done + j, sum(steps)))
-            return generate_codes(**window_args(w), prompt_codes=prompt_codes, progress=report)
+            done = p.steps_before(w)
+            report = None if progress is None else (lambda j, _n: progress(done + j, total))
+            return generate_codes(**p.window_args(w), prompt_codes=prompt_codes, progress=report)
 
-        return extend(plan, stride, run, codes)
+        return extend(p.windows, p.stride, run, p.prompt_codes)
 
     def generate(
         self,
@@ -329,21 +365,13 @@ class MusicGen:
             raise UserError(f"chunk_seconds must be a positive number, got {chunk_seconds}")
         if math.isfinite(seconds) and seconds > self.max_seconds:
             raise UserError(f"streaming covers one {self.max_seconds:g} s window; use generate() for longer")
-        plan, prompt_codes, window_args = self.generate_tokens(
-            prompt,
-            seconds,
-            temperature,
-            top_k,
-            top_p,
-            guidance_coef,
-            seed,
-            None,
-            melody,
-            audio_prompt,
-            _stream=True,
-        )
-        (w,) = plan
-        args = window_args(w)
+        plan = self._plan(
+            prompt, seconds, temperature, top_k, top_p, guidance_coef, seed, melody, audio_prompt,
+            None, None,
+        )  # fmt: skip
+        (w,) = plan.windows
+        prompt_codes = plan.prompt_codes
+        args = plan.window_args(w)
         lm = self.model.lm
         b = args["text_states"].shape[0]
         hop, kc = self.model.audio_encoder.config.hop_length, lm.config.codebooks_per_channel

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..audio import check_output_path, loudness_normalize, write_audio
 from ..errors import UserError
+from ..progress import tqdm_stages
 from .common import ArgumentParser, run_main
 
 FAMILIES = ("musicgen", "stable_audio")
@@ -267,25 +268,6 @@ def _resolve(args) -> Path:
     return resolve(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, quiet=args.quiet)
 
 
-def _progress(desc: str, quiet: bool):
-    """A tqdm bar fed by the generators' per-step callbacks (the CLI owns the bar, the models only yield)."""
-    if quiet:
-        return None
-    from tqdm import tqdm
-
-    bar = None
-
-    def callback(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return callback
-
-
 def _main(argv: list[str] | None) -> int:
     import numpy as np
 
@@ -318,12 +300,14 @@ def _main(argv: list[str] | None) -> int:
     for start in range(0, len(items), args.batch_size):
         chunk = items[start : start + args.batch_size]
         what = "generating" if family == "musicgen" else "denoising"
-        desc = what if len(items) == 1 else f"{what} {start + 1}-{start + len(chunk)}/{len(items)}"
+        part = "" if len(items) == 1 else f" {start + 1}-{start + len(chunk)}/{len(items)}"
+        # a separate bar per stage (the models report stages, the CLI draws them); none with --quiet
+        bars = {"generate": what + part, "decode": "decoding" + part}
         audio = model.generate(
             [p for p, _ in chunk],
             seconds=args.seconds,
             seed=[s for _, s in chunk],
-            progress=_progress(desc, args.quiet),
+            on_stage=tqdm_stages(bars, args.quiet, units={"decode": "chunk"}),
             **opts,
         )
         for (prompt, seed), clip in zip(chunk, audio, strict=True):

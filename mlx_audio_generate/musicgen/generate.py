@@ -22,6 +22,7 @@ import numpy as np
 from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
+from ..progress import OnStage, report_stage
 from ..t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
@@ -112,15 +113,22 @@ class MusicGen:
         ids, mask = mx.array(ids), mx.array(mask)
         return self.model.text_encoder(ids, mask), mask
 
-    def decode_codes(self, codes: mx.array) -> mx.array:
+    def decode_codes(self, codes: mx.array, progress: Progress | None = None) -> mx.array:
         """Codes (B, K, F) -> audio (B, C, F*hop). Stereo codebooks are interleaved: the even ones are the
-        left channel and the odd ones the right, each decoded by the same mono EnCodec (as transformers)."""
+        left channel and the odd ones the right, each decoded by the same mono EnCodec (as transformers).
+
+        `progress(done, total)`: one chunk per channel, each evaluated before it is reported (0/C first)."""
         codec = self.model.audio_encoder
-        if self.audio_channels == 1:
-            return codec.decode(codes)
-        left = codec.decode(codes[:, 0::2])
-        right = codec.decode(codes[:, 1::2])
-        return mx.concatenate([left, right], axis=1)
+        channels = self.audio_channels
+        if progress is not None:
+            progress(0, channels)
+        pieces = []
+        for c in range(channels):
+            pieces.append(codec.decode(codes if channels == 1 else codes[:, c::channels]))
+            if progress is not None:
+                mx.eval(pieces[-1])
+                progress(c + 1, channels)
+        return pieces[0] if channels == 1 else mx.concatenate(pieces, axis=1)
 
     # -- audio inputs -------------------------------------------------------------------------------------
 
@@ -176,8 +184,9 @@ class MusicGen:
         audio_prompt: AudioInput | None,
         extend_stride: float | None,
         window_seconds: float | None,
+        on_stage: OnStage | None = None,
     ) -> _Plan:
-        """Check `generate`'s arguments, read the audio inputs, encode the text and plan the
+        """Check `generate`'s arguments, read the audio inputs, encode the text ("text" stage) and plan the
         windows: everything before the first decoder step (shared by `generate_tokens` and `stream`)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or any(not p.strip() for p in prompts):
@@ -222,7 +231,11 @@ class MusicGen:
             codes = mx.broadcast_to(codes, (len(prompts), *codes.shape[1:]))
         plan = plan_windows(total, window, stride, 0 if codes is None else codes.shape[2])
 
+        report_stage(on_stage, "text", 0, 1)
         states, mask = self.encode_text(prompts)
+        if on_stage is not None:
+            mx.eval(states, mask)  # the stage's real time (the same values as evaluated with the first step)
+        report_stage(on_stage, "text", 1, 1)
         seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else seed
         if isinstance(seed, list | tuple):
             seed = [int(s) for s in seed]
@@ -267,18 +280,28 @@ class MusicGen:
         audio_prompt: AudioInput | None = None,
         extend_stride: float | None = None,
         window_seconds: float | None = None,
+        *,
+        on_stage: OnStage | None = None,
     ) -> mx.array:
-        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding)."""
+        """Codes (batch, K, ceil(seconds * rate / hop)) for `generate`'s arguments (before decoding);
+        `on_stage` sees the "text" and "generate" stages."""
         p = self._plan(
             prompt, seconds, temperature, top_k, top_p, guidance_coef, seed, melody, audio_prompt,
-            extend_stride, window_seconds,
+            extend_stride, window_seconds, on_stage,
         )  # fmt: skip
         total = sum(p.steps)
+        report_stage(on_stage, "generate", 0, total)
 
         def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
             done = p.steps_before(w)
-            report = None if progress is None else (lambda j, _n: progress(done + j, total))
-            return generate_codes(**p.window_args(w), prompt_codes=prompt_codes, progress=report)
+
+            def report(j: int, _n: int) -> None:
+                if progress is not None:
+                    progress(done + j, total)
+                report_stage(on_stage, "generate", done + j, total)
+
+            hook = None if progress is None and on_stage is None else report
+            return generate_codes(**p.window_args(w), prompt_codes=prompt_codes, progress=hook)
 
         return extend(p.windows, p.stride, run, p.prompt_codes)
 
@@ -297,6 +320,8 @@ class MusicGen:
         extend_stride: float | None = None,
         window_seconds: float | None = None,
         stream: bool = False,
+        *,
+        on_stage: OnStage | None = None,
     ) -> np.ndarray | Iterator[np.ndarray]:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
@@ -307,7 +332,11 @@ class MusicGen:
             its EnCodec reconstruction and is `seconds` long in total.
         extend_stride: seconds added per extra window when `seconds` exceeds the window (default 18 s for the
             30 s window); window_seconds: the window (default 30 s; smaller values are for tests).
-        stream: return an iterator of audio chunks instead (see `stream`; one window at most)."""
+        stream: return an iterator of audio chunks instead (see `stream`; one window at most).
+        progress: `progress(done, total)` after each decoder step (all windows together).
+        on_stage: `on_stage(stage, done, total)` for each stage in order, "text" (0/1, 1/1), "generate"
+            (0/total, then after each decoder step) and "decode" (0/C, then after each channel's EnCodec
+            decode); see progress.py."""
         if stream:
             if extend_stride is not None or window_seconds is not None:
                 raise UserError("streaming covers one window; extend_stride / window_seconds do not apply")
@@ -322,6 +351,7 @@ class MusicGen:
                 progress,
                 melody,
                 audio_prompt,
+                on_stage=on_stage,
             )
         codes = self.generate_tokens(
             prompt,
@@ -336,9 +366,11 @@ class MusicGen:
             audio_prompt,
             extend_stride,
             window_seconds,
+            on_stage=on_stage,
         )
         samples = round(seconds * self.sample_rate)
-        audio = self.decode_codes(codes)[..., :samples]
+        decoded = None if on_stage is None else (lambda done, total: on_stage("decode", done, total))
+        audio = self.decode_codes(codes, decoded)[..., :samples]
         return np.array(audio.astype(mx.float32))
 
     def stream(
@@ -354,20 +386,25 @@ class MusicGen:
         melody: AudioInput | None = None,
         audio_prompt: AudioInput | None = None,
         chunk_seconds: float = 1.0,
+        *,
+        on_stage: OnStage | None = None,
     ) -> Iterator[np.ndarray]:
         """`generate`, yielding audio (batch, channels, n) chunks while the tokens are still being generated;
         the chunks joined equal `generate`'s result for the same arguments.
 
         EnCodec's decoder is non-causal over ~4 frames (its convolutions) and causal beyond (its LSTM), so
         every `chunk_seconds` the codes so far are decoded and the audio up to `_STREAM_MARGIN` frames before
-        their end, which no later code can change, is emitted. One window (30 s) at most."""
+        their end, which no later code can change, is emitted. One window (30 s) at most.
+
+        on_stage: as `generate`'s, but the stages interleave: "decode" counts the samples emitted so far
+        (of round(seconds * sample_rate)), reported after each chunk is decoded."""
         if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
             raise UserError(f"chunk_seconds must be a positive number, got {chunk_seconds}")
         if math.isfinite(seconds) and seconds > self.max_seconds:
             raise UserError(f"streaming covers one {self.max_seconds:g} s window; use generate() for longer")
         plan = self._plan(
             prompt, seconds, temperature, top_k, top_p, guidance_coef, seed, melody, audio_prompt,
-            None, None,
+            None, None, on_stage,
         )  # fmt: skip
         (w,) = plan.windows
         prompt_codes = plan.prompt_codes
@@ -380,10 +417,13 @@ class MusicGen:
         total = num_steps(w.new_frames, lm.config.num_codebooks, self.audio_channels)
         every = max(1, round(chunk_seconds * self.frame_rate))
         sent = 0  # samples already yielded
+        report_stage(on_stage, "generate", 0, total)
+        report_stage(on_stage, "decode", 0, samples)
         for t, col in enumerate(generate_steps(**args, prompt_codes=prompt_codes)):
             cols.append(col[..., None])
             if progress is not None:
                 progress(t + 1, total)
+            report_stage(on_stage, "generate", t + 1, total)
             done = t + 1 == total
             frames = sum(c.shape[2] for c in cols) - kc  # complete frames so far (delay reverted)
             if not done and (frames < 1 or (t + 1) % every):
@@ -392,5 +432,7 @@ class MusicGen:
             audio = self.decode_codes(codes)
             end = samples if done else min(samples, (frames - _STREAM_MARGIN) * hop)
             if end > sent:
-                yield np.array(audio[..., sent:end].astype(mx.float32))
+                chunk = np.array(audio[..., sent:end].astype(mx.float32))
                 sent = end
+                report_stage(on_stage, "decode", sent, samples)
+                yield chunk

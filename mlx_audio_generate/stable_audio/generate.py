@@ -39,6 +39,7 @@ import numpy as np
 from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
+from ..progress import OnStage, report_stage
 from ..t5 import T5Tokenizer, load_tokenizer
 from . import inpaint
 from . import samplers as S
@@ -268,6 +269,7 @@ class StableAudio:
         mask_softness_left: float = 0.0,
         mask_softness_right: float = 0.0,
         marination: float = 0.0,
+        on_stage: OnStage | None = None,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
@@ -279,6 +281,10 @@ class StableAudio:
         (ranges in the module doc). inpaint_audio: regenerate [mask_start, mask_end) seconds of this clip and
         keep the rest; mask_softness_left / _right: Hann crossfades (seconds) inside the region's edges;
         marination in [0, 1]: the reference's early pinning of the region to the input (0 = off).
+
+        on_stage: `on_stage(stage, done, total)` for each stage in order: "text" (T5 + conditioning, 0/1 and
+        1/1), "generate" (0/steps, then after each sampler step) and "decode" (the VAE, 0/1 and 1/1: one
+        piece); see progress.py.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         d = self.defaults
@@ -305,8 +311,14 @@ class StableAudio:
                 min(clip_seconds, seconds),
             )  # fmt: skip
 
+        report_stage(on_stage, "text", 0, 1)
         cond = self.condition(prompts, seconds)
         neg = self.condition([negative_prompt] * len(prompts), seconds) if negative_prompt else None
+        if on_stage is not None:  # the stage's real time (the same values as evaluated with the first step)
+            conds = [c for c in (cond, neg) if c is not None]
+            parts = [v for c in conds for v in (c.cross_attn_cond, c.cross_attn_mask, c.global_cond)]
+            mx.eval([v for v in parts if v is not None])
+        report_stage(on_stage, "text", 1, 1)
         dit = self.model.dit
         dit_cond = dit.cfg_condition(
             cond.cross_attn_cond,
@@ -356,7 +368,13 @@ class StableAudio:
                 if rows is None
                 else _rows_noise([r.mask for r in rows], steps)
             )
-        callback = None if progress is None else (lambda info: progress(info.i + 1, info.steps))
+        report_stage(on_stage, "generate", 0, steps)
+
+        def callback(info: S.StepInfo) -> None:
+            if progress is not None:
+                progress(info.i + 1, info.steps)
+            report_stage(on_stage, "generate", info.i + 1, info.steps)
+
         latents = S.sample(
             lambda x, t: dit.guided(x, t, dit_cond, cfg),
             noise,
@@ -365,13 +383,16 @@ class StableAudio:
             sampler=sampler,
             dist_shift=self.model.dist_shift,
             key=keys.steps,
-            callback=callback,
+            callback=None if progress is None and on_stage is None else callback,
             **extra,
         )
         if mask is not None:
             latents = inpaint.keep_outside(latents, init, mask)
+        report_stage(on_stage, "decode", 0, 1)
         audio = self.model.vae.decode(latents.astype(mx.float32))[..., :samples]
-        return np.array(audio.astype(mx.float32))
+        audio = np.array(audio.astype(mx.float32))
+        report_stage(on_stage, "decode", 1, 1)
+        return audio
 
     def _check_a2a(
         self,

@@ -1,0 +1,85 @@
+"""Progress reporting: the models report, the command-line tools draw.
+
+Generation reports through two optional callbacks of `generate`:
+- `progress(done, total)`: the per-step callback (MusicGen decoder steps / diffusion steps), unchanged;
+- `on_stage(stage, done, total)`: every stage in order, each from `(stage, 0, total)` up to
+  `(stage, total, total)` with `done` increasing: "text" (the T5 encoder, 0/1 -> 1/1), "generate" (one
+  call per step) and "decode" (the codec: MusicGen decodes one chunk per audio channel, Stable Audio's VAE
+  decodes in one piece, 0/1 -> 1/1).
+
+`tqdm_bar` / `tqdm_stages` turn them into tqdm bars on stderr (a separate bar per stage); `eval_weights`
+evaluates a converted weight dict tensor by tensor, reporting `(done, total)` to a bar.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+Progress = Callable[[int, int], None]
+OnStage = Callable[[str, int, int], None]
+STAGES = ("text", "generate", "decode")
+
+
+def report_stage(on_stage: OnStage | None, stage: str, done: int, total: int) -> None:
+    if on_stage is not None:
+        on_stage(stage, done, total)
+
+
+def tqdm_bar(desc: str, quiet: bool = False, unit: str = "step") -> Progress | None:
+    """A `(done, total)` callback drawing one tqdm bar on stderr (created on the first call, closed at
+    `done >= total`); None when `quiet`."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def callback(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None or bar.disable:  # disable: closed, a new run of the same stage
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.refresh()  # show the completed bar even when the last updates came within tqdm's interval
+            bar.close()
+
+    return callback
+
+
+def tqdm_stages(
+    descs: dict[str, str], quiet: bool = False, units: dict[str, str] | None = None
+) -> OnStage | None:
+    """An `on_stage` callback with a separate tqdm bar per stage named in `descs` (stage -> bar label);
+    other stages are not drawn. None when `quiet`."""
+    if quiet:
+        return None
+    units = units or {}
+    bars = {stage: tqdm_bar(desc, unit=units.get(stage, "step")) for stage, desc in descs.items()}
+
+    def on_stage(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is not None:
+            bar(done, total)
+
+    return on_stage
+
+
+def eval_weights(weights: dict[str, mx.array], progress: Progress | None = None) -> None:
+    """Evaluate every tensor of a (lazy) weight dict, one at a time, calling `progress(done, total)` after
+    each: the conversion's real work (reading, renaming layouts, casting) happens here, so a bar over it
+    shows real time. The values are the same as a single `mx.eval(weights)`."""
+    import mlx.core as mx
+
+    if progress is None:
+        mx.eval(weights)
+        return
+    total = len(weights)
+    progress(0, total)
+    for i, value in enumerate(weights.values()):
+        mx.eval(value)
+        progress(i + 1, total)

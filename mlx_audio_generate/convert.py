@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .hub import detect_family, fetch
+from .progress import tqdm_bar
 from .quantize import check_options
 from .weights import make_temp_dir
 
@@ -22,11 +23,14 @@ def convert(
     force: bool = False,
     quantize_bits: int | None = None,
     quantize_group_size: int = 64,
+    quiet: bool = True,
 ) -> Path:
     """Convert `model` (repo id or folder) into `output`; the folder appears only once complete.
-    `quantize_bits` (None, 4 or 8) quantizes the LM / DiT linear layers in groups of `quantize_group_size`."""
+    `quantize_bits` (None, 4 or 8) quantizes the LM / DiT linear layers in groups of `quantize_group_size`.
+    Unless `quiet`, a tqdm bar on stderr counts the tensors converted (downloads show Hugging Face's)."""
     check_options(quantize_bits, quantize_group_size)
     q = {"quantize_bits": quantize_bits, "quantize_group_size": quantize_group_size}
+    q["progress"] = tqdm_bar(f"converting {Path(str(model)).name}", quiet, unit="tensor")
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():
         raise UserError(f"--output '{output}' exists and is not a folder")

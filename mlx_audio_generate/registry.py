@@ -104,7 +104,9 @@ def resolve(
     remove_stale_partials(target.parent, target.name)  # what killed conversions left behind
     staging = target.parent / f".{target.name}.{os.getpid()}"
     try:
-        convert(repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, t5=t5, force=True)
+        convert(
+            repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, t5=t5, force=True, quiet=quiet
+        )
         try:
             staging.rename(target)
         except OSError:

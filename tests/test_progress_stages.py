@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from mlx_audio_generate.cli import convert as convert_cli
 from mlx_audio_generate.cli import generate as generate_cli
 from mlx_audio_generate.musicgen.generate import MusicGen
 from mlx_audio_generate.stable_audio.generate import StableAudio
@@ -138,3 +139,36 @@ def test_cli_shows_a_bar_per_stage_and_none_when_quiet(request, tmp_path, capsys
     assert err.index(f"{bar}: ") < err.index("decoding: ")
     code, out, err = run(generate_cli.main, [*args, "--output", str(tmp_path / "b.wav"), "--quiet"], capsys)
     assert code == 0 and err == "" and out == ""
+
+
+def test_conversion_bar_and_quiet(musicgen_dir, tmp_path, capsys):
+    from mlx_audio_generate.convert import convert
+
+    convert(str(musicgen_dir), tmp_path / "a", quiet=False)
+    err = capsys.readouterr().err
+    assert "converting " in err and "100%" in err and "tensor" in err
+    convert(str(musicgen_dir), tmp_path / "b")  # library default: quiet
+    assert capsys.readouterr().err == ""
+
+    code, out, err = run(
+        convert_cli.main, ["--model", str(musicgen_dir), "--output", str(tmp_path / "c")], capsys
+    )
+    assert code == 0 and "converting " in err and "tensor" in err and "converted" in out
+    code, out, err = run(
+        convert_cli.main, ["--model", str(musicgen_dir), "--output", str(tmp_path / "d"), "--quiet"], capsys
+    )
+    assert code == 0 and err == "" and out == ""
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_auto_convert_on_first_use_shows_the_bar_unless_quiet(musicgen_dir, tmp_path, monkeypatch, capsys):
+    from mlx_audio_generate.registry import resolve
+
+    monkeypatch.setenv("MLX_AUDIO_GENERATE_CACHE", str(tmp_path / "cache"))
+    resolve(str(musicgen_dir), dtype="float32")
+    err = capsys.readouterr().err
+    assert "converting " in err and "tensor" in err
+    resolve(str(musicgen_dir), dtype="float16", quiet=True)
+    assert capsys.readouterr().err == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..convert import convert
 from ..errors import UserError
 from ..weights import DTYPES
@@ -31,12 +33,15 @@ def setup_arg_parser() -> ArgumentParser:
         "--q-group-size", type=int, default=None, help="with -q: weights per scale: 32, 64, 128 (64)"
     )
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def _main(argv: list[str] | None) -> int:
     args = setup_arg_parser().parse_args(argv)
+    if args.quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not args.quantize and (args.q_bits is not None or args.q_group_size is not None):
         raise UserError("--q-bits / --q-group-size need -q (--quantize)")
     out = convert(
@@ -48,8 +53,10 @@ def _main(argv: list[str] | None) -> int:
         force=args.force,
         quantize_bits=(4 if args.q_bits is None else args.q_bits) if args.quantize else None,
         quantize_group_size=64 if args.q_group_size is None else args.q_group_size,
+        quiet=args.quiet,
     )
-    print(f"converted {args.model} -> {out}")
+    if not args.quiet:
+        print(f"converted {args.model} -> {out}")
     return 0
 
 

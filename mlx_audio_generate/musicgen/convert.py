@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..converted import FORMAT_VERSION
 from ..errors import UserError
+from ..progress import Progress, eval_weights
 from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, read_tensors, save_safetensors
 from .pipeline import MusicGenModel
@@ -34,6 +35,7 @@ def convert_musicgen(
     source: str | None = None,
     quantize_bits: int | None = None,
     quantize_group_size: int = 64,
+    progress: Progress | None = None,
 ) -> None:
     """Convert into `out` (an existing, empty folder). Every checkpoint tensor is used or explicitly ignored,
     every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps them).
@@ -55,6 +57,7 @@ def convert_musicgen(
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint does not fit the MusicGen config: {e}") from None
+    eval_weights(weights, progress)  # the conversion's work, tensor by tensor: `progress(done, total)`
     stored_dtype = dtype or str(next(iter(weights.values())).dtype).removeprefix("mlx.core.")
     quantization = None
     if quantize_bits is not None:

@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from ..converted import FORMAT_VERSION
 from ..errors import UserError
+from ..progress import Progress, eval_weights
 from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, read_tensors, save_safetensors
 from .pipeline import StableAudioModel
@@ -77,6 +78,7 @@ def convert_stable_audio(
     t5_folder: Path,
     quantize_bits: int | None = None,
     quantize_group_size: int = 64,
+    progress: Progress | None = None,
 ) -> None:
     """Convert into `out` (an existing, empty folder). Every tensor of both checkpoints is used or explicitly
     ignored, every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps).
@@ -93,6 +95,7 @@ def convert_stable_audio(
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint does not fit its model_config.json: {e}") from None
+    eval_weights(weights, progress)  # the conversion's work, tensor by tensor: `progress(done, total)`
     stored_dtype = dtype or _dtype_name(weights)
     quantization = None
     if quantize_bits is not None:

@@ -88,8 +88,9 @@ def steps_for(seconds: float) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------- ours
 
 
-def build_ours(name: str, dtype: str, tiny: bool):
+def build_ours(name: str, dtype: str, tiny: bool, bits: int = 0):
     from mlx_audio_generate.musicgen.pipeline import MusicGenModel
+    from mlx_audio_generate.quantize import quantize_model
 
     cfg = {
         "text_encoder": t5_config(tiny),
@@ -99,6 +100,8 @@ def build_ours(name: str, dtype: str, tiny: bool):
     m = MusicGenModel(cfg)
     m.set_dtype(mx_dtype(dtype))
     m.audio_encoder.set_dtype(mx.float32)  # as MusicGen.from_pretrained: the codec runs in fp32
+    if bits:  # as `mlx-audio-convert -q --q-bits bits --q-group-size 64`: the LM linears
+        quantize_model(m, "musicgen", bits, 64)
     mx.eval(m.parameters())
     return m
 
@@ -267,12 +270,14 @@ def main() -> None:
     ap.add_argument("--ref-only", action="store_true", help="only the transformers reference")
     ap.add_argument("--no-compiled", action="store_true", help="skip ours with compiled=True")
     ap.add_argument("--clip-modes", default="eager,compiled", help="ours' modes for whole clips")
+    ap.add_argument("--q-bits", type=int, default=0, help="ours with the LM quantized (4 or 8, group 64)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
     ref_dtype = args.ref_dtype or args.dtype
     seconds_list = parse_list(args.seconds, float)
-    rep = Report(f"MusicGen ({args.dtype}{', TINY models' if args.tiny else ''})", args.out)
+    q = f", LM {args.q_bits}-bit" if args.q_bits else ""
+    rep = Report(f"MusicGen ({args.dtype}{q}{', TINY models' if args.tiny else ''})", args.out)
     step_rows, clip_rows, prof_rows, thr_rows = [], [], [], []
     modes = [False] if args.no_compiled else [False, True]
     for name in parse_list(args.models):
@@ -281,7 +286,10 @@ def main() -> None:
         else:
             modes_here = modes
         log(f"== musicgen-{name}: ours")
-        m = build_ours(name, args.dtype, args.tiny) if modes_here else None
+        mx_reset_mem()
+        m = build_ours(name, args.dtype, args.tiny, args.q_bits) if modes_here else None
+        if m is not None:
+            log(f"   weights: {mx.get_active_memory() / 1e9:.2f} GB (build peak {mx_peak_gb():.2f} GB)")
         try:
             if m is None:
                 raise RuntimeError("ours skipped (--ref-only)")

@@ -16,6 +16,7 @@ embeddings run through the causal self-attention (see melody.py).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -140,10 +141,10 @@ class SelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(dim, 3 * dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def __call__(self, x: mx.array, cache: KVCache | None, offset: Offset) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, offset: Offset, matvec: bool = False) -> mx.array:
         b, s, d = x.shape
         # (3, B, H, S, Dh); q and k/v are split views (integer indexing would be a gather kernel each)
-        qkv = self.qkv_proj(x).reshape(b, s, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
+        qkv = _linear(x, self.qkv_proj, matvec).reshape(b, s, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
         q, kv = mx.split(qkv, [1], axis=0)
         q = q.squeeze(0)
         mask: str | mx.array | None
@@ -176,18 +177,74 @@ class CrossAttention(nn.Module):
         k, v = mx.split(kv, 2, axis=0)  # views, not gathers
         return k.squeeze(0), v.squeeze(0)
 
-    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array], mask: mx.array | None) -> mx.array:
+    def __call__(
+        self, x: mx.array, kv: tuple[mx.array, mx.array], mask: mx.array | None, matvec: bool = False
+    ) -> mx.array:
         b, s, d = x.shape
-        q = self.q_proj(x).reshape(b, s, self.heads, -1).transpose(0, 2, 1, 3)
+        q = _linear(x, self.q_proj, matvec).reshape(b, s, self.heads, -1).transpose(0, 2, 1, 3)
         o = mx.fast.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale, mask=mask)
         return o.transpose(0, 2, 1, 3).reshape(b, s, d)  # out_proj is applied by the layer (addmm)
 
 
-def _residual(x: mx.array, o: mx.array, layer: nn.Module) -> mx.array:
-    """`x + layer(o)` for a bias-free linear: one addmm GEMM when dense, the plain sum when quantized."""
-    if isinstance(layer, nn.QuantizedLinear):
-        return x + layer(o)
+def _linear(x: mx.array, layer: nn.Module, matvec: bool) -> mx.array:
+    """A bias-free linear layer. With `matvec` and one position per row (a decode step) it runs as
+    W @ x per row, (N, D) x (B, D, 1): MLX-CUDA takes its own batched GEMV kernel for that shape, which costs
+    a fraction of the host time of the cuBLAS call `x @ W.T` gets for B = 2 rows (CFG); a decode step is
+    bound by that per-kernel host time, not by the GPU. Same products, fp32 accumulation either way."""
+    b, s, d = x.shape
+    if matvec and s == 1 and not isinstance(layer, nn.QuantizedLinear):
+        return (layer.weight @ x.reshape(b, d, 1)).reshape(b, 1, -1)
+    return layer(x)
+
+
+def _residual(x: mx.array, o: mx.array, layer: nn.Module, matvec: bool = False) -> mx.array:
+    """`x + layer(o)` for a bias-free linear: one addmm GEMM when dense (prefill / CPU), GEMV + add for a
+    `matvec` decode step, the plain sum when quantized."""
+    if matvec and o.shape[1] == 1 or isinstance(layer, nn.QuantizedLinear):
+        return x + _linear(o, layer, matvec)
     return mx.addmm(x, o, layer.weight.T)
+
+
+def _mv(w: mx.array, x: mx.array) -> mx.array:
+    """(B, 1, D) -> (B, 1, N): x @ W.T as W @ x per row (MLX-CUDA's batched GEMV, see `_linear`)."""
+    b = x.shape[0]
+    return (w @ x.reshape(b, -1, 1)).reshape(b, 1, -1)
+
+
+@functools.cache
+def _decode_parts(eps: float, heads: int, scale: float, cross: bool, masked: bool) -> tuple[Any, Any]:
+    """The two compiled halves of a dense decoder layer for one decode step (one position per row), around
+    the self-attention's cache write + SDPA, which stay eager (their shapes grow with the cache).
+
+    Every layer and step has the same shapes, so each half is traced once and replayed from C++; the
+    weights are explicit inputs (not captured), so all layers share the trace. Same ops, same order as the
+    eager layer with `matvec`: the numbers do not change, only the host time of building the graph."""
+
+    def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, w_qkv: mx.array) -> tuple[mx.array, mx.array]:
+        b = x.shape[0]
+        qkv = _mv(w_qkv, mx.fast.layer_norm(x, ln_w, ln_b, eps))
+        qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+        q, kv = mx.split(qkv, [1], axis=0)
+        return q.squeeze(0), kv
+
+    def post(x: mx.array, o: mx.array, w_out: mx.array, *rest: mx.array) -> mx.array:
+        b, _, d = x.shape
+        x = x + _mv(w_out, o.transpose(0, 2, 1, 3).reshape(b, 1, d))
+        if cross:
+            ln_w, ln_b, w_q, k, v, w_co, *rest = rest
+            mask = rest.pop(0) if masked else None
+            q = (
+                _mv(w_q, mx.fast.layer_norm(x, ln_w, ln_b, eps))
+                .reshape(b, 1, heads, -1)
+                .transpose(0, 2, 1, 3)
+            )
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+            x = x + _mv(w_co, o.transpose(0, 2, 1, 3).reshape(b, 1, d))
+        ln_w, ln_b, w1, w2 = rest
+        h = nn.gelu(_mv(w1, mx.fast.layer_norm(x, ln_w, ln_b, eps)))
+        return x + _mv(w2, h)
+
+    return mx.compile(pre), mx.compile(post)
 
 
 class DecoderLayer(nn.Module):
@@ -210,15 +267,49 @@ class DecoderLayer(nn.Module):
         cross_mask: mx.array | None,
         cache: KVCache | None,
         offset: Offset,
+        matvec: bool = False,
     ) -> mx.array:
         # The three residual adds ride in the output GEMMs: x + o @ W.T as one addmm (fewer kernels per step).
-        o = self.self_attn(self.self_attn_layer_norm(x), cache, offset)
-        x = _residual(x, o, self.self_attn.out_proj)
+        o = self.self_attn(self.self_attn_layer_norm(x), cache, offset, matvec)
+        x = _residual(x, o, self.self_attn.out_proj, matvec)
         if cross_kv is not None:
-            o = self.encoder_attn(self.encoder_attn_layer_norm(x), cross_kv, cross_mask)
-            x = _residual(x, o, self.encoder_attn.out_proj)
-        h = nn.gelu(self.fc1(self.final_layer_norm(x)))  # exact erf GELU, as torch's "gelu"
-        return _residual(x, h, self.fc2)
+            o = self.encoder_attn(self.encoder_attn_layer_norm(x), cross_kv, cross_mask, matvec)
+            x = _residual(x, o, self.encoder_attn.out_proj, matvec)
+        h = nn.gelu(_linear(self.final_layer_norm(x), self.fc1, matvec))  # exact erf GELU, as torch's
+        return _residual(x, h, self.fc2, matvec)
+
+    def is_dense(self) -> bool:
+        """No quantized linear (decode_step reads the dense weights)."""
+        linears = [self.self_attn.qkv_proj, self.self_attn.out_proj, self.fc1, self.fc2]
+        if hasattr(self, "encoder_attn"):
+            linears += [self.encoder_attn.q_proj, self.encoder_attn.out_proj]
+        return not any(isinstance(m, nn.QuantizedLinear) for m in linears)
+
+    def decode_step(
+        self,
+        x: mx.array,
+        cross_kv: tuple[mx.array, mx.array] | None,
+        cross_mask: mx.array | None,
+        cache: KVCache,
+        offset: int,
+    ) -> mx.array:
+        """`__call__` with `matvec` for one position per row and dense weights, through the compiled halves of
+        `_decode_parts` (the fewest Python-built ops per step: a decode step is bound by host time)."""
+        sa, norm = self.self_attn, self.self_attn_layer_norm
+        cross = cross_kv is not None
+        pre, post = _decode_parts(norm.eps, sa.heads, sa.scale, cross, cross_mask is not None)
+        q, kv = pre(x, norm.weight, norm.bias, sa.qkv_proj.weight)
+        k, v = cache.update(kv, offset)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
+        args = [sa.out_proj.weight]
+        if cross:
+            ca, cn = self.encoder_attn, self.encoder_attn_layer_norm
+            args += [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv, ca.out_proj.weight]
+            if cross_mask is not None:
+                args.append(cross_mask)
+        fn = self.final_layer_norm
+        args += [fn.weight, fn.bias, self.fc1.weight, self.fc2.weight]
+        return post(x, o, *args)
 
 
 class MusicgenDecoder(nn.Module):
@@ -235,8 +326,17 @@ class MusicgenDecoder(nn.Module):
         # Offsets that send codebook k's ids into its slice of the stacked embedding table.
         self._code_offsets = mx.arange(c.num_codebooks, dtype=mx.int32)[:, None] * (c.vocab_size + 1)
         self._positions = mx.array(sinusoidal_positions(c.max_position_embeddings, c.hidden_size))
+        # Decode steps (one position) run their linears as matrix-vector products (see `_linear`): on the
+        # GPU by default, where a step is bound by per-kernel host time; the CPU keeps the GEMMs.
+        self.matvec: bool | None = None  # None = auto
+        self.fused = True  # with matvec: the compiled per-layer halves (DecoderLayer.decode_step)
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
+
+    def use_matvec(self) -> bool:
+        if self.matvec is None:
+            return mx.default_device() == mx.gpu
+        return self.matvec
 
     def ensure_positions(self, n: int) -> None:
         """Grow the position table to `n` rows (transformers extends it the same way past max positions).
@@ -288,18 +388,26 @@ class MusicgenDecoder(nn.Module):
         else:
             pos = mx.take(self._positions, offset.astype(mx.int32) + mx.arange(s, dtype=mx.int32), axis=0)
         x = x + pos.astype(x.dtype)
+        matvec = self.use_matvec() and x.shape[1] == 1
+        # decode steps take the compiled per-layer halves (DecoderLayer.decode_step) where weights are dense
+        fused = matvec and self.fused and cache is not None and isinstance(offset, int)
         for i, layer in enumerate(self.layers):
+            if fused and layer.is_dense():
+                kv = None if cross_kv is None else cross_kv[i]
+                x = layer.decode_step(x, kv, cross_mask, cache[i], offset)
+                continue
             x = layer(
                 x,
                 None if cross_kv is None else cross_kv[i],
                 cross_mask,
                 None if cache is None else cache[i],
                 offset,
+                matvec,
             )
         if last_only:
             x = x[:, -1:]
         x = self.layer_norm(x)  # nn.LayerNorm runs mx.fast.layer_norm
-        logits = self.lm_heads(x).reshape(b, x.shape[1], k, c.vocab_size)
+        logits = _linear(x, self.lm_heads, matvec).reshape(b, x.shape[1], k, c.vocab_size)
         return logits.transpose(0, 2, 1, 3)
 
     def sanitize(self, ckpt: Checkpoint, prefix: str = "decoder.") -> dict[str, mx.array]:

@@ -37,9 +37,13 @@ def text(batch: int = 1, tokens: int = 12) -> tuple[mx.array, mx.array]:
 
 
 def set_mode(lm: MusicgenLM, mode: str) -> str:
-    """mode: [compiled-](gemm|matvec|matvec-unfused); returns the generate_steps step mode."""
+    """mode: [compiled-](gemm|matvec|matvec-unfused|matvec-ops|matvec-kernels); returns the generate_steps
+    step mode. matvec = the GPU default (GEMV, compiled layer halves, fused CUDA kernels when the decoder's
+    auto rule says so); -kernels / -ops: the halves with / without the fused kernels; -unfused: no compiled
+    halves either."""
     lm.decoder.matvec = "matvec" in mode
     lm.decoder.fused = not mode.endswith("unfused")
+    lm.decoder.kernels = None if mode == "matvec" else mode.endswith("kernels")
     return "compiled" if mode.startswith("compiled") else "eager"
 
 

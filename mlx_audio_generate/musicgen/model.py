@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..weights import Checkpoint
+from .decode_kernels import ln_matvec, matvec_add
 
 Offset = int | mx.array
 
@@ -205,44 +206,38 @@ def _residual(x: mx.array, o: mx.array, layer: nn.Module, matvec: bool = False) 
     return mx.addmm(x, o, layer.weight.T)
 
 
-def _mv(w: mx.array, x: mx.array) -> mx.array:
-    """(B, 1, D) -> (B, 1, N): x @ W.T as W @ x per row (MLX-CUDA's batched GEMV, see `_linear`)."""
-    b = x.shape[0]
-    return (w @ x.reshape(b, -1, 1)).reshape(b, 1, -1)
-
-
 @functools.cache
-def _decode_parts(eps: float, heads: int, scale: float, cross: bool, masked: bool) -> tuple[Any, Any]:
+def _decode_parts(
+    eps: float, heads: int, scale: float, cross: bool, masked: bool, kernels: bool
+) -> tuple[Any, Any]:
     """The two compiled halves of a dense decoder layer for one decode step (one position per row), around
     the self-attention's cache write + SDPA, which stay eager (their shapes grow with the cache).
 
     Every layer and step has the same shapes, so each half is traced once and replayed from C++; the
-    weights are explicit inputs (not captured), so all layers share the trace. Same ops, same order as the
-    eager layer with `matvec`: the numbers do not change, only the host time of building the graph."""
+    weights are explicit inputs (not captured), so all layers share the trace. With `kernels` (CUDA, fp16 /
+    bf16) LayerNorm + product (+ GELU) and product + residual add are one fused kernel each
+    (decode_kernels.py); without, the same maths as MLX ops (the eager `matvec` layer, bit for bit)."""
 
     def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, w_qkv: mx.array) -> tuple[mx.array, mx.array]:
         b = x.shape[0]
-        qkv = _mv(w_qkv, mx.fast.layer_norm(x, ln_w, ln_b, eps))
+        qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=kernels)
         qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         q, kv = mx.split(qkv, [1], axis=0)
         return q.squeeze(0), kv
 
     def post(x: mx.array, o: mx.array, w_out: mx.array, *rest: mx.array) -> mx.array:
         b, _, d = x.shape
-        x = x + _mv(w_out, o.transpose(0, 2, 1, 3).reshape(b, 1, d))
+        x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_out, x, fused=kernels)
         if cross:
             ln_w, ln_b, w_q, k, v, w_co, *rest = rest
             mask = rest.pop(0) if masked else None
-            q = (
-                _mv(w_q, mx.fast.layer_norm(x, ln_w, ln_b, eps))
-                .reshape(b, 1, heads, -1)
-                .transpose(0, 2, 1, 3)
-            )
+            q = ln_matvec(x, ln_w, ln_b, eps, w_q, fused=kernels)
+            q = q.reshape(b, 1, heads, -1).transpose(0, 2, 1, 3)
             o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-            x = x + _mv(w_co, o.transpose(0, 2, 1, 3).reshape(b, 1, d))
+            x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_co, x, fused=kernels)
         ln_w, ln_b, w1, w2 = rest
-        h = nn.gelu(_mv(w1, mx.fast.layer_norm(x, ln_w, ln_b, eps)))
-        return x + _mv(w2, h)
+        h = ln_matvec(x, ln_w, ln_b, eps, w1, gelu=True, fused=kernels)
+        return matvec_add(h, w2, x, fused=kernels)
 
     return mx.compile(pre), mx.compile(post)
 
@@ -292,12 +287,13 @@ class DecoderLayer(nn.Module):
         cross_mask: mx.array | None,
         cache: KVCache,
         offset: int,
+        kernels: bool = False,
     ) -> mx.array:
         """`__call__` with `matvec` for one position per row and dense weights, through the compiled halves of
         `_decode_parts` (the fewest Python-built ops per step: a decode step is bound by host time)."""
         sa, norm = self.self_attn, self.self_attn_layer_norm
         cross = cross_kv is not None
-        pre, post = _decode_parts(norm.eps, sa.heads, sa.scale, cross, cross_mask is not None)
+        pre, post = _decode_parts(norm.eps, sa.heads, sa.scale, cross, cross_mask is not None, kernels)
         q, kv = pre(x, norm.weight, norm.bias, sa.qkv_proj.weight)
         k, v = cache.update(kv, offset)
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
@@ -330,6 +326,8 @@ class MusicgenDecoder(nn.Module):
         # GPU by default, where a step is bound by per-kernel host time; the CPU keeps the GEMMs.
         self.matvec: bool | None = None  # None = auto
         self.fused = True  # with matvec: the compiled per-layer halves (DecoderLayer.decode_step)
+        # In those halves, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
+        self.kernels: bool | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
 
@@ -337,6 +335,14 @@ class MusicgenDecoder(nn.Module):
         if self.matvec is None:
             return mx.default_device() == mx.gpu
         return self.matvec
+
+    def use_kernels(self) -> bool:
+        """Auto: on up to 1024 wide. Measured on an H100 (docs/benchmarks.md): musicgen-small's host-bound
+        step gains ~19% from the fused kernels, while musicgen-large's step (100 MB of weights per layer)
+        is bound by the kernels' memory throughput and loses ~10% against MLX's GEMV."""
+        if self.kernels is None:
+            return self.config.hidden_size <= 1024
+        return self.kernels
 
     def ensure_positions(self, n: int) -> None:
         """Grow the position table to `n` rows (transformers extends it the same way past max positions).
@@ -394,7 +400,7 @@ class MusicgenDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if fused and layer.is_dense():
                 kv = None if cross_kv is None else cross_kv[i]
-                x = layer.decode_step(x, kv, cross_mask, cache[i], offset)
+                x = layer.decode_step(x, kv, cross_mask, cache[i], offset, self.use_kernels())
                 continue
             x = layer(
                 x,

@@ -1,0 +1,84 @@
+"""The fused CUDA decode kernels (musicgen/decode_kernels.py) against the MLX ops they replace.
+
+The kernels run only on MLX's CUDA backend in fp16 / bf16, so the tests marked `gpu` need that device: on
+this project's CPU CI they are skipped (reported as skipped, never as passed) and they are run on the GPU
+machine (`python -m pytest tests/test_decode_kernels.py`, see docs/benchmarks.md for the recorded run). The
+CPU tests check that everywhere else the reference ops are what runs.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_audio_generate.musicgen import decode_kernels as dk
+from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
+from mlx_audio_generate.musicgen.model import DecoderConfig, MusicgenLM
+
+ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
+gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
+
+
+def rel_err(a: mx.array, b: mx.array) -> float:
+    a, b = np.array(a.astype(mx.float32), np.float64), np.array(b.astype(mx.float32), np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def tensors(rows: int, d: int, n: int, dtype: mx.Dtype, seed: int = 0):
+    k = mx.random.split(mx.random.key(seed), 5)
+    x = (mx.random.normal((rows, 1, d), key=k[0]) * 2 + 0.5).astype(dtype)
+    g = (1 + 0.1 * mx.random.normal((d,), key=k[1])).astype(dtype)
+    b = (0.1 * mx.random.normal((d,), key=k[2])).astype(dtype)
+    w = (mx.random.normal((n, d), key=k[3]) * d**-0.5).astype(dtype)
+    res = mx.random.normal((rows, 1, n), key=k[4]).astype(dtype)
+    return x, g, b, w, res
+
+
+def test_cpu_and_fp32_take_the_reference_ops():
+    x, g, b, w, res = tensors(2, 64, 32, mx.float32)
+    assert not dk.supported(x, w)  # fp32 (and any CPU stream) never launches a CUDA kernel
+    np.testing.assert_array_equal(
+        np.array(dk.ln_matvec(x, g, b, 1e-5, w, gelu=True)),
+        np.array(dk.reference_ln_matvec(x, g, b, 1e-5, w, True)),
+    )
+    np.testing.assert_array_equal(
+        np.array(dk.matvec_add(x, w, res)), np.array(dk.reference_matvec_add(x, w, res))
+    )
+    if not ON_CUDA:
+        assert not dk.supported(x.astype(mx.float16), w.astype(mx.float16))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("rows,d,n", [(2, 1024, 3072), (8, 2048, 8192), (2, 4096, 1024), (3, 48, 40)])
+def test_kernels_match_the_ops(dtype, rows, d, n):
+    x, g, b, w, res = tensors(rows, d, n, dtype)
+    assert dk.supported(x, w)
+    # fp16 / bf16 outputs: within a couple of output roundings of the unfused ops
+    tol = 4e-3 if dtype == mx.float16 else 3e-2
+    for gelu in (False, True):
+        got = dk.ln_matvec(x, g, b, 1e-5, w, gelu=gelu)
+        assert got.shape == (rows, 1, n) and got.dtype == dtype
+        assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, w, gelu)) <= tol
+    y = dk.matvec_add(x.reshape(rows, 1, d), w, res)
+    assert rel_err(y, dk.reference_matvec_add(x, w, res)) <= tol
+
+
+@gpu
+def test_decoder_with_kernels_matches_without():
+    cfg = DecoderConfig.from_dict(
+        dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, ffn_dim=1024, num_codebooks=4,
+             vocab_size=2048)
+    )  # fmt: skip
+    lm = MusicgenLM(cfg, 128)
+    lm.set_dtype(mx.float16)
+    states = mx.random.normal((2, 7, 128), key=mx.random.key(1))
+    mask = mx.array([[1] * 7, [1] * 4 + [0] * 3])
+    greedy = SamplingOptions(top_k=1, guidance_scale=3.0)
+    codes = {}
+    for kernels in (False, True):
+        lm.decoder.kernels = kernels
+        codes[kernels] = np.array(generate_codes(lm, states, mask, 24, greedy))
+    # fp16 greedy tokens: the kernels round like the ops up to summation order; near-ties may flip a token
+    assert (codes[True] == codes[False]).mean() >= 0.95

@@ -1,12 +1,12 @@
 """The MusicGen decode-step paths give the same numbers as the GEMM path the parity tests check.
 
 On the GPU a decode step (one position per row) runs its linears as batched matrix-vector products and its
-layers through two compiled halves around the self-attention (`MusicgenDecoder.matvec` / `.fused`, see
+layers through compiled parts around each self-attention (`MusicgenDecoder.matvec` / `.fused`, see
 model.py): a decode step there is bound by host time per kernel. The CPU keeps the GEMM path by default, so
 these tests force each path on the CPU and compare step logits (fp32) and greedy tokens with the default
 path, which test_musicgen_e2e / test_melody hold token-identical to transformers. Cases: a padded batch
 (masked cross-attention), a single prompt (no mask: fused SDPA), stereo, melody (no cross-attention, a
-prefix), and a quantized LM (decode_step is skipped for quantized layers, matvec falls back to the layer).
+prefix), and a quantized LM (the compiled parts are skipped, matvec falls back to the quantized layer).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ PATHS = {"gemm": (False, False), "matvec": (True, False), "matvec-fused": (True,
 def use_path(monkeypatch):
     """Set a decoder's path and count the fused layer calls (so a silently skipped path fails the test)."""
     calls = []
-    original = model_mod.DecoderLayer.decode_step
+    original = model_mod.MusicgenDecoder._fused_layers
 
     def spy(self, *a, **kw):
         calls.append(1)
         return original(self, *a, **kw)
 
-    monkeypatch.setattr(model_mod.DecoderLayer, "decode_step", spy)
+    monkeypatch.setattr(model_mod.MusicgenDecoder, "_fused_layers", spy)
 
     def set_path(dec, path):
         dec.matvec, dec.fused = PATHS[path]
@@ -65,10 +65,10 @@ def assert_paths_agree(lm, states, mask, use_path, chroma=None, fused_layers=Tru
     for path in PATHS:
         calls = use_path(dec, path)
         got[path] = step_logits(lm, states, mask, chroma=chroma)
-        # one fused call per layer and one-position call: the 5 steps, and the BOS prefill unless a melody
-        # prefix makes it longer
+        # one fused pass per one-position call: the 5 steps, and the BOS prefill unless a melody prefix
+        # makes it longer
         single = 5 + (chroma is None)
-        expect = single * len(dec.layers) if path == "matvec-fused" and fused_layers else 0
+        expect = single if path == "matvec-fused" and fused_layers else 0
         assert len(calls) == expect, (path, len(calls))
     dec.matvec, dec.fused = None, True
     ref = got["gemm"]
@@ -90,15 +90,17 @@ def test_step_logits_agree(mono, prompts, use_path):
     assert_paths_agree(mono.model.lm, states, mask, use_path)
 
 
-def test_greedy_tokens_agree(mono, musicgen_stereo_converted, use_path):
+@pytest.mark.parametrize("sampling", ["greedy", "top-k"])
+def test_tokens_agree(mono, musicgen_stereo_converted, use_path, sampling):
+    """Greedy and seeded top-k tokens; with matvec the guidance + sampling tail is compiled too."""
+    options = SamplingOptions(top_k=1) if sampling == "greedy" else SamplingOptions(top_k=20, temperature=1.0)
     for model in (mono, MusicGen.from_pretrained(musicgen_stereo_converted)):
         states, mask = model.encode_text(["lofi piano with warm vinyl crackle", "dark techno beat"])
         lm = model.model.lm
-        greedy = SamplingOptions(top_k=1, guidance_scale=3.0)
         codes = {}
         for path in PATHS:
             calls = use_path(lm.decoder, path)
-            codes[path] = np.array(generate_codes(lm, states, mask, 20, greedy))
+            codes[path] = np.array(generate_codes(lm, states, mask, 20, options, key=[3, 4]))
             assert bool(calls) == (path == "matvec-fused")
         lm.decoder.matvec, lm.decoder.fused = None, True
         for path in PATHS:
@@ -119,6 +121,7 @@ def test_quantized_layers_fall_back(musicgen_converted, use_path):
     nn.quantize(lm.decoder, group_size=32, bits=8, class_predicate=lambda p, m: p.endswith("fc2"))
     assert isinstance(lm.decoder.layers[0].fc2, nn.QuantizedLinear)
     assert not lm.decoder.layers[0].is_dense()
+    assert not lm.decoder._fused_args(None, None).dense
     states, mask = model.encode_text(["lofi"])
     assert_paths_agree(lm, states, mask, use_path, fused_layers=False)
 

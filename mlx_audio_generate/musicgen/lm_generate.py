@@ -126,12 +126,19 @@ def generate_steps(
 
     def logits_of(col: mx.array, offset: int | mx.array, prefix: mx.array | None = None) -> mx.array:
         x = mx.concatenate([col, col], axis=0) if guided else col  # both halves see the same codes
-        logits = dec(x, cross_kv, cross_mask, cache, offset, last_only=True, prefix=prefix)
+        return dec(x, cross_kv, cross_mask, cache, offset, last_only=True, prefix=prefix)  # (rows, K, 1, V)
+
+    def finish(logits: mx.array, step_keys: mx.array, p: mx.array) -> mx.array:
         logits = logits[:, :, -1].astype(mx.float32)
         if guided:
             with_cond, uncond = logits[:b], logits[b:]
             logits = uncond + (with_cond - uncond) * scale
-        return logits  # (B, K, V)
+        new = sample(logits, step_keys)  # (B, K)
+        return mx.where(p == -1, new, p)  # the pattern's BOS/pad wins where it is set
+
+    # On the GPU (where a step is bound by host time, see MusicgenDecoder.use_matvec) the guidance, sampling
+    # and pattern tail is one compiled call; the CPU keeps it eager, bit for bit the parity-tested ops.
+    tail = mx.compile(finish) if dec.use_matvec() else finish
 
     step_fn: Callable[[mx.array, int], mx.array]
     if compiled:
@@ -146,9 +153,7 @@ def generate_steps(
     def step(col: mx.array, offset: int, t: int) -> mx.array:
         # the prefill (BOS column, prompt, melody prefix) has its own shape: always uncompiled
         logits = logits_of(col, 0, cond.prefix) if t == 0 else step_fn(col, offset)
-        new = sample(logits, keys[:, t])
-        p = pattern[:, :, first + t]
-        return mx.where(p == -1, new, p)  # the pattern's BOS/pad wins where it is set
+        return tail(logits, keys[:, t], pattern[:, :, first + t])
 
     y = step(tokens, 0, 0)
     mx.async_eval(y)

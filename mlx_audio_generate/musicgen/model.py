@@ -209,11 +209,13 @@ def _residual(x: mx.array, o: mx.array, layer: nn.Module, matvec: bool = False) 
 @functools.cache
 def _decode_parts(
     eps: float, heads: int, scale: float, cross: bool, masked: bool, kernels: bool
-) -> tuple[Any, Any]:
-    """The two compiled halves of a dense decoder layer for one decode step (one position per row), around
-    the self-attention's cache write + SDPA, which stay eager (their shapes grow with the cache).
+) -> tuple[Any, Any, Any]:
+    """Compiled parts of a dense decoder's decode step (one position per row) around each layer's
+    self-attention cache write + SDPA, which stay eager (their shapes grow with the cache): `pre` (LayerNorm
+    + QKV of layer 0), `mid` (the rest of layer i, then LayerNorm + QKV of layer i + 1: one call per layer)
+    and `post` (the rest of the last layer).
 
-    Every layer and step has the same shapes, so each half is traced once and replayed from C++; the
+    Every layer and step has the same shapes, so each part is traced once and replayed from C++; the
     weights are explicit inputs (not captured), so all layers share the trace. With `kernels` (CUDA, fp16 /
     bf16) LayerNorm + product (+ GELU) and product + residual add are one fused kernel each
     (decode_kernels.py); without, the same maths as MLX ops (the eager `matvec` layer, bit for bit)."""
@@ -239,7 +241,25 @@ def _decode_parts(
         h = ln_matvec(x, ln_w, ln_b, eps, w1, gelu=True, fused=kernels)
         return matvec_add(h, w2, x, fused=kernels)
 
-    return mx.compile(pre), mx.compile(post)
+    def mid(x: mx.array, o: mx.array, *args: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        *post_args, ln_w, ln_b, w_qkv = args
+        x = post(x, o, *post_args)
+        return (x, *pre(x, ln_w, ln_b, w_qkv))
+
+    return mx.compile(pre), mx.compile(mid), mx.compile(post)
+
+
+@dataclass
+class _FusedArgs:
+    """The per-layer weight lists of the compiled decode parts, built once per generation (a plain object,
+    not a list attribute, so nn.Module does not take its arrays for parameters)."""
+
+    cross_kv: Any
+    cross_mask: Any
+    first_weight: Any
+    dense: bool
+    pre: list[list[mx.array]]
+    post: list[list[mx.array]]
 
 
 class DecoderLayer(nn.Module):
@@ -280,32 +300,21 @@ class DecoderLayer(nn.Module):
             linears += [self.encoder_attn.q_proj, self.encoder_attn.out_proj]
         return not any(isinstance(m, nn.QuantizedLinear) for m in linears)
 
-    def decode_step(
-        self,
-        x: mx.array,
-        cross_kv: tuple[mx.array, mx.array] | None,
-        cross_mask: mx.array | None,
-        cache: KVCache,
-        offset: int,
-        kernels: bool = False,
-    ) -> mx.array:
-        """`__call__` with `matvec` for one position per row and dense weights, through the compiled halves of
-        `_decode_parts` (the fewest Python-built ops per step: a decode step is bound by host time)."""
-        sa, norm = self.self_attn, self.self_attn_layer_norm
-        cross = cross_kv is not None
-        pre, post = _decode_parts(norm.eps, sa.heads, sa.scale, cross, cross_mask is not None, kernels)
-        q, kv = pre(x, norm.weight, norm.bias, sa.qkv_proj.weight)
-        k, v = cache.update(kv, offset)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
-        args = [sa.out_proj.weight]
-        if cross:
+    def pre_args(self) -> list[mx.array]:
+        norm = self.self_attn_layer_norm
+        return [norm.weight, norm.bias, self.self_attn.qkv_proj.weight]
+
+    def post_args(
+        self, cross_kv: tuple[mx.array, mx.array] | None, cross_mask: mx.array | None
+    ) -> list[mx.array]:
+        args = [self.self_attn.out_proj.weight]
+        if cross_kv is not None:
             ca, cn = self.encoder_attn, self.encoder_attn_layer_norm
             args += [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv, ca.out_proj.weight]
             if cross_mask is not None:
                 args.append(cross_mask)
         fn = self.final_layer_norm
-        args += [fn.weight, fn.bias, self.fc1.weight, self.fc2.weight]
-        return post(x, o, *args)
+        return [*args, fn.weight, fn.bias, self.fc1.weight, self.fc2.weight]
 
 
 class MusicgenDecoder(nn.Module):
@@ -328,6 +337,7 @@ class MusicgenDecoder(nn.Module):
         self.fused = True  # with matvec: the compiled per-layer halves (DecoderLayer.decode_step)
         # In those halves, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
+        self._fused: _FusedArgs | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
 
@@ -395,13 +405,28 @@ class MusicgenDecoder(nn.Module):
             pos = mx.take(self._positions, offset.astype(mx.int32) + mx.arange(s, dtype=mx.int32), axis=0)
         x = x + pos.astype(x.dtype)
         matvec = self.use_matvec() and x.shape[1] == 1
-        # decode steps take the compiled per-layer halves (DecoderLayer.decode_step) where weights are dense
+        # decode steps of a dense decoder take the compiled parts (see _fused_layers)
         fused = matvec and self.fused and cache is not None and isinstance(offset, int)
+        if fused and self._fused_args(cross_kv, cross_mask).dense:
+            x = self._fused_layers(x, cross_kv, cross_mask, cache, offset)
+        else:
+            x = self._layers(x, cross_kv, cross_mask, cache, offset, matvec)
+        if last_only:
+            x = x[:, -1:]
+        x = self.layer_norm(x)  # nn.LayerNorm runs mx.fast.layer_norm
+        logits = _linear(x, self.lm_heads, matvec).reshape(b, x.shape[1], k, c.vocab_size)
+        return logits.transpose(0, 2, 1, 3)
+
+    def _layers(
+        self,
+        x: mx.array,
+        cross_kv: list[tuple[mx.array, mx.array]] | None,
+        cross_mask: mx.array | None,
+        cache: list[KVCache] | None,
+        offset: Offset,
+        matvec: bool,
+    ) -> mx.array:
         for i, layer in enumerate(self.layers):
-            if fused and layer.is_dense():
-                kv = None if cross_kv is None else cross_kv[i]
-                x = layer.decode_step(x, kv, cross_mask, cache[i], offset, self.use_kernels())
-                continue
             x = layer(
                 x,
                 None if cross_kv is None else cross_kv[i],
@@ -410,11 +435,54 @@ class MusicgenDecoder(nn.Module):
                 offset,
                 matvec,
             )
-        if last_only:
-            x = x[:, -1:]
-        x = self.layer_norm(x)  # nn.LayerNorm runs mx.fast.layer_norm
-        logits = _linear(x, self.lm_heads, matvec).reshape(b, x.shape[1], k, c.vocab_size)
-        return logits.transpose(0, 2, 1, 3)
+        return x
+
+    def _fused_args(
+        self, cross_kv: list[tuple[mx.array, mx.array]] | None, cross_mask: mx.array | None
+    ) -> _FusedArgs:
+        """The layers' weight lists for compiled parts, rebuilt when the conditioning or weights change."""
+        first = self.layers[0].self_attn.qkv_proj.weight
+        a = self._fused
+        if (
+            a is None
+            or a.cross_kv is not cross_kv
+            or a.cross_mask is not cross_mask
+            or a.first_weight is not first
+        ):
+            dense = all(layer.is_dense() for layer in self.layers)
+            pre = [layer.pre_args() for layer in self.layers] if dense else []
+            post = (
+                [layer.post_args(None if cross_kv is None else cross_kv[i], cross_mask)
+                 for i, layer in enumerate(self.layers)] if dense else []
+            )  # fmt: skip
+            a = self._fused = _FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
+        return a
+
+    def _fused_layers(
+        self,
+        x: mx.array,
+        cross_kv: list[tuple[mx.array, mx.array]] | None,
+        cross_mask: mx.array | None,
+        cache: list[KVCache],
+        offset: int,
+    ) -> mx.array:
+        """All layers of a decode step (one position per row) through `_decode_parts`: per layer one
+        compiled call plus the eager cache write + SDPA (the fewest Python-built ops: a GPU decode step is
+        bound by host time). Same ops as `_layers` with `matvec` (bit for bit without the fused kernels)."""
+        sa, norm = self.layers[0].self_attn, self.layers[0].self_attn_layer_norm
+        cross, masked = cross_kv is not None, cross_mask is not None
+        pre, mid, post = _decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, self.use_kernels())
+        args = self._fused_args(cross_kv, cross_mask)
+        q, kv = pre(x, *args.pre[0])
+        n = len(self.layers)
+        for i in range(n):
+            k, v = cache[i].update(kv, offset)
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
+            if i + 1 < n:
+                x, q, kv = mid(x, o, *args.post[i], *args.pre[i + 1])
+            else:
+                x = post(x, o, *args.post[i])
+        return x
 
     def sanitize(self, ckpt: Checkpoint, prefix: str = "decoder.") -> dict[str, mx.array]:
         """Take `MusicgenForCausalLM` tensors under `prefix` (`decoder.` in a MusicgenForConditionalGeneration

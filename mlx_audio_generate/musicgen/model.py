@@ -334,8 +334,8 @@ class MusicgenDecoder(nn.Module):
         # Decode steps (one position) run their linears as matrix-vector products (see `_linear`): on the
         # GPU by default, where a step is bound by per-kernel host time; the CPU keeps the GEMMs.
         self.matvec: bool | None = None  # None = auto
-        self.fused = True  # with matvec: the compiled per-layer halves (DecoderLayer.decode_step)
-        # In those halves, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
+        self.fused = True  # with matvec: the compiled parts of _decode_parts (see _fused_layers)
+        # In those parts, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
         self._fused: _FusedArgs | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and

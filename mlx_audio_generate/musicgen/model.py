@@ -16,7 +16,6 @@ embeddings run through the causal self-attention (see melody.py).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..weights import Checkpoint
-from .decode_kernels import ln_matvec, matvec_add
+from .fused_decode import FusedArgs, decode_parts
 
 Offset = int | mx.array
 
@@ -206,62 +205,6 @@ def _residual(x: mx.array, o: mx.array, layer: nn.Module, matvec: bool = False) 
     return mx.addmm(x, o, layer.weight.T)
 
 
-@functools.cache
-def _decode_parts(
-    eps: float, heads: int, scale: float, cross: bool, masked: bool, kernels: bool
-) -> tuple[Any, Any, Any]:
-    """Compiled parts of a dense decoder's decode step (one position per row) around each layer's
-    self-attention cache write + SDPA, which stay eager (their shapes grow with the cache): `pre` (LayerNorm
-    + QKV of layer 0), `mid` (the rest of layer i, then LayerNorm + QKV of layer i + 1: one call per layer)
-    and `post` (the rest of the last layer).
-
-    Every layer and step has the same shapes, so each part is traced once and replayed from C++; the
-    weights are explicit inputs (not captured), so all layers share the trace. With `kernels` (CUDA, fp16 /
-    bf16) LayerNorm + product (+ GELU) and product + residual add are one fused kernel each
-    (decode_kernels.py); without, the same maths as MLX ops (the eager `matvec` layer, bit for bit)."""
-
-    def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, w_qkv: mx.array) -> tuple[mx.array, mx.array]:
-        b = x.shape[0]
-        qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=kernels)
-        qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
-        q, kv = mx.split(qkv, [1], axis=0)
-        return q.squeeze(0), kv
-
-    def post(x: mx.array, o: mx.array, w_out: mx.array, *rest: mx.array) -> mx.array:
-        b, _, d = x.shape
-        x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_out, x, fused=kernels)
-        if cross:
-            ln_w, ln_b, w_q, k, v, w_co, *rest = rest
-            mask = rest.pop(0) if masked else None
-            q = ln_matvec(x, ln_w, ln_b, eps, w_q, fused=kernels)
-            q = q.reshape(b, 1, heads, -1).transpose(0, 2, 1, 3)
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-            x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_co, x, fused=kernels)
-        ln_w, ln_b, w1, w2 = rest
-        h = ln_matvec(x, ln_w, ln_b, eps, w1, gelu=True, fused=kernels)
-        return matvec_add(h, w2, x, fused=kernels)
-
-    def mid(x: mx.array, o: mx.array, *args: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        *post_args, ln_w, ln_b, w_qkv = args
-        x = post(x, o, *post_args)
-        return (x, *pre(x, ln_w, ln_b, w_qkv))
-
-    return mx.compile(pre), mx.compile(mid), mx.compile(post)
-
-
-@dataclass
-class _FusedArgs:
-    """The per-layer weight lists of the compiled decode parts, built once per generation (a plain object,
-    not a list attribute, so nn.Module does not take its arrays for parameters)."""
-
-    cross_kv: Any
-    cross_mask: Any
-    first_weight: Any
-    dense: bool
-    pre: list[list[mx.array]]
-    post: list[list[mx.array]]
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -334,10 +277,10 @@ class MusicgenDecoder(nn.Module):
         # Decode steps (one position) run their linears as matrix-vector products (see `_linear`): on the
         # GPU by default, where a step is bound by per-kernel host time; the CPU keeps the GEMMs.
         self.matvec: bool | None = None  # None = auto
-        self.fused = True  # with matvec: the compiled parts of _decode_parts (see _fused_layers)
+        self.fused = True  # with matvec: the compiled parts of decode_parts (see _fused_layers)
         # In those parts, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
-        self._fused: _FusedArgs | None = None
+        self._fused: FusedArgs | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
 
@@ -439,7 +382,7 @@ class MusicgenDecoder(nn.Module):
 
     def _fused_args(
         self, cross_kv: list[tuple[mx.array, mx.array]] | None, cross_mask: mx.array | None
-    ) -> _FusedArgs:
+    ) -> FusedArgs:
         """The layers' weight lists for compiled parts, rebuilt when the conditioning or weights change."""
         first = self.layers[0].self_attn.qkv_proj.weight
         a = self._fused
@@ -455,7 +398,7 @@ class MusicgenDecoder(nn.Module):
                 [layer.post_args(None if cross_kv is None else cross_kv[i], cross_mask)
                  for i, layer in enumerate(self.layers)] if dense else []
             )  # fmt: skip
-            a = self._fused = _FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
+            a = self._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
         return a
 
     def _fused_layers(
@@ -466,12 +409,12 @@ class MusicgenDecoder(nn.Module):
         cache: list[KVCache],
         offset: int,
     ) -> mx.array:
-        """All layers of a decode step (one position per row) through `_decode_parts`: per layer one
+        """All layers of a decode step (one position per row) through `decode_parts`: per layer one
         compiled call plus the eager cache write + SDPA (the fewest Python-built ops: a GPU decode step is
         bound by host time). Same ops as `_layers` with `matvec` (bit for bit without the fused kernels)."""
         sa, norm = self.layers[0].self_attn, self.layers[0].self_attn_layer_norm
         cross, masked = cross_kv is not None, cross_mask is not None
-        pre, mid, post = _decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, self.use_kernels())
+        pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, self.use_kernels())
         args = self._fused_args(cross_kv, cross_mask)
         q, kv = pre(x, *args.pre[0])
         n = len(self.layers)

@@ -237,11 +237,8 @@ class DecoderLayer(nn.Module):
         return _residual(x, h, self.fc2, matvec)
 
     def is_dense(self) -> bool:
-        """No quantized linear (decode_step reads the dense weights)."""
-        linears = [self.self_attn.qkv_proj, self.self_attn.out_proj, self.fc1, self.fc2]
-        if hasattr(self, "encoder_attn"):
-            linears += [self.encoder_attn.q_proj, self.encoder_attn.out_proj]
-        return not any(isinstance(m, nn.QuantizedLinear) for m in linears)
+        """No quantized linear (the compiled decode parts read the dense weights)."""
+        return not any(isinstance(m, nn.QuantizedLinear) for m in self.modules())
 
     def pre_args(self) -> list[mx.array]:
         norm = self.self_attn_layer_norm
@@ -350,8 +347,9 @@ class MusicgenDecoder(nn.Module):
         matvec = self.use_matvec() and x.shape[1] == 1
         # decode steps of a dense decoder take the compiled parts (see _fused_layers)
         fused = matvec and self.fused and cache is not None and isinstance(offset, int)
-        if fused and self._fused_args(cross_kv, cross_mask).dense:
-            x = self._fused_layers(x, cross_kv, cross_mask, cache, offset)
+        args = self._fused_args(cross_kv, cross_mask) if fused else None
+        if args is not None and args.dense:
+            x = self._fused_layers(x, args, cache, offset)
         else:
             x = self._layers(x, cross_kv, cross_mask, cache, offset, matvec)
         if last_only:
@@ -401,21 +399,13 @@ class MusicgenDecoder(nn.Module):
             a = self._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
         return a
 
-    def _fused_layers(
-        self,
-        x: mx.array,
-        cross_kv: list[tuple[mx.array, mx.array]] | None,
-        cross_mask: mx.array | None,
-        cache: list[KVCache],
-        offset: int,
-    ) -> mx.array:
+    def _fused_layers(self, x: mx.array, args: FusedArgs, cache: list[KVCache], offset: int) -> mx.array:
         """All layers of a decode step (one position per row) through `decode_parts`: per layer one
         compiled call plus the eager cache write + SDPA (the fewest Python-built ops: a GPU decode step is
         bound by host time). Same ops as `_layers` with `matvec` (bit for bit without the fused kernels)."""
         sa, norm = self.layers[0].self_attn, self.layers[0].self_attn_layer_norm
-        cross, masked = cross_kv is not None, cross_mask is not None
+        cross, masked = args.cross_kv is not None, args.cross_mask is not None
         pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, self.use_kernels())
-        args = self._fused_args(cross_kv, cross_mask)
         q, kv = pre(x, *args.pre[0])
         n = len(self.layers)
         for i in range(n):

@@ -239,6 +239,20 @@ def fmt(c) -> str:
     return str(c)
 
 
+def time_steps(gen, steps: int, warm: int) -> float:
+    """Steps/s of a generator yielding one lazy array per step: `steps` steps timed after `warm`, both ends
+    synchronised with mx.eval (so the asynchronously pipelined steps in between are counted in full)."""
+    t0 = 0.0
+    for i, out in enumerate(gen):
+        if i == warm:
+            mx.eval(out)
+            t0 = time.perf_counter()
+        if i == warm + steps:
+            mx.eval(out)
+            return steps / (time.perf_counter() - t0)
+    raise RuntimeError("not enough steps")
+
+
 def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 

@@ -17,10 +17,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import Report, log, mx, parse_list
+from common import Report, log, parse_list, time_steps
 from decode_profile import build_lm, text
 
 
@@ -35,15 +34,7 @@ def import_b(root: str):
 def steps_per_s(gen_mod, lm, steps: int, warm: int = 10) -> float:
     states, mask = text()
     gen = gen_mod.generate_steps(lm, states, mask, steps + warm + 4, gen_mod.SamplingOptions(), key=0)
-    t0 = 0.0
-    for i, col in enumerate(gen):
-        if i == warm:
-            mx.eval(col)
-            t0 = time.perf_counter()
-        if i == warm + steps:
-            mx.eval(col)
-            return steps / (time.perf_counter() - t0)
-    raise RuntimeError("not enough steps")
+    return time_steps(gen, steps, warm)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from common import Report, count_ops, log, mx, mx_dtype, parse_list
+from common import Report, count_ops, log, mx, mx_dtype, parse_list, time_steps
 from musicgen import decoder_config
 
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_steps
@@ -36,38 +36,22 @@ def text(batch: int = 1, tokens: int = 12) -> tuple[mx.array, mx.array]:
     return mx.array(rng.standard_normal((batch, tokens, 768)).astype(np.float32)), mx.ones((batch, tokens))
 
 
-def set_mode(lm: MusicgenLM, mode: str) -> str:
-    """mode: [compiled-](gemm|matvec|matvec-unfused|matvec-ops|matvec-kernels); returns the generate_steps
-    step mode. matvec = the GPU default (GEMV, compiled layer halves, fused CUDA kernels when the decoder's
-    auto rule says so); -kernels / -ops: the halves with / without the fused kernels; -unfused: no compiled
-    halves either."""
+def set_mode(lm: MusicgenLM, mode: str) -> bool:
+    """mode: [compiled-](gemm|matvec|matvec-unfused|matvec-ops|matvec-kernels); returns generate_steps'
+    `compiled`. matvec = the GPU default (GEMV, compiled layer parts, fused CUDA kernels when the decoder's
+    auto rule says so); -kernels / -ops: the compiled parts with / without the fused kernels; -unfused: no
+    compiled parts either."""
     lm.decoder.matvec = "matvec" in mode
     lm.decoder.fused = not mode.endswith("unfused")
     lm.decoder.kernels = None if mode == "matvec" else mode.endswith("kernels")
-    return "compiled" if mode.startswith("compiled") else "eager"
+    return mode.startswith("compiled")
 
 
 def steps_per_s(lm: MusicgenLM, steps: int, mode: str, warm: int = 10) -> float:
     states, mask = text()
-    kw = _mode_kw(set_mode(lm, mode))
-    gen = generate_steps(lm, states, mask, steps + warm + 4, SamplingOptions(), key=0, **kw)
-    t0 = 0.0
-    for i, col in enumerate(gen):
-        if i == warm:
-            mx.eval(col)
-            t0 = time.perf_counter()
-        if i == warm + steps:
-            mx.eval(col)
-            return steps / (time.perf_counter() - t0)
-    raise RuntimeError("not enough steps")
-
-
-def _mode_kw(mode: str) -> dict:
-    import inspect
-
-    if "step_mode" in inspect.signature(generate_steps).parameters:
-        return {"step_mode": mode}
-    return {"compiled": mode == "compiled"}
+    compiled = set_mode(lm, mode)
+    gen = generate_steps(lm, states, mask, steps + warm + 4, SamplingOptions(), key=0, compiled=compiled)
+    return time_steps(gen, steps, warm)
 
 
 def make_step(lm: MusicgenLM, steps: int):

@@ -34,6 +34,7 @@ from common import (
     mx_reset_mem,
     mx_sync,
     parse_list,
+    time_steps,
     torch_device,
     torch_free,
     torch_sync,
@@ -139,15 +140,7 @@ def ours_steps_per_s(m, n_steps: int, compiled: bool, warm: int = 8) -> float:
     states = m.text_encoder(ids, mask)
     frames = n_steps + warm  # enough steps
     gen = generate_steps(m.lm, states, mask, frames, SamplingOptions(), key=0, compiled=compiled)
-    t0 = None
-    for i, col in enumerate(gen):
-        if i == warm:
-            mx.eval(col)
-            t0 = time.perf_counter()
-        if i == warm + n_steps:
-            mx.eval(col)
-            return n_steps / (time.perf_counter() - t0)
-    raise RuntimeError("not enough steps")
+    return time_steps(gen, n_steps, warm)
 
 
 def ours_step_ops(m) -> tuple[int, int, dict]:

@@ -30,6 +30,23 @@ def report_stage(on_stage: OnStage | None, stage: str, done: int, total: int) ->
         on_stage(stage, done, total)
 
 
+def step_reporter(
+    progress: Progress | None, on_stage: OnStage | None, total: int, done_before: int = 0
+) -> Progress | None:
+    """The per-step `(done, total)` callback of a generation loop, feeding both `progress` and the "generate"
+    stage with `done_before + done` of `total` (a window's steps after the earlier windows'); None when
+    neither is set, so the loop does no reporting at all."""
+    if progress is None and on_stage is None:
+        return None
+
+    def report(done: int, _total: int) -> None:
+        if progress is not None:
+            progress(done_before + done, total)
+        report_stage(on_stage, "generate", done_before + done, total)
+
+    return report
+
+
 def tqdm_bar(desc: str, quiet: bool = False, unit: str = "step") -> Progress | None:
     """A `(done, total)` callback drawing one tqdm bar on stderr (created on the first call, closed at
     `done >= total`); None when `quiet`."""

@@ -22,7 +22,7 @@ import numpy as np
 from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
-from ..progress import OnStage, report_stage
+from ..progress import OnStage, report_stage, step_reporter
 from ..t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
@@ -293,14 +293,7 @@ class MusicGen:
         report_stage(on_stage, "generate", 0, total)
 
         def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
-            done = p.steps_before(w)
-
-            def report(j: int, _n: int) -> None:
-                if progress is not None:
-                    progress(done + j, total)
-                report_stage(on_stage, "generate", done + j, total)
-
-            hook = None if progress is None and on_stage is None else report
+            hook = step_reporter(progress, on_stage, total, p.steps_before(w))
             return generate_codes(**p.window_args(w), prompt_codes=prompt_codes, progress=hook)
 
         return extend(p.windows, p.stride, run, p.prompt_codes)

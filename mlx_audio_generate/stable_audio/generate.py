@@ -39,7 +39,7 @@ import numpy as np
 from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
-from ..progress import OnStage, report_stage
+from ..progress import OnStage, report_stage, step_reporter
 from ..t5 import T5Tokenizer, load_tokenizer
 from . import inpaint
 from . import samplers as S
@@ -369,11 +369,7 @@ class StableAudio:
                 else _rows_noise([r.mask for r in rows], steps)
             )
         report_stage(on_stage, "generate", 0, steps)
-
-        def callback(info: S.StepInfo) -> None:
-            if progress is not None:
-                progress(info.i + 1, info.steps)
-            report_stage(on_stage, "generate", info.i + 1, info.steps)
+        report = step_reporter(progress, on_stage, steps)
 
         latents = S.sample(
             lambda x, t: dit.guided(x, t, dit_cond, cfg),
@@ -383,7 +379,7 @@ class StableAudio:
             sampler=sampler,
             dist_shift=self.model.dist_shift,
             key=keys.steps,
-            callback=None if progress is None and on_stage is None else callback,
+            callback=None if report is None else (lambda info: report(info.i + 1, info.steps)),
             **extra,
         )
         if mask is not None:

@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 HOST = "127.0.0.1"
 READY_PATH = "/api/models"
@@ -123,17 +123,10 @@ def start_server(
 
 
 @contextmanager
-def serve(
-    args: Sequence[str] = (),
-    *,
-    log_path: str | os.PathLike | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 60.0,
-    port: int | None = None,
-    cwd: str | os.PathLike | None = None,
-) -> Iterator[Launched]:
-    """`start_server(...)` as a context manager: yields `(proc, url)` and always stops the process."""
-    launched = start_server(args, log_path=log_path, env=env, timeout=timeout, port=port, cwd=cwd)
+def serve(args: Sequence[str] = (), **options: Any) -> Iterator[Launched]:
+    """`start_server(args, **options)` as a context manager: yields `(proc, url)` and always stops the
+    process."""
+    launched = start_server(args, **options)
     try:
         yield launched
     finally:

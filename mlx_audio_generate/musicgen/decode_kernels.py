@@ -26,18 +26,42 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+
+// acc[b] = W row `wr` . x row b (x: B rows of D, global or shared memory), summed over the warp: each lane
+// reads VEC = 8 elements of a 2-byte T per 16-byte load; compile-time trip counts so the loads unroll.
+template <typename T, int B, int D>
+__device__ __forceinline__ void warp_row_dots(const T* wr, const T* x, int lane, float* acc) {
+  constexpr int VEC = 8;
+  constexpr int ITERS = (D + 32 * VEC - 1) / (32 * VEC);
+#pragma unroll
+  for (int b = 0; b < B; ++b) acc[b] = 0.f;
+#pragma unroll
+  for (int it = 0; it < ITERS; ++it) {
+    const int i = (it * 32 + lane) * VEC;
+    if (i < D) {
+      const uint4 wraw = *reinterpret_cast<const uint4*>(wr + i);
+      const T* wv = reinterpret_cast<const T*>(&wraw);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const uint4 xraw = *reinterpret_cast<const uint4*>(x + b * D + i);
+        const T* xv = reinterpret_cast<const T*>(&xraw);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) acc[b] += static_cast<float>(wv[j]) * static_cast<float>(xv[j]);
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < B; ++b) acc[b] = warp_sum(acc[b]);
+}
 """
 
 # One block = 256 threads = 8 warps = 8 output rows. The LayerNorm of the B input rows is computed once per
 # block by all threads (two-pass mean / variance in fp32, as MLX's) into shared memory, rounded to T; then
-# each warp reads its weight row once, VEC = 8 elements of a 2-byte T per 16-byte load, for all B rows. The
-# loops have compile-time trip counts (D is a template constant) so the loads unroll and overlap.
+# each warp reads its weight row once for all B rows (warp_row_dots).
 _LN_MATVEC = """
   constexpr int THREADS = 256;
   constexpr int WARPS = THREADS / 32;
-  constexpr int VEC = 8;
   constexpr int PER = (D + THREADS - 1) / THREADS;
-  constexpr int ITERS = (D + 32 * VEC - 1) / (32 * VEC);
   __shared__ __align__(16) T hs[B * D];
   __shared__ float red[WARPS];
   const int tid = threadIdx.x;
@@ -90,26 +114,7 @@ _LN_MATVEC = """
   const int n = blockIdx.x * WARPS + warp;
   if (n >= N) return;
   float acc[B];
-#pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = 0.f;
-  const T* wr = w + static_cast<size_t>(n) * D;
-#pragma unroll
-  for (int it = 0; it < ITERS; ++it) {
-    const int i = (it * 32 + lane) * VEC;
-    if (i < D) {
-      const uint4 wraw = *reinterpret_cast<const uint4*>(wr + i);
-      const T* wv = reinterpret_cast<const T*>(&wraw);
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        const uint4 hraw = *reinterpret_cast<const uint4*>(hs + b * D + i);
-        const T* hv = reinterpret_cast<const T*>(&hraw);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) acc[b] += static_cast<float>(wv[j]) * static_cast<float>(hv[j]);
-      }
-    }
-  }
-#pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = warp_sum(acc[b]);
+  warp_row_dots<T, B, D>(w + static_cast<size_t>(n) * D, hs, lane, acc);
   if (lane == 0) {
 #pragma unroll
     for (int b = 0; b < B; ++b) {
@@ -122,33 +127,12 @@ _LN_MATVEC = """
 
 _MATVEC_ADD = """
   constexpr int WARPS = 8;
-  constexpr int VEC = 8;
-  constexpr int ITERS = (D + 32 * VEC - 1) / (32 * VEC);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * WARPS + warp;
   if (n >= N) return;
   float acc[B];
-#pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = 0.f;
-  const T* wr = w + static_cast<size_t>(n) * D;
-#pragma unroll
-  for (int it = 0; it < ITERS; ++it) {
-    const int i = (it * 32 + lane) * VEC;
-    if (i < D) {
-      const uint4 wraw = *reinterpret_cast<const uint4*>(wr + i);
-      const T* wv = reinterpret_cast<const T*>(&wraw);
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        const uint4 xraw = *reinterpret_cast<const uint4*>(x + b * D + i);
-        const T* xv = reinterpret_cast<const T*>(&xraw);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) acc[b] += static_cast<float>(wv[j]) * static_cast<float>(xv[j]);
-      }
-    }
-  }
-#pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = warp_sum(acc[b]);
+  warp_row_dots<T, B, D>(w + static_cast<size_t>(n) * D, x, lane, acc);
   if (lane == 0) {
 #pragma unroll
     for (int b = 0; b < B; ++b) {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
@@ -35,6 +36,14 @@ _DENSE_ONLY = {
     "dit": {"project_in", "project_out", "preprocess_conv", "postprocess_conv"},
 }
 _SKIP_PREFIXES = {"lm": (), "dit": ("to_timestep_embed", "to_cond_embed", "to_global_embed")}
+
+
+def residual_linear(residual: mx.array, x: mx.array, layer: nn.Module) -> mx.array:
+    """`residual + layer(x)` for a bias-free linear: one GEMM (`mx.addmm`) when dense, the plain sum when
+    the layer is an nn.QuantizedLinear (its packed weight cannot go into addmm)."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return residual + layer(x)
+    return mx.addmm(residual, x, layer.weight.T)
 
 
 def check_options(bits: Any, group_size: Any) -> None:

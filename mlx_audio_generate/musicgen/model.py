@@ -25,6 +25,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import UserError
+from ..quantize import residual_linear
 from ..weights import Checkpoint
 from .fused_decode import FusedArgs, decode_parts
 
@@ -198,11 +199,11 @@ def _linear(x: mx.array, layer: nn.Module, matvec: bool) -> mx.array:
 
 
 def _residual(x: mx.array, o: mx.array, layer: nn.Module, matvec: bool = False) -> mx.array:
-    """`x + layer(o)` for a bias-free linear: one addmm GEMM when dense (prefill / CPU), GEMV + add for a
-    `matvec` decode step, the plain sum when quantized."""
-    if matvec and o.shape[1] == 1 or isinstance(layer, nn.QuantizedLinear):
+    """`x + layer(o)` for a bias-free linear: GEMV + add for a `matvec` decode step, else one addmm GEMM when
+    dense (prefill / CPU), the plain sum when quantized (quantize.residual_linear)."""
+    if matvec and o.shape[1] == 1:
         return x + _linear(o, layer, matvec)
-    return mx.addmm(x, o, layer.weight.T)
+    return residual_linear(x, o, layer)
 
 
 class DecoderLayer(nn.Module):

@@ -39,6 +39,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import UserError
+from ..quantize import residual_linear
 from ..weights import Checkpoint
 
 # DiffusionTransformer/ContinuousTransformer/TransformerBlock options whose reference defaults we implement.
@@ -238,17 +239,13 @@ class Attention(nn.Module):
         return self._norm_k(k[:, :, 0].transpose(0, 2, 1, 3)), v[:, :, 0].transpose(0, 2, 1, 3)
 
     def _out(self, o: mx.array, residual: mx.array | None) -> mx.array:
-        """Output projection of (B, H, N, D) heads; `residual + out(o)` as one GEMM (addmm) when given.
-
-        A quantized `out` (nn.QuantizedLinear: packed weight) takes the plain sum instead.
-        """
+        """Output projection of (B, H, N, D) heads; `residual + out(o)` as one GEMM (addmm) when given
+        (the plain sum for a quantized `out`, see quantize.residual_linear)."""
         b, _, n, _ = o.shape
         o = o.transpose(0, 2, 1, 3).reshape(b, n, -1)
         if residual is None:
             return self.out(o)
-        if isinstance(self.out, nn.QuantizedLinear):
-            return residual + self.out(o)
-        return mx.addmm(residual, o, self.out.weight.T)
+        return residual_linear(residual, o, self.out)
 
     def __call__(
         self,

@@ -131,7 +131,7 @@ def build_ours(name: str, dtype: str, tiny: bool):
 
 
 def run_ours(m, batch: int, steps: int, cfg: float, sampler: str, seconds: float, seed: int = 0) -> dict:
-    from mlx_audio_generate.stable_audio.samplers import sample
+    from mlx_audio_generate.diffusion.samplers import sample
 
     rng = np.random.default_rng(seed)
     t: dict = {}

@@ -283,7 +283,7 @@ def check_loaded(model: Any, family: str, items: list[Item], path: str | Path) -
     """Checks that need the loaded model (Stable Audio's window and sampler names), naming the line."""
     if family != "stable_audio":
         return
-    from .stable_audio import samplers
+    from .diffusion import samplers
 
     for item in items:
         s = item.settings

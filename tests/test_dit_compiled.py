@@ -48,7 +48,7 @@ def test_oobleck_compiled_equals_eager():
     import numpy as np
     from mlx.utils import tree_map
 
-    from mlx_audio_generate.stable_audio.oobleck import OobleckConfig, OobleckVAE
+    from mlx_audio_generate.codecs.oobleck import OobleckConfig, OobleckVAE
     from tests.reference.stable_audio import tiny_config
 
     vae = OobleckVAE(OobleckConfig.from_dict(tiny_config("small")["model"]["pretransform"]))

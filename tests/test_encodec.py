@@ -10,8 +10,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_audio_generate.codecs.encodec import LSTM, Encodec, EncodecConfig, encodec_ignore_patterns
 from mlx_audio_generate.errors import UserError
-from mlx_audio_generate.musicgen.encodec import LSTM, Encodec, EncodecConfig, encodec_ignore_patterns
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 
 torch = pytest.importorskip("torch")
@@ -262,7 +262,7 @@ def test_bad_inputs_are_user_errors(tiny):
 )
 def test_conv_transpose_matches_mlx(kernel, stride, causal):
     """Our matmul + overlap-add transposed conv equals mx.conv_transpose1d for general kernel/stride."""
-    from mlx_audio_generate.musicgen.encodec import EncodecConvTranspose1d
+    from mlx_audio_generate.codecs.encodec import EncodecConvTranspose1d
 
     layer = EncodecConvTranspose1d(EncodecConfig(use_causal_conv=causal), 3, 2, kernel, stride)
     layer.conv.bias = mx.random.normal((2,), key=mx.random.key(1))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlx_audio_generate.codecs.oobleck import OobleckConfig, OobleckVAE, load_oobleck
 from mlx_audio_generate.errors import UserError
-from mlx_audio_generate.stable_audio.oobleck import OobleckConfig, OobleckVAE, load_oobleck
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference.sat import import_sat
 from tests.reference.stable_audio import save_tiny_stable_audio, tiny_config

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from mlx_audio_generate.diffusion import inpaint
+from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
-from mlx_audio_generate.stable_audio import inpaint
-from mlx_audio_generate.stable_audio import samplers as S
 from mlx_audio_generate.stable_audio.generate import StableAudio, noise_keys
 from tests.test_sa_variation import (
     PROMPT,

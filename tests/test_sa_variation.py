@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
-from mlx_audio_generate.stable_audio import samplers as S
 from mlx_audio_generate.stable_audio.generate import StableAudio, noise_keys, strength_to_noise_level
 from tests.reference.sat import import_sat
 

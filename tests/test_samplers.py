@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
-from mlx_audio_generate.stable_audio import samplers as S
 from tests.reference.sat import import_sat
 
 sat = import_sat()

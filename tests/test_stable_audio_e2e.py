@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from mlx_audio_generate.convert import convert
+from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
-from mlx_audio_generate.stable_audio import samplers as S
 from mlx_audio_generate.stable_audio.generate import StableAudio
 from mlx_audio_generate.weights import load_safetensors
 from tests.reference.sat import import_sat

@@ -1,4 +1,4 @@
-"""Parity of mlx_audio_generate.t5 with transformers' T5EncoderModel and T5 tokenizer (tiny checkpoints)."""
+"""Parity of mlx_audio_generate.text.t5 with transformers' T5EncoderModel and T5 tokenizer (tiny models)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mlx_audio_generate.errors import UserError  # noqa: E402
-from mlx_audio_generate.t5 import (  # noqa: E402
+from mlx_audio_generate.text.t5 import (  # noqa: E402
     T5Config,
     T5Encoder,
     load_tokenizer,

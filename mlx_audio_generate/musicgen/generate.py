@@ -23,7 +23,7 @@ from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
-from ..t5 import load_tokenizer
+from ..text.t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
 from .lm_generate import SamplingOptions, generate_codes, generate_steps, head_columns

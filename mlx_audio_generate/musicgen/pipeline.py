@@ -11,10 +11,10 @@ from typing import Any
 
 import mlx.nn as nn
 
+from ..codecs.encodec import Encodec, EncodecConfig, encodec_ignore_patterns
 from ..errors import UserError
-from ..t5 import T5Config, T5Encoder
+from ..text.t5 import T5Config, T5Encoder
 from ..weights import Checkpoint
-from .encodec import Encodec, EncodecConfig, encodec_ignore_patterns
 from .melody import MelodyLM
 from .model import DecoderConfig, MusicgenLM
 

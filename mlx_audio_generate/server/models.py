@@ -125,10 +125,10 @@ class ModelEntry:
     @classmethod
     def _stable_audio(cls, name: str, folder: Path, mc: dict[str, Any]) -> ModelEntry:
         # The config classes only parse dicts (no weights, no device work).
+        from ..codecs.oobleck import OobleckConfig
+        from ..diffusion.samplers import sampler_names
         from ..stable_audio.dit import DiTConfig
         from ..stable_audio.generate import DEFAULTS
-        from ..stable_audio.oobleck import OobleckConfig
-        from ..stable_audio.samplers import sampler_names
 
         sr = int(mc["sample_rate"])
         ratio = OobleckConfig.from_dict(mc["model"]["pretransform"]).downsampling_ratio

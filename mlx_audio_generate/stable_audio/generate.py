@@ -38,11 +38,11 @@ import numpy as np
 
 from ..audio import match_channels, read_audio
 from ..converted import load_weights, open_converted
+from ..diffusion import inpaint
+from ..diffusion import samplers as S
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
-from ..t5 import T5Tokenizer, load_tokenizer
-from . import inpaint
-from . import samplers as S
+from ..text.t5 import T5Tokenizer, load_tokenizer
 from .conditioners import Conditioning
 from .pipeline import StableAudioModel
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import mlx.nn as nn
 
+from ..codecs.oobleck import OobleckConfig, OobleckVAE
+from ..diffusion.samplers import DistributionShift
 from ..errors import UserError
-from ..t5 import T5Config, T5Encoder, t5_ignore_patterns
+from ..text.t5 import T5Config, T5Encoder, t5_ignore_patterns
 from ..weights import Checkpoint
 from .conditioners import ConditioningConfig, StableAudioConditioner
 from .dit import DiTConfig, StableAudioDiT
-from .oobleck import OobleckConfig, OobleckVAE
-from .samplers import DistributionShift
 
 # The numbers the generation API can supply (the reference app sets exactly these two).
 NUMBER_IDS = ("seconds_start", "seconds_total")

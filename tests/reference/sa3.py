@@ -4,8 +4,8 @@ random checkpoints in the released layout written by that code itself.
 - `reference_root()`: the folder holding the reference sources, or None (a clone without ../shared: the
   parity tests then use the committed fixtures under tests/fixtures/sa3/, made by this module).
 - `import_sa3()`: the `stable_audio_3` package with stand-ins for torchaudio / torchvision (imported at module
-  level, only used for resampling) and the compiled flex-attention disabled (on CPU it compiles for ~40 s; the
-  chunked-halo SDPA path it falls back to equals full masked SDPA bit for bit, ../shared/reference/README.md §3).
+  level, only used for resampling) and the compiled flex-attention disabled (on CPU it compiles for ~40 s;
+  the chunked-halo SDPA path it falls back to equals full masked SDPA bit for bit: the reference README §3).
 - `save_tiny_sa3(out, small=True, seed=0)`: `model_config.json`, `model.safetensors` (155 tensors with the
   released prefixes `model.model.*`, `conditioner.conditioners.*`, `pretransform.model.*`) and
   `t5gemma-b-b-ul2/` (a tiny T5Gemma enc-dec + tokenizer), as the recipe of README §4.1, with narrower
@@ -82,7 +82,7 @@ def tiny_t5gemma(t5dir: Path, seed: int = 0) -> None:
     model = T5GemmaForConditionalGeneration(cfg)
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():  # norms are zero-initialised (Gemma's 1 + w): give every weight some spread
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5 / math.sqrt(p.shape[-1]))
             else:

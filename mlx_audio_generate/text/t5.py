@@ -24,8 +24,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .errors import UserError
-from .weights import Checkpoint
+from ..errors import UserError
+from ..weights import Checkpoint
 
 _ACTIVATIONS = {
     "relu": nn.relu,

@@ -1,0 +1,1 @@
+"""Audio codecs / VAEs shared by the families, behind encode/decode (EnCodec, Oobleck, ...)."""

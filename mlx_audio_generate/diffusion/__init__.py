@@ -1,0 +1,1 @@
+"""Diffusion samplers and inpainting shared by the diffusion families."""

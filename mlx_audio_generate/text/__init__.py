@@ -1,0 +1,1 @@
+"""Text encoders shared by the families (T5; T5Gemma; ...)."""

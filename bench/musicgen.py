@@ -90,6 +90,7 @@ def steps_for(seconds: float) -> tuple[int, int]:
 
 
 def build_ours(name: str, dtype: str, tiny: bool, bits: int = 0):
+    from mlx_audio_generate.musicgen.family import FAMILY
     from mlx_audio_generate.musicgen.pipeline import MusicGenModel
     from mlx_audio_generate.quantize import quantize_model
 
@@ -102,7 +103,7 @@ def build_ours(name: str, dtype: str, tiny: bool, bits: int = 0):
     m.set_dtype(mx_dtype(dtype))
     m.audio_encoder.set_dtype(mx.float32)  # as MusicGen.from_pretrained: the codec runs in fp32
     if bits:  # as `mlx-audio-convert -q --q-bits bits --q-group-size 64`: the LM linears
-        quantize_model(m, "musicgen", bits, 64)
+        quantize_model(m, FAMILY.quantize, bits, 64)
     mx.eval(m.parameters())
     return m
 

@@ -1,4 +1,5 @@
-"""mlx-audio-generate: MusicGen and Stable Audio Open in MLX, numerically identical to the references."""
+"""mlx-audio-generate: text-to-audio models in MLX (the families in registry.py), numerically identical to
+their reference implementations."""
 
 __version__ = "0.1.0"
 

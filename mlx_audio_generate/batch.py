@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import signal
@@ -38,25 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from . import registry
 from .errors import UserError
+from .family import Family
+from .settings import SECONDS, Setting, check_seconds, check_seed
 
-# Per-family settings an item (or a CLI flag) may set; the names are the `generate` keyword arguments.
-SETTINGS: dict[str, tuple[str, ...]] = {
-    "musicgen": ("seconds", "temperature", "top_k", "top_p", "guidance_coef"),
-    "stable_audio": ("seconds", "steps", "cfg_scale", "sampler", "negative_prompt"),
-}
-# None = the checkpoint's own default (Stable Audio's steps / cfg_scale / sampler depend on its objective).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "musicgen": {"seconds": 5.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "guidance_coef": 3.0},
-    "stable_audio": {
-        "seconds": 5.0,
-        "steps": None,
-        "cfg_scale": None,
-        "sampler": None,
-        "negative_prompt": "",
-    },
-}
-ALL_SETTINGS = tuple(dict.fromkeys(SETTINGS["musicgen"] + SETTINGS["stable_audio"]))
 ITEM_KEYS = ("prompt", "id", "seed")
 FORMATS = ("wav", "flac", "ogg", "mp3")
 MANIFEST = "manifest.jsonl"
@@ -84,52 +69,46 @@ class Item:
 # -- validation ---------------------------------------------------------------------------------------
 
 
-def _real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _integer(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seconds": (lambda v: _real(v) and v > 0, "a number > 0"),
-    "temperature": (lambda v: _real(v) and v >= 0, "a number >= 0"),
-    "top_k": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "top_p": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "guidance_coef": (lambda v: _real(v) and v >= 0, "a number >= 0"),
-    "steps": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "cfg_scale": (lambda v: _real(v) and v >= 0, "a number >= 0"),
-    "sampler": (lambda v: isinstance(v, str) and v.strip() != "", "a sampler name"),
-    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
-}
-_FLOATS = {"seconds", "temperature", "top_p", "guidance_coef", "cfg_scale"}
+def _family(fam: Family | str) -> Family:
+    return registry.get(fam) if isinstance(fam, str) else fam
 
 
-def check_setting(key: str, value: Any) -> Any:
-    """`value` checked for setting `key` (None = the default); a UserError (without a location) if bad.
-    Numbers are normalised (1 -> 1.0 for float settings) so equal requests group and resume alike."""
-    if value is None:
-        return None
-    ok, want = _RULES[key]
-    if not ok(value):
-        raise UserError(f"{key} must be {want}, got {json.dumps(value)}")
-    return float(value) if key in _FLOATS else value
+def batch_settings(fam: Family | str, config: dict | None = None) -> dict[str, Setting]:
+    """What a line (or a job-wide flag) may set for `fam`: seconds and its batch settings, by name."""
+    fam = _family(fam)
+    return {st.name: st for st in [SECONDS, *fam.settings(config)] if st.batch}
 
 
-def family_defaults(family: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The job-wide settings: the family's defaults with the CLI's flags (already checked) on top."""
-    wrong = [k for k, v in overrides.items() if v is not None and k not in SETTINGS[family]]
+def all_setting_names() -> tuple[str, ...]:
+    """Every family's batch settings (a key outside all of them is an unknown key, not another family's)."""
+    names = [n for fam in registry.families().values() for n in batch_settings(fam)]
+    return tuple(dict.fromkeys(names))
+
+
+def family_defaults(fam: Family | str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The job-wide settings: the family's defaults with the CLI's flags on top (checked: an error names the
+    flag)."""
+    fam = _family(fam)
+    schema = batch_settings(fam)
+    wrong = [k for k, v in overrides.items() if v is not None and k not in schema]
     if wrong:
         flag = "--" + wrong[0].replace("_", "-")
-        raise UserError(f"{flag} is not a {family} setting; {family} takes {_flags(family)}")
-    out = dict(DEFAULTS[family])
-    out.update({k: v for k, v in overrides.items() if v is not None})
+        flags = ", ".join(st.flag for st in schema.values())
+        raise UserError(f"{flag} is not a {fam.name} setting; {fam.name} takes {flags}")
+    out = {}
+    for name, st in schema.items():
+        value = overrides.get(name)
+        if value is not None:
+            try:
+                value = st.check(value)
+            except UserError as e:
+                raise UserError(f"{st.flag}: {e}") from None
+        out[name] = st.default if value is None else value
     return out
-
-
-def _flags(family: str) -> str:
-    return ", ".join("--" + k.replace("_", "-") for k in SETTINGS[family])
 
 
 def item_seed(base_seed: int, key: str) -> int:
@@ -163,22 +142,25 @@ def read_jobs(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
-def check_keys(lines: list[tuple[int, dict]], path: str | Path, family: str | None) -> None:
-    """Keys that are neither item keys nor settings of `family` (None: of either family) are errors naming
-    the line. Run with None before the model is resolved (a typo fails at once, not after a download)."""
-    allowed = ITEM_KEYS + (SETTINGS[family] if family else ALL_SETTINGS)
+def check_keys(lines: list[tuple[int, dict]], path: str | Path, fam: Family | str | None) -> None:
+    """Keys that are neither item keys nor settings of `fam` (None: of any family) are errors naming the
+    line. Run with None before the model is resolved (a typo fails at once, not after a download)."""
+    fam = None if fam is None else _family(fam)
+    every = all_setting_names()
+    allowed = ITEM_KEYS + (tuple(batch_settings(fam)) if fam else every)
     for n, obj in lines:
         wrong = [k for k in obj if k not in allowed]
         if wrong:
-            what = f"not a {family} setting" if family and wrong[0] in ALL_SETTINGS else "an unknown key"
+            what = f"not a {fam.name} setting" if fam and wrong[0] in every else "an unknown key"
             raise UserError(f"{path}:{n}: {wrong[0]!r} is {what}; allowed: {', '.join(allowed)}")
 
 
 def parse_items(
-    lines: list[tuple[int, dict]], path: str | Path, family: str, base_seed: int, job: dict[str, Any]
+    lines: list[tuple[int, dict]], path: str | Path, fam: Family | str, base_seed: int, job: dict[str, Any]
 ) -> list[Item]:
     """Validate every line (keys, types, ranges, ids) and build the items; `job`: the job-wide settings."""
-    check_keys(lines, path, family)
+    check_keys(lines, path, fam)
+    schema = batch_settings(fam)
     items: list[Item] = []
     names: dict[str, int] = {}
     for index, (n, obj) in enumerate(lines):
@@ -195,12 +177,12 @@ def parse_items(
                     f"{json.dumps(obj['id'])}"
                 )
         seed = obj.get("seed")
-        if seed is not None and (not _integer(seed) or not 0 <= seed < 2**32):
-            raise UserError(f'{where}: "seed" must be an integer in [0, 2^32), got {json.dumps(seed)}')
+        if seed is not None:
+            seed = check_seed(seed, f'{where}: "seed"')
         settings = dict(job)
-        for key in SETTINGS[family]:
+        for key, st in schema.items():
             try:
-                value = check_setting(key, obj.get(key))
+                value = st.check(obj.get(key))
             except UserError as e:
                 raise UserError(f"{where}: {e}") from None
             if value is not None:
@@ -279,19 +261,15 @@ def batches(items: list[Item], batch_size: int) -> list[list[Item]]:
     return sorted(out, key=lambda b: b[0].index)
 
 
-def check_loaded(model: Any, family: str, items: list[Item], path: str | Path) -> None:
-    """Checks that need the loaded model (Stable Audio's window and sampler names), naming the line."""
-    if family != "stable_audio":
-        return
-    from .diffusion import samplers
-
+def check_loaded(model: Any, fam: Family, config: dict, items: list[Item], path: str | Path) -> None:
+    """Checks that need the checkpoint (its window, its schema: e.g. sampler names), naming the line."""
+    schema = batch_settings(fam, config)
     for item in items:
-        s = item.settings
         try:
-            if s["seconds"] > model.max_seconds:
-                raise UserError(f"seconds must be at most {model.max_seconds:g} for this model (its window)")
-            if s["sampler"] is not None:
-                samplers.check_sampler(model.model.objective, s["sampler"])
+            if not fam.long_form:
+                check_seconds(item.settings["seconds"], model.max_seconds)
+            for key, value in item.settings.items():
+                schema[key].check(value)
         except UserError as e:
             raise UserError(f"{path}:{item.line}: {e}") from None
 

@@ -1,14 +1,18 @@
-"""Conversion entry point shared by both families: fetch, detect, convert into a temp dir, move into place."""
+"""Conversion entry point shared by every family: fetch, detect, convert into a temp dir, move into place."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from . import registry
 from .errors import UserError
-from .hub import detect_family, fetch
+from .family import ConvertJob
+from .hub import fetch
 from .progress import tqdm_bar
 from .quantize import check_options
 from .weights import make_temp_dir
@@ -19,18 +23,20 @@ def convert(
     output: str | Path,
     dtype: str | None = None,
     trust_remote_code: bool = False,
-    t5: str | None = None,
     force: bool = False,
     quantize_bits: int | None = None,
     quantize_group_size: int = 64,
     quiet: bool = True,
+    options: Mapping[str, Any] | None = None,
+    **family_options: Any,
 ) -> Path:
     """Convert `model` (repo id or folder) into `output`; the folder appears only once complete.
-    `quantize_bits` (None, 4 or 8) quantizes the LM / DiT linear layers in groups of `quantize_group_size`.
-    Unless `quiet`, a tqdm bar on stderr counts the tensors converted (downloads show Hugging Face's)."""
+    `quantize_bits` (None, 4 or 8) quantizes the family's core (LM / DiT) linear layers in groups of
+    `quantize_group_size`. `options` (or keywords): the family's convert settings (`Family.convert_settings`,
+    e.g. t5=...). Unless `quiet`, a tqdm bar on stderr counts the tensors converted (downloads show Hugging
+    Face's)."""
     check_options(quantize_bits, quantize_group_size)
-    q = {"quantize_bits": quantize_bits, "quantize_group_size": quantize_group_size}
-    q["progress"] = tqdm_bar(f"converting {Path(str(model)).name}", quiet, unit="tensor")
+    options = {**(options or {}), **family_options}
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():
         raise UserError(f"--output '{output}' exists and is not a folder")
@@ -42,23 +48,30 @@ def convert(
     except OSError as e:
         raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
     src = fetch(model, trust_remote_code=trust_remote_code)
-    family = detect_family(src)
+    family = registry.detect(src)
+    known = {st.name for st in family.convert_settings}
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
+    if unknown:
+        raise UserError(f"--{unknown[0].replace('_', '-')} does not apply to {family.label} checkpoints")
     remove_stale_partials(parent, output.name)
     try:
         # the pid in the name lets a later run remove what a killed conversion left (remove_stale_partials)
         tmp = make_temp_dir(parent, f"{output.name}.{os.getpid()}")
     except OSError as e:
         raise UserError(f"cannot write into '{parent}': {e.strerror or e}") from None
+    job = ConvertJob(
+        src=src,
+        out=tmp,
+        dtype=dtype,
+        source=str(model),
+        quantize_bits=quantize_bits,
+        quantize_group_size=quantize_group_size,
+        progress=tqdm_bar(f"converting {Path(str(model)).name}", quiet, unit="tensor"),
+        options=options,
+        fetch=lambda name: fetch(name, trust_remote_code=trust_remote_code),
+    )
     try:
-        if family == "musicgen":
-            from .musicgen.convert import convert_musicgen
-
-            convert_musicgen(src, tmp, dtype=dtype, source=model, **q)
-        else:
-            from .stable_audio.convert import convert_stable_audio
-
-            t5_src = fetch(t5 or _default_t5(src), trust_remote_code=trust_remote_code)
-            convert_stable_audio(src, tmp, dtype=dtype, source=model, t5_folder=t5_src, **q)
+        family.convert(job)
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)
@@ -97,12 +110,3 @@ def remove_stale_partials(parent: Path, name: str) -> None:
         m = pattern.fullmatch(entry.name)
         if m and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(m.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _default_t5(src: Path) -> str:
-    # stable-audio-open-1.0 ships its T5 in a diffusers-style `text_encoder/` folder; small does not.
-    if (src / "text_encoder" / "config.json").is_file() and (src / "tokenizer").is_dir():
-        return str(src)
-    from .hub import T5_BASE_REPO
-
-    return T5_BASE_REPO

@@ -1,22 +1,89 @@
-"""Opening a folder written by mlx-audio-convert: shared checks with clear errors for both families."""
+"""The converted-folder format, shared by every family: one writer, one reader.
+
+A converted folder holds `model.safetensors` (our parameter names), `config.json` (the family's own config
+plus an `mlx_audio_generate` entry: family, format_version, dtype, source, quantization) and the files the
+model needs at run time (tokenizers, feature-extractor settings). `write_folder` writes one; `open_folder`
+opens one once (config.json parsed a single time) and hands down its family and config.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import UserError
 from .quantize import apply_saved_quantization
-from .weights import load_safetensors
+from .weights import load_safetensors, save_safetensors
 
 FORMAT_VERSION = 1
+META_KEY = "mlx_audio_generate"
 
 
-def open_converted(folder: str | Path, family: str) -> tuple[Path, dict[str, Any]]:
-    """Validate a converted folder of `family` and return (folder, config)."""
+@dataclass(frozen=True)
+class Converted:
+    """An opened converted folder: where it is, its family name, its config.json and our metadata entry."""
+
+    folder: Path
+    family: str
+    config: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.config[META_KEY]
+
+
+def write_folder(
+    out: Path,
+    family: str,
+    config: Mapping[str, Any],
+    weights: dict[str, mx.array],
+    meta: Mapping[str, Any],
+    files: Iterable[Path] = (),
+) -> None:
+    """Write a converted folder into `out` (an existing temp folder): the weights, `config` with our metadata
+    entry (family, format version and `meta`: dtype, source, quantization, ...) and copies of `files`."""
+    out = Path(out)
+    save_safetensors(out / "model.safetensors", weights)
+    body = dict(config)
+    body[META_KEY] = {"family": family, "format_version": FORMAT_VERSION, **meta}
+    (out / "config.json").write_text(json.dumps(body, indent=2))
+    for f in files:
+        shutil.copyfile(f, out / Path(f).name)
+
+
+def read_meta(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(config, metadata entry) of a folder written by this tool, or None if it is not one."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    meta = config.get(META_KEY) if isinstance(config, dict) else None
+    return (config, meta) if isinstance(meta, dict) else None
+
+
+def is_converted(folder: Path) -> bool:
+    """A folder written by this tool, of a family this version knows, with its weights file."""
+    from . import registry
+
+    found = read_meta(folder)
+    return (
+        found is not None
+        and found[1].get("family") in registry.families()
+        and (Path(folder) / "model.safetensors").is_file()
+    )
+
+
+def open_folder(folder: str | Path, family: str | None = None) -> Converted:
+    """Validate a converted folder (of `family`, if given) and return it opened; clear errors otherwise."""
+    from . import registry
+
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise UserError(f"weights folder '{folder}' does not exist; convert a model with mlx-audio-convert")
@@ -29,30 +96,28 @@ def open_converted(folder: str | Path, family: str) -> tuple[Path, dict[str, Any
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{cfg_path} is not valid JSON ({e}); convert the model again") from None
-    meta = config.get("mlx_audio_generate") if isinstance(config, dict) else None
+    meta = config.get(META_KEY) if isinstance(config, dict) else None
     if not isinstance(meta, dict):
         raise UserError(f"'{folder}' was not written by mlx-audio-convert; convert the checkpoint first")
-    if meta.get("family") != family:
-        raise UserError(
-            f"'{folder}' holds a {meta.get('family')} model, not {family}; pass --model {meta.get('family')}"
-        )
+    found = meta.get("family")
+    if found not in registry.families():
+        raise UserError(f"'{folder}' holds a model of an unknown family ({found!r}); convert it again")
+    if family is not None and found != family:
+        raise UserError(f"'{folder}' holds a {found} model, not {family}; pass --model {found}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"'{folder}' was converted by another version of this tool; convert it again")
-    return folder, config
+    return Converted(folder, found, config)
 
 
-def load_weights(model: nn.Module, folder: Path, config: dict[str, Any] | None = None) -> None:
+def load_weights(model: nn.Module, conv: Converted) -> None:
     """Load model.safetensors strictly: every parameter present, nothing extra, shapes checked. A quantized
-    folder (config metadata `quantization`) has the same layers quantized first, so it also loads strictly."""
-    weights = load_safetensors(folder / "model.safetensors")
-    if config is None:
-        config = json.loads((folder / "config.json").read_text())
-    meta = config.get("mlx_audio_generate") or {}
-    apply_saved_quantization(model, weights, meta, str(folder))
+    folder (metadata `quantization`) has the same layers quantized first, so it also loads strictly."""
+    weights = load_safetensors(conv.folder / "model.safetensors")
+    apply_saved_quantization(model, weights, conv.meta, str(conv.folder))
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(
-            f"'{folder}/model.safetensors' does not match its config ({e}); convert again"
+            f"'{conv.folder}/model.safetensors' does not match its config ({e}); convert again"
         ) from None
     model.eval()

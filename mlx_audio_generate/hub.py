@@ -1,71 +1,38 @@
-"""Where checkpoints come from: local folders, or Hugging Face repos (whitelisted unless trusted).
+"""Where checkpoints come from: local folders, or Hugging Face repos (the families' own unless trusted).
 
 Downloads use huggingface_hub's own cache (HF_HOME, HF_TOKEN for gated repos, resumable, HF_HUB_OFFLINE),
-fetching only the files a converter reads.
+fetching only the files a converter reads (each family says which: `Family.download_patterns`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+from . import registry
 from .errors import UserError
 
-MUSICGEN_REPOS = {
-    "facebook/musicgen-small",
-    "facebook/musicgen-medium",
-    "facebook/musicgen-large",
-    "facebook/musicgen-stereo-small",
-    "facebook/musicgen-stereo-medium",
-    "facebook/musicgen-stereo-large",
-    "facebook/musicgen-melody",
-    "facebook/musicgen-melody-large",
-    "facebook/musicgen-stereo-melody",
-    "facebook/musicgen-stereo-melody-large",
-}
-STABLE_AUDIO_REPOS = {
-    "stabilityai/stable-audio-open-small",
-    "stabilityai/stable-audio-open-1.0",
-}
-# Stable Audio's T5 conditioner loads "t5-base" by name; its weights live in this repo.
-T5_BASE_REPO = "google-t5/t5-base"
-WHITELIST = MUSICGEN_REPOS | STABLE_AUDIO_REPOS | {T5_BASE_REPO}
+# What a converter may read when its family does not say otherwise: configs, tokenizer files, safetensors.
+DEFAULT_PATTERNS = ["*.json", "*.model", "*.safetensors", "*.safetensors.index.json"]
 
-# Only what the converters read: configs, tokenizer files, weights (safetensors preferred over pickle).
-# Globs match across folders, so Stable Audio 1.0's diffusers copies of the weights (transformer/, vae/)
-# are excluded by naming exactly what its converter reads.
-_PATTERNS = ["*.json", "*.model", "*.safetensors", "*.safetensors.index.json"]
-_STABLE_AUDIO_PATTERNS = ["model.safetensors", "model_config.json", "text_encoder/*", "tokenizer/*"]
-_T5_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "spiece.model"]
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when there is no such file; invalid JSON is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-download the checkpoint") from None
 
 
 def _patterns(repo_id: str) -> list[str]:
-    if repo_id in STABLE_AUDIO_REPOS:
-        return list(_STABLE_AUDIO_PATTERNS)
-    if repo_id == T5_BASE_REPO:
-        return list(_T5_PATTERNS)
-    return list(_PATTERNS)
-
-
-def detect_family(folder: Path) -> str:
-    """'musicgen' or 'stable_audio' for a reference checkpoint folder."""
-    folder = Path(folder)
-    if (folder / "model_config.json").is_file():
-        return "stable_audio"
-    cfg = folder / "config.json"
-    if cfg.is_file():
-        try:
-            model_type = json.loads(cfg.read_text()).get("model_type", "")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{cfg} is not valid JSON ({e}); re-download the checkpoint") from None
-        if model_type.startswith("musicgen"):
-            return "musicgen"
-        raise UserError(
-            f"{folder} holds a '{model_type or 'unknown'}' model; expected MusicGen or Stable Audio"
-        )
-    raise UserError(
-        f"{folder} is not a MusicGen or Stable Audio checkpoint (no config.json or model_config.json)"
-    )
+    for fam in registry.families().values():
+        if repo_id in fam.repos | fam.extra_repos and fam.download_patterns is not None:
+            return list(fam.download_patterns(repo_id))
+    return list(DEFAULT_PATTERNS)
 
 
 def is_repo_id(name: str) -> bool:
@@ -80,9 +47,9 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
         return path
     if not is_repo_id(model):
         raise UserError(f"'{model}' is neither an existing folder nor a Hugging Face repo id (owner/name)")
-    if model not in WHITELIST and not trust_remote_code:
+    if model not in registry.known_repos() and not trust_remote_code:
         raise UserError(
-            f"'{model}' is not a known MusicGen/Stable Audio repo; "
+            f"'{model}' is not a known {registry.labels()} repo; "
             "pass --trust-remote-code to convert it anyway"
         )
     try:
@@ -112,3 +79,8 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
     except OSError as e:
         raise UserError(f"could not download '{model}': {e}") from None
     return folder
+
+
+def detect_family(folder: Path) -> str:
+    """The family name of a reference checkpoint folder (see registry.detect)."""
+    return registry.detect(folder).name

@@ -1,11 +1,12 @@
-"""Weight quantization of the generative core (MusicGen LM / Stable Audio DiT) with MLX's `nn.quantize`.
+"""Weight quantization of a family's generative core (an LM, a DiT) with MLX's `nn.quantize`.
 
-Only `nn.Linear` layers of the LM (`lm.*`) or the DiT (`dit.*`) are quantized (affine, `bits` bits per weight,
-one scale + bias per `group_size` input columns). T5, EnCodec, the Oobleck VAE, the conditioners and the
-embeddings stay in the converted dtype. Also left alone:
+Only `nn.Linear` layers of the core module a family names (`Family.quantize`, e.g. `lm.*` or `dit.*`) are
+quantized (affine, `bits` bits per weight, one scale + bias per `group_size` input columns). Text encoders,
+codecs / VAEs, conditioners and embeddings stay in the converted dtype. Also left alone (each family's
+QuantizeSpec lists its own):
 - layers whose input width is not a multiple of `group_size` (MLX quantizes whole groups);
 - layers the model reads through their dense `.weight` (dtype probes such as the DiT's `project_in`): a
-  packed weight cannot stand in there. (The attention outputs and MusicGen's `fc2`, whose residual adds ride
+  packed weight cannot stand in there. (Attention and feed-forward outputs, whose residual adds ride
   in an `addmm` when dense, are quantized: the models take `x + layer(o)` for an nn.QuantizedLinear.)
 - the text/melody projections into the LM, and the DiT's timestep / conditioning embedders (`to_*_embed`),
   input/output projections and 1x1 pre/post convs (small, and the DiT's ends set the latent's precision).
@@ -24,18 +25,10 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import UserError
+from .family import QuantizeSpec
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
-MODULES = {"musicgen": "lm", "stable_audio": "dit"}
-
-# Last path component of layers kept dense: read through `.weight`, or the conditioning projections into
-# the LM and the DiT's ends (see the module docstring).
-_DENSE_ONLY = {
-    "lm": {"enc_to_dec_proj", "audio_enc_to_dec_proj"},
-    "dit": {"project_in", "project_out", "preprocess_conv", "postprocess_conv"},
-}
-_SKIP_PREFIXES = {"lm": (), "dit": ("to_timestep_embed", "to_cond_embed", "to_global_embed")}
 
 
 def residual_linear(residual: mx.array, x: mx.array, layer: nn.Module) -> mx.array:
@@ -58,32 +51,30 @@ def check_options(bits: Any, group_size: Any) -> None:
         )
 
 
-def _predicate(modules: str, group_size: int):
-    dense_only, skip = _DENSE_ONLY[modules], _SKIP_PREFIXES[modules]
-
+def _predicate(spec: QuantizeSpec, group_size: int):
     def pred(path: str, module: nn.Module) -> bool:
         if not isinstance(module, nn.Linear) or isinstance(module, nn.QuantizedLinear):
             return False
-        if path.rsplit(".", 1)[-1] in dense_only or path.startswith(skip):
+        if path.rsplit(".", 1)[-1] in spec.dense_only or path.startswith(spec.skip_prefixes):
             return False
         return module.weight.shape[-1] % group_size == 0
 
     return pred
 
 
-def quantize_model(model: nn.Module, family: str, bits: int, group_size: int) -> dict[str, Any]:
-    """Quantize the family's core module of a loaded `model` in place; returns the config metadata entry."""
+def quantize_model(model: nn.Module, spec: QuantizeSpec, bits: int, group_size: int) -> dict[str, Any]:
+    """Quantize the family's core module (`spec.module`) of a loaded `model` in place; returns the config
+    metadata entry."""
     check_options(bits, group_size)
-    modules = MODULES[family]
-    core = getattr(model, modules)
-    nn.quantize(core, group_size=group_size, bits=bits, class_predicate=_predicate(modules, group_size))
+    core = getattr(model, spec.module)
+    nn.quantize(core, group_size=group_size, bits=bits, class_predicate=_predicate(spec, group_size))
     n = sum(isinstance(m, nn.QuantizedLinear) for _, m in core.named_modules())
     if n == 0:
         raise UserError(
-            f"no {modules.upper()} layer has an input width divisible by --q-group-size {group_size}; "
+            f"no {spec.module.upper()} layer has an input width divisible by --q-group-size {group_size}; "
             "pick a smaller group size"
         )
-    return {"bits": bits, "group_size": group_size, "modules": modules, "layers": n}
+    return {"bits": bits, "group_size": group_size, "modules": spec.module, "layers": n}
 
 
 def model_weights(model: nn.Module) -> dict:

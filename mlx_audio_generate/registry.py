@@ -1,119 +1,105 @@
-"""Model names -> ready converted folders: short names, repo ids, converted or reference folders.
+"""The model families: the one module that lists them. Everything else asks here.
 
-On first use of a short name or repo id the checkpoint is fetched through the Hugging Face cache (HF_HOME,
-HF_TOKEN for gated repos, resumable, HF_HUB_OFFLINE), converted once into our cache
-(`$MLX_AUDIO_GENERATE_CACHE`, default `~/.cache/mlx-audio-generate`), and reused afterwards. A conversion is
-written to a temp folder and renamed into place, so an interrupted one never leaves a broken cache entry.
+A family is a package under mlx_audio_generate whose `family.py` exports `FAMILY` (a family.Family).
+Adding one is that package plus one line in FAMILY_PACKAGES. `register()` adds a family at run time (tests,
+plug-ins); it then serves the CLIs, batch files, the server and `load()` like the built-in ones.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import sys
+import importlib
 from pathlib import Path
 
-from .api import converted_family
 from .errors import UserError
-from .hub import is_repo_id
+from .family import Family
+from .settings import Setting
 
-SHORT_NAMES = {
-    "musicgen-small": "facebook/musicgen-small",
-    "musicgen-medium": "facebook/musicgen-medium",
-    "musicgen-large": "facebook/musicgen-large",
-    "musicgen-stereo-small": "facebook/musicgen-stereo-small",
-    "musicgen-stereo-medium": "facebook/musicgen-stereo-medium",
-    "musicgen-stereo-large": "facebook/musicgen-stereo-large",
-    "musicgen-melody": "facebook/musicgen-melody",
-    "musicgen-melody-large": "facebook/musicgen-melody-large",
-    "musicgen-stereo-melody": "facebook/musicgen-stereo-melody",
-    "musicgen-stereo-melody-large": "facebook/musicgen-stereo-melody-large",
-    "stable-audio-open-small": "stabilityai/stable-audio-open-small",
-    "stable-audio-open-1.0": "stabilityai/stable-audio-open-1.0",
-}
-FAMILY_NAMES = ("musicgen", "stable_audio")
+FAMILY_PACKAGES = (
+    "mlx_audio_generate.musicgen",
+    "mlx_audio_generate.stable_audio",
+)
+
+_families: dict[str, Family] | None = None
 
 
-def family_of(name: str) -> str | None:
-    """The family a model name stands for (family names, short names, known repo ids), else None."""
-    if name in FAMILY_NAMES:
-        return name
-    from .hub import MUSICGEN_REPOS, STABLE_AUDIO_REPOS
-
-    repo = SHORT_NAMES.get(name, name)
-    if repo in MUSICGEN_REPOS:
-        return "musicgen"
-    if repo in STABLE_AUDIO_REPOS:
-        return "stable_audio"
-    return None
+def families() -> dict[str, Family]:
+    """name -> Family, in registration order (built-in families first)."""
+    global _families
+    if _families is None:
+        found: dict[str, Family] = {}
+        for package in FAMILY_PACKAGES:
+            fam = importlib.import_module(f"{package}.family").FAMILY
+            found[fam.name] = fam
+        _families = found
+    return _families
 
 
-def cache_root() -> Path:
-    env = os.environ.get("MLX_AUDIO_GENERATE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mlx-audio-generate"
+def register(family: Family) -> None:
+    """Add (or replace) a family at run time."""
+    families()[family.name] = family
 
 
-def _is_converted(folder: Path) -> bool:
-    try:
-        converted_family(folder)
-        return (folder / "model.safetensors").is_file()
-    except UserError:
-        return False
+def unregister(name: str) -> None:
+    families().pop(name, None)
 
 
-def cache_dir(model: str, dtype: str | None) -> Path:
-    """Where the conversion of `model` (repo id or local reference folder) in `dtype` lives."""
-    if is_repo_id(model) and not Path(model).expanduser().exists():
-        key = model.replace("/", "--")
-    else:  # a local reference checkpoint: keyed by its absolute path
-        path = str(Path(model).expanduser().resolve())
-        key = f"local--{Path(path).name}--{hashlib.sha1(path.encode()).hexdigest()[:10]}"
-    return cache_root() / key / (dtype or "original")
+def get(name: str) -> Family:
+    fam = families().get(name)
+    if fam is None:
+        raise UserError(f"unknown model family '{name}'; this version knows {', '.join(families())}")
+    return fam
 
 
-def resolve(
-    model: str,
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    t5: str | None = None,
-    quiet: bool = False,
-) -> Path:
-    """A converted folder for `model`: a converted folder as is; otherwise fetched + converted once."""
-    if model in FAMILY_NAMES:
-        example = "musicgen-small" if model == "musicgen" else "stable-audio-open-small"
-        raise UserError(f"--model {model} needs --weights-dir; or name a checkpoint, e.g. --model {example}")
-    repo = SHORT_NAMES.get(model, model)
-    path = Path(repo).expanduser()
-    if path.is_dir() and _is_converted(path):
-        return path
-    if not path.is_dir() and not is_repo_id(repo):
-        names = ", ".join(SHORT_NAMES)
-        raise UserError(f"unknown model '{model}': use one of {names}, a HF repo id, or a folder")
-    target = cache_dir(repo, dtype)
-    if _is_converted(target):
-        return target
-    from .convert import convert, remove_stale_partials
+def labels() -> str:
+    """'A, B or C': every family's label, for messages."""
+    names = [f.label for f in families().values()]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
-    if not quiet:
-        print(f"converting {repo} for MLX (once; cached in {target})", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target.parent, target.name)  # what killed conversions left behind
-    staging = target.parent / f".{target.name}.{os.getpid()}"
-    try:
-        convert(
-            repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, t5=t5, force=True, quiet=quiet
-        )
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process finished the same conversion first (or a stale partial entry is there).
-            if not _is_converted(target):
-                shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+def short_names() -> dict[str, str]:
+    """Every family's short model names -> repo ids."""
+    return {name: repo for f in families().values() for name, repo in f.models.items()}
+
+
+def known_repos() -> set[str]:
+    """Repos fetched without --trust-remote-code: the families' own and those their conversions read."""
+    return {r for f in families().values() for r in f.repos | f.extra_repos}
+
+
+def for_model(name: str) -> Family | None:
+    """The family a model name stands for (a family name, a short name or a known repo id), else None."""
+    fams = families()
+    if name in fams:
+        return fams[name]
+    repo = short_names().get(name, name)
+    return next((f for f in fams.values() if repo in f.repos), None)
+
+
+def detect(folder: Path) -> Family:
+    """The family of a reference checkpoint folder (each family's `detect` reads only its configs)."""
+    from .hub import read_json
+
+    folder = Path(folder)
+    for fam in families().values():
+        if fam.detect(folder):
+            return fam
+    config = read_json(folder / "config.json")
+    if isinstance(config, dict):
+        kind = config.get("model_type") or "unknown"
+        raise UserError(f"{folder} holds a '{kind}' model; expected {labels()}")
+    raise UserError(f"{folder} is not a {labels()} checkpoint (no config this tool recognises)")
+
+
+def all_settings() -> dict[str, tuple[Setting, list[Family]]]:
+    """Every family's settings, by name: (the setting, the families that have it). A name two families
+    share is one CLI flag / request field, so its kind must agree."""
+    found: dict[str, tuple[Setting, list[Family]]] = {}
+    for fam in families().values():
+        for st in fam.settings(None):
+            if st.name not in found:
+                found[st.name] = (st, [fam])
+            elif found[st.name][0].kind != st.kind:
+                raise RuntimeError(f"setting {st.name!r} has two kinds: {found[st.name][0].kind}, {st.kind}")
+            else:
+                found[st.name][1].append(fam)
+    return found

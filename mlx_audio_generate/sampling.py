@@ -69,6 +69,17 @@ def sample_tokens(
     Greedy (argmax) when temperature == 0 or top_k == 1. top_k 0/None and top_p 0/None/1 turn those filters
     off. `key` is an `mx.random.key`; with None MLX's global PRNG is used (not reproducible)."""
     check_sampling_args(temperature, top_k, top_p)
+    return draw_tokens(logits, key, temperature, top_k, top_p)
+
+
+def draw_tokens(
+    logits: mx.array,
+    key: mx.array | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> mx.array:
+    """`sample_tokens` without the argument checks: for decode loops that check them once up front."""
     logits = logits.astype(mx.float32)
     if is_greedy(temperature, top_k):
         return mx.argmax(logits, axis=-1).astype(mx.int32)

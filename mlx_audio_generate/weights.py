@@ -158,6 +158,12 @@ def cast(weights: dict[str, mx.array], dtype: str | None) -> dict[str, mx.array]
     return {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
 
 
+def dtype_name(weights: dict[str, mx.array]) -> str:
+    """The floating dtype(s) of a weight dict, as config metadata records them ("float16", "bf16+fp32")."""
+    floats = [v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
+    return "+".join(sorted({str(d).removeprefix("mlx.core.") for d in floats}))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

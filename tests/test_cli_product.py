@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from mlx_audio_generate.cli import generate as generate_cli
-from mlx_audio_generate.registry import cache_dir
+from mlx_audio_generate.resolve import cache_dir
 from tests.test_hub import populate_hf_cache
 
 

@@ -164,7 +164,7 @@ def test_conversion_bar_and_quiet(musicgen_dir, tmp_path, capsys):
 
 
 def test_auto_convert_on_first_use_shows_the_bar_unless_quiet(musicgen_dir, tmp_path, monkeypatch, capsys):
-    from mlx_audio_generate.registry import resolve
+    from mlx_audio_generate.resolve import resolve
 
     monkeypatch.setenv("MLX_AUDIO_GENERATE_CACHE", str(tmp_path / "cache"))
     resolve(str(musicgen_dir), dtype="float32")

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 import mlx_audio_generate
-from mlx_audio_generate import registry
+from mlx_audio_generate import resolve as resolver
 from mlx_audio_generate.convert import convert
+from mlx_audio_generate.converted import is_converted
 from mlx_audio_generate.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,14 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_CONVERT = textwrap.dedent(
     """
     import sys, time
-    import mlx_audio_generate.musicgen.convert as mc
+    import mlx_audio_generate.converted as mc
     save = mc.save_safetensors
     def slow(*args, **kwargs):
         save(*args, **kwargs)
         open(sys.argv[2], "w").close()
         time.sleep(120)
     mc.save_safetensors = slow
-    from mlx_audio_generate.registry import resolve
+    from mlx_audio_generate.resolve import resolve
     resolve(sys.argv[1], quiet=True)
     """
 )
@@ -100,18 +101,18 @@ def test_killed_conversion_leaves_cache_usable(musicgen_dir, tmp_path, monkeypat
     assert proc.returncode == -signal.SIGKILL
 
     monkeypatch.setenv("MLX_AUDIO_GENERATE_CACHE", str(cache))
-    target = registry.cache_dir(str(musicgen_dir), None)
+    target = resolver.cache_dir(str(musicgen_dir), None)
     # the killed run left a partial folder (weights, no config) that nothing takes for a converted model
     partial = [p for p in target.parent.iterdir() if p.name.startswith(".")]
     assert partial and any((p / "model.safetensors").is_file() for p in partial), partial
     assert not target.exists()
-    assert not any(registry._is_converted(p) for p in tree(cache))
+    assert not any(is_converted(p) for p in tree(cache))
 
     # a fresh resolve converts, removes the dead process's partial folder, and the result loads and runs
-    out = registry.resolve(str(musicgen_dir), quiet=True)
-    assert out == target and registry._is_converted(out)
+    out = resolver.resolve(str(musicgen_dir), quiet=True)
+    assert out == target and is_converted(out)
     assert [p.name for p in target.parent.iterdir()] == [target.name]
-    assert [p for p in tree(cache) if registry._is_converted(p)] == [target]
+    assert [p for p in tree(cache) if is_converted(p)] == [target]
     audio = mlx_audio_generate.load(str(musicgen_dir)).generate("piano", seconds=0.2, seed=0)[0]
     assert np.isfinite(np.asarray(audio)).all() and np.asarray(audio).shape[-1] == 6400
 
@@ -135,7 +136,7 @@ def test_live_conversions_partials_are_kept(tmp_path):
 
 
 def test_converter_error_leaves_no_partial_output(musicgen_dir, tmp_path, monkeypatch):
-    import mlx_audio_generate.musicgen.convert as mc
+    import mlx_audio_generate.converted as mc
 
     def broken(*args, **kwargs):
         raise UserError("tokenizer copy failed")
@@ -157,7 +158,7 @@ def test_disk_full_while_writing_weights(musicgen_dir, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
 
     monkeypatch.setenv("MLX_AUDIO_GENERATE_CACHE", str(tmp_path / "cache"))
-    one_line_error(lambda: registry.resolve(str(musicgen_dir), quiet=True), "No space left on device")
+    one_line_error(lambda: resolver.resolve(str(musicgen_dir), quiet=True), "No space left on device")
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
 
 
@@ -172,9 +173,9 @@ def test_disk_full_while_writing_weights(musicgen_dir, tmp_path, monkeypatch):
         ({"seconds": -1.0}, ["seconds", "-1"]),
         ({"seconds": 0.0}, ["seconds"]),
         ({"temperature": -0.5}, ["temperature"]),
-        ({"top_k": -1}, ["top-k"]),
-        ({"top_p": 1.5}, ["top-p"]),
-        ({"top_p": -0.1}, ["top-p"]),
+        ({"top_k": -1}, ["top_k"]),
+        ({"top_p": 1.5}, ["top_p"]),
+        ({"top_p": -0.1}, ["top_p"]),
         ({"window_seconds": float("nan")}, ["window"]),
     ],
 )

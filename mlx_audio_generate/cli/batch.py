@@ -7,13 +7,16 @@ the model is loaded, and every rank checks the same things, so a bad job fails o
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 from .. import batch as B
+from .. import registry
+from ..converted import open_folder, read_meta
 from ..errors import UserError
+from ..settings import check_seed
 from .common import ArgumentParser, run_main
+from .generate import add_family_flags
 
 
 def setup_arg_parser() -> ArgumentParser:
@@ -29,58 +32,37 @@ def setup_arg_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of items without their own (default 0)")
     p.add_argument("--format", choices=B.FORMATS, default="wav", help="audio file format (default wav)")
     p.add_argument("--seconds", type=float, default=None, help="default duration of an item (default 5)")
-    g = p.add_argument_group("MusicGen defaults (a line's own keys win)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
-    g.add_argument("--top-k", type=int, default=None, help="top-k candidates (default 250)")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, 0 = off (default 0)")
-    g.add_argument("--guidance-coef", type=float, default=None, help="classifier-free guidance (default 3)")
-    g = p.add_argument_group("Stable Audio defaults (a line's own keys win)")
-    g.add_argument("--steps", type=int, default=None, help="diffusion steps (default per checkpoint)")
-    g.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default per checkpoint)")
-    g.add_argument("--sampler", default=None, help="sampler (default per checkpoint)")
-    g.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    add_family_flags(p, scope="batch", heading="{label} defaults (a line's own keys win)")
     p.add_argument("--quiet", action="store_true", help="no per-item lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.epilog = (
         'Each line: {"prompt": "...", "id"?: "name", "seed"?: 123, <setting>?: value}; settings: '
-        + ", ".join(B.ALL_SETTINGS)
+        + ", ".join(B.all_setting_names())
         + ". Files are <output-dir>/<id or line index:05d>.<format>; a rerun skips finished items."
     )
     return p
 
 
 def _flag_settings(args) -> dict:
-    """The sampling flags given on the command line, checked (an error names the flag)."""
-    out = {}
-    for key in B.ALL_SETTINGS:
-        value = getattr(args, key)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
-        try:
-            out[key] = B.check_setting(key, value)
-        except UserError as e:
-            raise UserError(f"--{key.replace('_', '-')}: {e}") from None
-    return out
+    """The settings flags given on the command line (checked against the family once it is known)."""
+    names = ["seconds", *(n for n, (st, _) in registry.all_settings().items() if st.batch)]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _family_hint(args) -> str | None:
+def _family_hint(args):
     """The model family when it is known without fetching anything, so the prompts file can be checked
     against that family before a possibly long download and conversion."""
-    from ..api import converted_family
-    from ..registry import FAMILY_NAMES, SHORT_NAMES
-
     if args.weights_dir is not None:
-        family = converted_family(args.weights_dir)
-        if args.model in FAMILY_NAMES and args.model != family:
-            raise UserError(f"--weights-dir '{args.weights_dir}' holds a {family} model, not {args.model}")
-        return family
+        fam = registry.get(open_folder(args.weights_dir).family)
+        if args.model in registry.families() and args.model != fam.name:
+            raise UserError(f"--weights-dir '{args.weights_dir}' holds a {fam.name} model, not {args.model}")
+        return fam
     if Path(args.model).expanduser().is_dir():
-        try:
-            return converted_family(args.model)
-        except UserError:
+        found = read_meta(Path(args.model).expanduser())
+        if found is None:
             return None  # a reference checkpoint folder: resolve() converts it
-    name = SHORT_NAMES.get(args.model, args.model).lower()
-    return "musicgen" if "musicgen" in name else "stable_audio" if "stable-audio" in name else None
+        return registry.get(open_folder(args.model).family)
+    return registry.for_model(args.model)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -89,17 +71,15 @@ def _main(argv: list[str] | None) -> int:
         raise UserError("give --model (a name, repo id or converted folder) or --weights-dir")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0 <= args.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2^32), got {args.seed}")
+    check_seed(args.seed, "--seed")
     flags = _flag_settings(args)
     lines = B.read_jobs(args.prompts_file)
     B.check_keys(lines, args.prompts_file, None)
-    from ..registry import FAMILY_NAMES, resolve
+    from ..resolve import resolve
 
-    if args.weights_dir is None and args.model in FAMILY_NAMES:
-        raise UserError(
-            f"--model {args.model} needs --weights-dir; or name a checkpoint (e.g. musicgen-small)"
-        )
+    if args.weights_dir is None and args.model in registry.families():
+        example = registry.get(args.model).example
+        raise UserError(f"--model {args.model} needs --weights-dir; or name a checkpoint (e.g. {example})")
     family = _family_hint(args)
     folder = model_name = None
     if args.weights_dir is not None:
@@ -107,19 +87,17 @@ def _main(argv: list[str] | None) -> int:
         model_name = str(folder)  # `dir/` and `dir` are the same request on a rerun
     elif family is None:  # the family is only known once the model is resolved (maybe fetched)
         folder, model_name = Path(resolve(args.model, quiet=args.quiet)), args.model
-        from ..api import converted_family
-
-        family = converted_family(folder)
+        family = registry.get(open_folder(folder).family)
     # every line is checked before the output folder is touched or a checkpoint is fetched
     items = B.parse_items(lines, args.prompts_file, family, args.seed, B.family_defaults(family, flags))
     out_dir = B.prepare_output_dir(args.output_dir, args.format)
     if folder is None:
         folder, model_name = Path(resolve(args.model, quiet=args.quiet)), args.model
 
-    def load():
-        from ..api import load as load_model
+    conv = open_folder(folder)
 
-        return load_model(folder)
+    def load():
+        return family.load(conv)
 
     job = B.Job(
         items=items,
@@ -129,7 +107,7 @@ def _main(argv: list[str] | None) -> int:
         load=load,
         batch_size=args.batch_size,
         quiet=args.quiet,
-        check=lambda model: B.check_loaded(model, family, items, args.prompts_file),
+        check=lambda model: B.check_loaded(model, family, conv.config, items, args.prompts_file),
     )
     manifest = B.run_job(job)
     if manifest is not None and not args.quiet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .. import registry
 from ..convert import convert
 from ..errors import UserError
 from ..weights import DTYPES
@@ -13,20 +14,24 @@ from .common import ArgumentParser, run_main
 def setup_arg_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="mlx-audio-convert",
-        description="Convert a MusicGen or Stable Audio Open checkpoint to MLX safetensors.",
+        description=f"Convert a {registry.labels()} checkpoint to MLX safetensors.",
     )
-    p.add_argument("--model", required=True, help="HF repo id (e.g. facebook/musicgen-small) or local folder")
+    example = next(iter(next(iter(registry.families().values())).models.values()))
+    p.add_argument("--model", required=True, help=f"HF repo id (e.g. {example}) or local folder")
     p.add_argument("--output", required=True, help="folder to write the converted model into")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow repos outside the known list")
-    p.add_argument(
-        "--t5", default=None, help="T5 folder or repo for Stable Audio (default google-t5/t5-base)"
+    for fam in registry.families().values():
+        for st in fam.convert_settings:
+            p.add_argument(st.flag, default=None, metavar=st.metavar, help=f"{fam.label}: {st.help}")
+    cores = " / ".join(
+        f"{f.label} {f.quantize.description or f.quantize.module}" for f in registry.families().values()
     )
     p.add_argument(
         "-q",
         "--quantize",
         action="store_true",
-        help="quantize the MusicGen LM / Stable Audio DiT linear layers (T5, codec, VAE stay as converted)",
+        help=f"quantize the linear layers of the {cores} (text encoders, codecs, VAEs stay as converted)",
     )
     p.add_argument("--q-bits", type=int, default=None, help="with -q: bits per weight, 4 or 8 (default 4)")
     p.add_argument(
@@ -49,15 +54,20 @@ def _main(argv: list[str] | None) -> int:
         args.output,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
-        t5=args.t5,
         force=args.force,
         quantize_bits=(4 if args.q_bits is None else args.q_bits) if args.quantize else None,
         quantize_group_size=64 if args.q_group_size is None else args.q_group_size,
         quiet=args.quiet,
+        options=_family_options(args),
     )
     if not args.quiet:
         print(f"converted {args.model} -> {out}")
     return 0
+
+
+def _family_options(args) -> dict:
+    names = {st.name for f in registry.families().values() for st in f.convert_settings}
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,62 +1,71 @@
-"""`mlx-audio-generate`: text -> audio files with MusicGen or Stable Audio Open.
+"""`mlx-audio-generate`: text -> audio files with any model family this tool has.
 
     mlx-audio-generate --model musicgen-small --prompt "lofi piano" --seconds 10
 
 `--model` takes a short name (downloaded and converted once, then cached), a Hugging Face repo id, a folder
-written by mlx-audio-convert, or a family name (`musicgen`, `stable_audio`) with `--weights-dir`. Several
-`--prompt`s and `--n` variations run as batches on the device; each file records its prompt, model, seed
-and settings. The flags map 1:1 to the Python API (`mlx_audio_generate.load(...).generate(...)`).
+written by mlx-audio-convert, or a family name with `--weights-dir`. Several `--prompt`s and `--n` variations
+run as batches on the device; each file records its prompt, model, seed and settings. The flags map 1:1 to
+the Python API (`mlx_audio_generate.load(...).generate(...)`): each family's flags are built from its settings
+schema (settings.py), which also checks them.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from .. import registry
 from ..audio import check_output_path, loudness_normalize, write_audio
 from ..errors import UserError
+from ..family import Family
 from ..progress import tqdm_stages
+from ..settings import Setting, check_prompts, check_seconds, check_seed, random_seed, variation_seeds
 from .common import ArgumentParser, run_main
 
-FAMILIES = ("musicgen", "stable_audio")
-# family -> {argparse dest: default}; None defaults mean "the checkpoint's own default".
-FAMILY_OPTIONS = {
-    "musicgen": {
-        "temperature": 1.0,
-        "top_k": 250,
-        "top_p": 0.0,
-        "guidance_coef": 3.0,
-        "melody": None,
-        "audio_prompt": None,
-        "extend_stride": None,
-    },
-    "stable_audio": {
-        "steps": None,
-        "cfg_scale": None,
-        "sampler": None,
-        "negative_prompt": None,
-        "init_audio": None,
-        "init_noise_level": None,
-        "init_strength": None,
-        "inpaint_audio": None,
-        "mask_start": None,
-        "mask_end": None,
-    },
-}
-AUDIO_FILE_OPTIONS = ("melody", "audio_prompt", "init_audio", "inpaint_audio")
+_ARG_TYPES = {"float": float, "int": int, "choice": str, "text": str, "file": str}
+
+
+def flag_help(st: Setting) -> str:
+    if st.kind == "file" or st.name.endswith("_prompt") and st.kind == "text":
+        return st.help
+    default = (
+        "per checkpoint"
+        if st.default is None
+        else f"{st.default:g}"
+        if isinstance(st.default, float)
+        else st.default
+    )
+    return f"{st.help} (default {default})" if default != "" else st.help
+
+
+def add_family_flags(p: ArgumentParser, scope: str | None = None, heading: str = "{label}") -> None:
+    """One argument group per family with its settings as flags (default None: the family's default applies
+    once the model is known). `scope` "batch" keeps only settings a batch line may set."""
+    groups: dict[str, Any] = {}
+    for st, fams in registry.all_settings().values():
+        if scope == "batch" and not st.batch:
+            continue
+        label = " / ".join(f.label for f in fams)
+        if label not in groups:
+            groups[label] = p.add_argument_group(heading.format(label=label))
+        groups[label].add_argument(
+            st.flag, type=_ARG_TYPES[st.kind], default=None, metavar=st.metavar, help=flag_help(st)
+        )
 
 
 def setup_arg_parser() -> ArgumentParser:
+    examples = ", ".join(f.example for f in registry.families().values())
+    names = " / ".join(registry.families())
     p = ArgumentParser(prog="mlx-audio-generate", description="Generate audio from text on your own machine.")
     p.add_argument(
         "--model",
         required=True,
-        help="a model name (musicgen-small, musicgen-melody, stable-audio-open-small, ...), a Hugging Face "
-        "repo id, a converted folder, or musicgen / stable_audio together with --weights-dir",
+        help=f"a model name ({examples}, ...), a Hugging Face repo id, a converted folder, or a family "
+        f"name ({names}) together with --weights-dir",
     )
     p.add_argument("--prompt", action="append", default=None, help="text description (repeat for several)")
     p.add_argument(
@@ -95,48 +104,7 @@ def setup_arg_parser() -> ArgumentParser:
         help="normalise loudness (ITU-R BS.1770) to LUFS (default -14), true-peak safe",
     )
     p.add_argument("--metadata-json", action="store_true", help="also write <file>.json with the settings")
-    g = p.add_argument_group("MusicGen")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
-    g.add_argument("--top-k", type=int, default=None, help="top-k candidates; 1 = greedy (default 250)")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, 0 = off (default 0)")
-    g.add_argument("--guidance-coef", type=float, default=None, help="classifier-free guidance (default 3.0)")
-    g.add_argument("--melody", default=None, metavar="FILE", help="melody to follow (melody checkpoints)")
-    g.add_argument(
-        "--audio-prompt",
-        default=None,
-        metavar="FILE",
-        help="audio to continue; --seconds is the total length",
-    )
-    g.add_argument(
-        "--extend-stride",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="beyond the 30 s window, seconds added per extra window (default 18)",
-    )
-    g = p.add_argument_group("Stable Audio")
-    g.add_argument("--steps", type=int, default=None, help="diffusion steps (default per checkpoint)")
-    g.add_argument("--cfg-scale", type=float, default=None, help="CFG scale (default per checkpoint)")
-    g.add_argument("--sampler", default=None, help="sampler (default per checkpoint)")
-    g.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    g.add_argument("--init-audio", default=None, metavar="FILE", help="make a variation of this audio")
-    g.add_argument(
-        "--init-noise-level",
-        type=float,
-        default=None,
-        help="how far from --init-audio (the reference's init_noise_level)",
-    )
-    g.add_argument(
-        "--init-strength",
-        type=float,
-        default=None,
-        help="0..1 alternative to --init-noise-level (1 = ignore the init audio)",
-    )
-    g.add_argument("--inpaint-audio", default=None, metavar="FILE", help="regenerate a region of this audio")
-    g.add_argument(
-        "--mask-start", type=float, default=None, metavar="SECONDS", help="inpainting region start"
-    )
-    g.add_argument("--mask-end", type=float, default=None, metavar="SECONDS", help="inpainting region end")
+    add_family_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -144,62 +112,41 @@ def setup_arg_parser() -> ArgumentParser:
 
 def _check_generic(args) -> list[str]:
     """Checks that need no model; returns the prompts."""
-    prompts = args.prompt or []
-    if not prompts:
+    if not args.prompt:
         raise UserError("--prompt is required; describe the audio you want, e.g. --prompt 'lofi piano'")
-    for p in prompts:
-        if not p.strip():
-            raise UserError("--prompt is empty; describe the audio you want, e.g. --prompt 'lofi piano'")
-    if not math.isfinite(args.seconds) or args.seconds <= 0:
-        raise UserError(f"--seconds must be a positive number, got {args.seconds}")
-    if args.seed is not None and not 0 <= args.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2^32), got {args.seed}")
+    prompts = check_prompts(args.prompt, "--prompt")
+    check_seconds(args.seconds, where="--seconds")
+    if args.seed is not None:
+        check_seed(args.seed, "--seed")
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.normalize is not None and not (math.isfinite(args.normalize) and -70 <= args.normalize <= 0):
+    if args.normalize is not None and not (-70 <= args.normalize <= 0):
         raise UserError(f"--normalize takes a loudness in LUFS between -70 and 0, got {args.normalize}")
     return prompts
 
 
-def _check_family(args, family: str) -> dict:
-    """Reject the other family's flags, fill this family's defaults, check ranges and input files."""
-    other = "stable_audio" if family == "musicgen" else "musicgen"
-    given = [k for k in FAMILY_OPTIONS[other] if getattr(args, k) is not None]
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        name = "Stable Audio" if other == "stable_audio" else "MusicGen"
-        raise UserError(f"{flags}: {name} options, but --model is a {family} model")
-    opts = {
-        k: (d if getattr(args, k) is None else getattr(args, k)) for k, d in FAMILY_OPTIONS[family].items()
-    }
-    if family == "musicgen":
-        if not math.isfinite(opts["temperature"]) or opts["temperature"] < 0:
-            raise UserError(f"--temperature must be >= 0, got {opts['temperature']}")
-        if opts["top_k"] < 1:
-            raise UserError(f"--top-k must be >= 1, got {opts['top_k']}")
-        if not 0.0 <= opts["top_p"] <= 1.0:
-            raise UserError(f"--top-p must be in [0, 1], got {opts['top_p']}")
-        if not math.isfinite(opts["guidance_coef"]) or opts["guidance_coef"] < 0:
-            raise UserError(f"--guidance-coef must be >= 0, got {opts['guidance_coef']}")
-        stride = opts["extend_stride"]
-        if stride is not None:
-            from ..musicgen.longform import DEFAULT_WINDOW
-
-            if not math.isfinite(stride) or not 0 < stride < DEFAULT_WINDOW:
-                raise UserError(
-                    f"--extend-stride must be more than 0 and less than {DEFAULT_WINDOW:g} (the window), "
-                    f"got {stride:g}"
-                )
-    else:
-        if opts["steps"] is not None and opts["steps"] < 1:
-            raise UserError(f"--steps must be >= 1, got {opts['steps']}")
-        if opts["cfg_scale"] is not None and (not math.isfinite(opts["cfg_scale"]) or opts["cfg_scale"] < 0):
-            raise UserError(f"--cfg-scale must be >= 0, got {opts['cfg_scale']}")
-    for key in AUDIO_FILE_OPTIONS:
-        if opts.get(key) is not None:
-            _check_audio_file("--" + key.replace("_", "-"), opts[key])
+def family_options(args, fam: Family, config: dict | None, scope: str | None = None) -> dict[str, Any]:
+    """The family's settings from the flags: other families' flags refused, values checked against the
+    schema (of this checkpoint when `config` is known), defaults filled, input files checked."""
+    own = {st.name: st for st in fam.settings(config) if scope != "batch" or st.batch}
+    given = [
+        (st, fams)
+        for st, fams in registry.all_settings().values()
+        if getattr(args, st.name, None) is not None
+    ]
+    foreign = [(st, fams) for st, fams in given if st.name not in own]
+    if foreign:
+        flags = ", ".join(st.flag for st, _ in foreign)
+        owners = " / ".join(dict.fromkeys(f.label for _, fams in foreign for f in fams))
+        raise UserError(f"{flags}: {owners} options, but --model is a {fam.name} model")
+    opts = {}
+    for name, st in own.items():
+        value = st.check(getattr(args, name, None), st.flag)
+        if st.kind == "file" and value is not None:
+            _check_audio_file(st.flag, value)
+        opts[name] = st.default if value is None else value
     return opts
 
 
@@ -250,26 +197,25 @@ def _output_paths(args, items: list[tuple[str, int]], label: str) -> list[Path]:
 
 def _resolve(args) -> Path:
     """The converted folder to load (downloading and converting on first use of a name)."""
-    from ..registry import family_of, resolve
+    from ..converted import open_folder
+    from ..resolve import resolve
 
     if args.weights_dir is not None:
-        from ..converted import open_converted
-
         # with a weights folder, --model names the family (or a known model of it) the folder must hold
-        family = family_of(args.model)
-        if family is None:
+        fam = registry.for_model(args.model)
+        if fam is None:
             raise UserError(
-                f"unknown --model '{args.model}' for --weights-dir; use musicgen or stable_audio "
-                "(or a model name such as musicgen-small without --weights-dir)"
+                f"unknown --model '{args.model}' for --weights-dir; use {' or '.join(registry.families())} "
+                "(or a model name without --weights-dir)"
             )
-        return open_converted(args.weights_dir, family)[0]
+        return open_folder(args.weights_dir, fam.name).folder
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return resolve(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, quiet=args.quiet)
 
 
 def _main(argv: list[str] | None) -> int:
-    import numpy as np
+    from ..converted import open_folder
 
     raw = sys.argv[1:] if argv is None else argv
     if any(a == "--prompts-file" or a.startswith("--prompts-file=") for a in raw):
@@ -279,30 +225,27 @@ def _main(argv: list[str] | None) -> int:
         return main_from_generate(raw)
     args = setup_arg_parser().parse_args(argv)
     prompts = _check_generic(args)
-    base_seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+    base_seed = args.seed if args.seed is not None else random_seed()
     # item k: prompt k // n, seed base + k (a prompt's variations side by side, every seed distinct)
-    items = [(p, base_seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.n))]
-    label = Path(args.model).name if args.model not in FAMILIES else args.model
+    seeds = variation_seeds(base_seed, len(prompts) * args.n)
+    items = list(zip((p for p in prompts for _ in range(args.n)), seeds, strict=True))
+    label = Path(args.model).name if args.model not in registry.families() else args.model
     paths = _output_paths(args, items, label)
 
-    from ..registry import family_of
-
-    if family_of(args.model) is not None:  # known family: check its flags before any download or load
-        _check_family(args, family_of(args.model))
+    known = registry.for_model(args.model)
+    if known is not None:  # known family: check its flags before any download or load
+        family_options(args, known, None)
     t0 = time.perf_counter()
-    folder = _resolve(args)
-    from ..api import converted_family, load
-
-    family = converted_family(folder)
-    opts = _check_family(args, family)
-    model = load(folder)
+    conv = open_folder(_resolve(args))
+    fam = registry.get(conv.family)
+    opts = family_options(args, fam, conv.config)
+    model = fam.load(conv)
     outputs = []
     for start in range(0, len(items), args.batch_size):
         chunk = items[start : start + args.batch_size]
-        what = "generating" if family == "musicgen" else "denoising"
         part = "" if len(items) == 1 else f" {start + 1}-{start + len(chunk)}/{len(items)}"
         # a separate bar per stage (the models report stages, the CLI draws them); none with --quiet
-        bars = {"generate": what + part, "decode": "decoding" + part}
+        bars = {"generate": fam.verb + part, "decode": "decoding" + part}
         audio = model.generate(
             [p for p, _ in chunk],
             seconds=args.seconds,
@@ -316,7 +259,7 @@ def _main(argv: list[str] | None) -> int:
         meta = {
             "prompt": prompt,
             "model": args.model,
-            "family": family,
+            "family": fam.name,
             "seed": seed,
             "seconds": args.seconds,
             "settings": {k: v for k, v in opts.items() if v is not None},

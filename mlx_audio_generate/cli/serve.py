@@ -53,7 +53,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
-            raise UserError(f"--model '{spec}' must be NAME=DIR, e.g. --model small=converted/musicgen-small")
+            raise UserError(f"--model '{spec}' must be NAME=DIR, e.g. --model small=converted/my-model")
         if name in named:
             raise UserError(f"--model name '{name}' is given twice")
         named[name] = folder

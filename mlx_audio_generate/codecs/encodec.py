@@ -85,7 +85,7 @@ class EncodecConfig:
         elif not self.use_causal_conv and self.trim_right_ratio != 1.0:
             bad = "trim_right_ratio != 1.0 with non-causal convolutions"
         if bad:
-            raise UserError(f"unsupported EnCodec config: {bad}; this is not a MusicGen audio codec")
+            raise UserError(f"unsupported EnCodec config: {bad}; this is not an EnCodec this port reads")
 
     @property
     def hop_length(self) -> int:

@@ -70,9 +70,7 @@ class OobleckConfig:
             enc, dec = d["encoder"], d["decoder"]
             latent_dim, ratio, io = int(d["latent_dim"]), int(d["downsampling_ratio"]), int(d["io_channels"])
         except KeyError as e:
-            raise UserError(
-                f"autoencoder config lacks {e}: not a Stable Audio (Oobleck) model_config.json"
-            ) from None
+            raise UserError(f"autoencoder config lacks {e}: not an Oobleck autoencoder config") from None
         for side in (enc, dec):
             if side.get("type") != "oobleck":
                 raise UserError(f"autoencoder {side.get('type')!r} is not supported (only 'oobleck')")

@@ -20,12 +20,14 @@ import mlx.core as mx
 import numpy as np
 
 from ..audio import match_channels, read_audio
-from ..converted import load_weights, open_converted
+from ..converted import Converted, load_weights, open_folder
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
+from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
 from ..text.t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
+from .family import FAMILY, MAX_TOTAL_SECONDS, SETTINGS
 from .lm_generate import SamplingOptions, generate_codes, generate_steps, head_columns
 from .longform import DEFAULT_WINDOW, Window, extend, melody_window, plan_windows, stride_frames
 from .pipeline import MusicGenModel
@@ -35,6 +37,8 @@ Progress = Callable[[int, int], None]
 # upsampling convs); audio this close to the last decoded frame can still change.
 _STREAM_MARGIN = 5
 AudioInput = str | Path | np.ndarray
+# The sampling settings `generate` checks against the schema (the audio inputs are files or arrays).
+_SAMPLING = [s for s in SETTINGS if s.name in ("temperature", "top_k", "top_p", "guidance_coef")]
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,13 @@ class MusicGen:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> MusicGen:
-        folder, config = open_converted(folder, "musicgen")
+        return cls.from_converted(open_folder(folder, FAMILY.name))
+
+    @classmethod
+    def from_converted(cls, conv: Converted) -> MusicGen:
+        folder, config = conv.folder, conv.config
         model = MusicGenModel(config)
-        load_weights(model, folder, config)
+        load_weights(model, conv)
         # EnCodec runs in fp32 whatever the stored dtype: its LSTM state drifts ~2% in bf16, and the
         # codec is small (58M parameters), so half precision buys nothing worth that.
         model.audio_encoder.set_dtype(mx.float32)
@@ -175,10 +183,10 @@ class MusicGen:
         self,
         prompt: str | list[str],
         seconds: float,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        guidance_coef: float,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        guidance_coef: float | None,
         seed: int | list[int] | None,
         melody: AudioInput | None,
         audio_prompt: AudioInput | None,
@@ -188,20 +196,15 @@ class MusicGen:
     ) -> _Plan:
         """Check `generate`'s arguments, read the audio inputs, encode the text ("text" stage) and plan the
         windows: everything before the first decoder step (shared by `generate_tokens` and `stream`)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or any(not p.strip() for p in prompts):
-            raise UserError("prompt is empty; describe the audio you want")
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise UserError(f"seconds must be a positive number, got {seconds}")
+        prompts = check_prompts(prompt)
+        seconds = check_seconds(seconds, MAX_TOTAL_SECONDS)
         window_seconds = self.max_seconds if window_seconds is None else window_seconds
         if not math.isfinite(window_seconds) or window_seconds <= 0:
             raise UserError(f"window must be a positive number of seconds, got {window_seconds}")
-        if (
-            not isinstance(guidance_coef, int | float)
-            or not math.isfinite(guidance_coef)
-            or guidance_coef < 0
-        ):
-            raise UserError(f"guidance_coef must be a number >= 0, got {guidance_coef}")
+        given = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance_coef=guidance_coef)
+        s = check_settings(_SAMPLING, given)
+        temperature, top_k, top_p, guidance_coef = (s[k] for k in given)
+        seed = resolve_seed(seed, len(prompts))
         if melody is not None and not self.is_melody:
             raise UserError("melody conditioning needs a melody checkpoint (facebook/musicgen-melody*)")
         options = SamplingOptions(
@@ -236,11 +239,6 @@ class MusicGen:
         if on_stage is not None:
             mx.eval(states, mask)  # the stage's real time (the same values as evaluated with the first step)
         report_stage(on_stage, "text", 1, 1)
-        seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else seed
-        if isinstance(seed, list | tuple):
-            seed = [int(s) for s in seed]
-            if len(seed) != len(prompts):
-                raise UserError(f"got {len(seed)} seeds for {len(prompts)} prompts")
         k, channels = self.model.lm.config.num_codebooks, self.audio_channels
         steps = [num_steps(w.new_frames, k, channels) for w in plan]
         window_samples = round(window_seconds * self.sample_rate)
@@ -270,10 +268,10 @@ class MusicGen:
         self,
         prompt: str | list[str],
         seconds: float = 5.0,
-        temperature: float = 1.0,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        guidance_coef: float = 3.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_coef: float | None = None,
         seed: int | list[int] | None = None,
         progress: Progress | None = None,
         melody: AudioInput | None = None,
@@ -302,10 +300,10 @@ class MusicGen:
         self,
         prompt: str | list[str],
         seconds: float = 5.0,
-        temperature: float = 1.0,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        guidance_coef: float = 3.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_coef: float | None = None,
         seed: int | list[int] | None = None,
         progress: Progress | None = None,
         melody: AudioInput | None = None,
@@ -370,10 +368,10 @@ class MusicGen:
         self,
         prompt: str | list[str],
         seconds: float = 5.0,
-        temperature: float = 1.0,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        guidance_coef: float = 3.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_coef: float | None = None,
         seed: int | list[int] | None = None,
         progress: Progress | None = None,
         melody: AudioInput | None = None,

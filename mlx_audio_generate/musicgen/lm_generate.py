@@ -21,7 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
-from ..sampling import check_sampling_args, sample_tokens
+from ..sampling import check_sampling_args, draw_tokens
 from .delay import delay_pattern, num_steps, revert_delay_pattern
 from .melody import MelodyLM
 from .model import MusicgenLM
@@ -121,7 +121,7 @@ def generate_steps(
     keys = mx.vmap(lambda k: mx.random.split(k, steps))(row_keys(key, b))
     scale = options.guidance_scale
     sample = mx.vmap(
-        lambda logits, k: sample_tokens(logits, k, options.temperature, options.top_k, options.top_p)
+        lambda logits, k: draw_tokens(logits, k, options.temperature, options.top_k, options.top_p)
     )
 
     def logits_of(col: mx.array, offset: int | mx.array, prefix: mx.array | None = None) -> mx.array:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,13 +13,16 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from .. import registry
+from ..errors import UserError
+from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
 from .jobs import Job, JobQueue, QueueFull
-from .models import BOUNDS, MAX_PROMPT_CHARS, ModelEntry
+from .models import ModelEntry
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -31,17 +33,12 @@ UI_CSP = (
 )
 
 
-def _range(name: str) -> dict[str, float]:
-    lo, hi = BOUNDS[name]
-    return {"ge": lo, "le": hi}
-
-
 # ------------------------------------------------------------------------------------------------- schemas
 
 
-class JobRequest(BaseModel):
-    """A generation request. Parameters of the other family are refused; omitted ones take the model's
-    defaults (see GET /api/models)."""
+class JobRequestBase(BaseModel):
+    """A generation request. Settings of other families are refused; omitted ones take the model's defaults
+    (see GET /api/models). The settings fields are added from the families' schema (`request_model`)."""
 
     # strict: "5" is not a number and true is not 1; forbid: a misspelt parameter is an error, not ignored.
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -49,15 +46,7 @@ class JobRequest(BaseModel):
     model: str = Field(max_length=64, description="a name from GET /api/models")
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="text description of the audio")
     seconds: float = Field(gt=0, allow_inf_nan=False, description="duration, at most the model's max_seconds")
-    seed: int | None = Field(None, ge=0, lt=2**32, description="same seed, same audio; default: random")
-    temperature: float | None = Field(None, **_range("temperature"), description="MusicGen")
-    top_k: int | None = Field(None, **_range("top_k"), description="MusicGen")
-    top_p: float | None = Field(None, **_range("top_p"), description="MusicGen")
-    guidance_coef: float | None = Field(None, **_range("guidance_coef"), description="MusicGen")
-    steps: int | None = Field(None, **_range("steps"), description="Stable Audio")
-    cfg_scale: float | None = Field(None, **_range("cfg_scale"), description="Stable Audio")
-    sampler: str | None = Field(None, max_length=64, description="Stable Audio")
-    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="Stable Audio")
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="same seed, same audio; default: random")
 
     @field_validator("prompt")
     @classmethod
@@ -65,6 +54,32 @@ class JobRequest(BaseModel):
         if not v.strip():
             raise PydanticCustomError("empty_prompt", "prompt is empty; describe the audio you want")
         return v.strip()
+
+
+def _field(st: Setting, families: str) -> tuple[Any, Any]:
+    """A request field for a setting: its JSON type and the schema's bounds (checked again per model)."""
+    if st.kind in ("float", "int"):
+        bounds: dict[str, Any] = {}
+        if st.minimum is not None:
+            bounds["gt" if st.exclusive_minimum else "ge"] = st.minimum
+        if st.maximum is not None:
+            bounds["lt" if st.exclusive_maximum else "le"] = st.maximum
+        if st.kind == "float":
+            bounds["allow_inf_nan"] = False
+        kind = float if st.kind == "float" else int
+        return kind | None, Field(None, description=f"{families}: {st.help}", **bounds)
+    limit = st.max_length or 64
+    return str | None, Field(None, max_length=limit, description=f"{families}: {st.help}")
+
+
+def request_model() -> type[BaseModel]:
+    """JobRequest: the common fields plus every family's server settings (one field per name)."""
+    fields = {
+        name: _field(st, " / ".join(f.label for f in fams))
+        for name, (st, fams) in registry.all_settings().items()
+        if st.server
+    }
+    return create_model("JobRequest", __base__=JobRequestBase, **fields)
 
 
 class ParamInfo(BaseModel):
@@ -81,7 +96,8 @@ class ParamInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    family: Literal["musicgen", "stable_audio"]
+    family: str = Field(description="the model family (its settings are `params`)")
+    family_label: str = Field(description="the family's name for people")
     sample_rate: int
     max_seconds: float
     loaded: bool = Field(description="weights are in memory (the first job of a model loads them)")
@@ -149,7 +165,7 @@ def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"message": "; ".join(parts), "detail": detail}, status_code=422)
 
 
-def build_job(req: JobRequest, models: dict[str, ModelEntry]) -> Job:
+def build_job(req: BaseModel, models: dict[str, ModelEntry]) -> Job:
     """Check a request against its model and fill in the defaults: a queued job never fails on its input."""
     entry = models.get(req.model)
     if entry is None:
@@ -163,14 +179,14 @@ def build_job(req: JobRequest, models: dict[str, ModelEntry]) -> Job:
     for name in given:
         if name not in entry.params:
             raise _invalid(name, f"{name} does not apply to {entry.family} models like '{entry.name}'")
-    params = {name: given.get(name, spec.default) for name, spec in entry.params.items()}
-    sampler = entry.params.get("sampler")
-    if sampler is not None and params["sampler"] not in (sampler.choices or ()):
-        raise _invalid(
-            "sampler",
-            f"unknown sampler '{params['sampler']}'; use one of: {', '.join(sampler.choices or ())}",
-        )
-    seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**32)
+    params = {}
+    for name, spec in entry.params.items():
+        try:  # this checkpoint's schema (e.g. its sampler names)
+            value = spec.check(given.get(name))
+        except UserError as e:
+            raise _invalid(name, str(e)) from None
+        params[name] = spec.default if value is None else value
+    seed = req.seed if req.seed is not None else random_seed()
     return Job(req.model, entry.family, req.prompt, req.seconds, seed, params, entry.sample_rate)
 
 
@@ -200,7 +216,7 @@ def create_app(
 
     app = FastAPI(
         title="mlx-audio-generate",
-        description="Local text-to-audio jobs (MusicGen, Stable Audio Open), run one at a time.",
+        description=f"Local text-to-audio jobs ({registry.labels()}), run one at a time.",
         lifespan=lifespan,
         responses={422: {"model": ValidationErrorBody, "description": "invalid request"}},
     )
@@ -230,8 +246,7 @@ def create_app(
     def list_models() -> list[dict[str, Any]]:
         return [m.info() for m in models.values()]
 
-    @app.post("/api/jobs", status_code=202, response_model=JobCreated, summary="Queue a generation")
-    def create_job(req: JobRequest, response: Response) -> dict[str, Any]:
+    def create_job(req: BaseModel, response: Response) -> dict[str, Any]:
         job = build_job(req, models)
         try:
             view = queue.submit(job)
@@ -239,6 +254,12 @@ def create_app(
             raise HTTPException(429, str(e), headers={"Retry-After": "5"}) from None
         response.headers["Location"] = f"/api/jobs/{job.id}"
         return {"id": view["id"], "status": view["status"], "url": f"/api/jobs/{job.id}"}
+
+    # The request class is built from the families' settings, so it is set as an object, not a name.
+    create_job.__annotations__.update(req=request_model(), response=Response)
+    app.post("/api/jobs", status_code=202, response_model=JobCreated, summary="Queue a generation")(
+        create_job
+    )
 
     @app.get("/api/jobs", response_model=list[JobInfo], summary="This server's jobs, newest first")
     def list_jobs() -> list[dict[str, Any]]:

@@ -1,87 +1,26 @@
 """The server's models: converted folders by name, described from their config, loaded on first use.
 
-Describing a model (sample rate, length limit, parameters and defaults) reads only config.json, so the server
-starts at once and can validate requests before any weights are loaded; the worker thread loads the weights
-the first time a job needs them and keeps the model.
+Describing a model (sample rate, length limit, parameters and defaults) reads only config.json, through its
+family (`Family.facts`, `Family.settings`), so the server starts at once and can validate requests before any
+weights are loaded; the worker thread loads the weights the first time a job needs them and keeps the model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..api import converted_family, load
+from .. import registry
+from ..converted import Converted, open_folder, read_meta
 from ..errors import UserError
+from ..settings import Setting
 
 log = logging.getLogger("mlx_audio_generate.server")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_PROMPT_CHARS = 1000
-
-# Value ranges accepted by the API (also the UI's input bounds). Wide enough for any sensible use, narrow
-# enough that a typo (temperature 100, 10^6 steps) is refused instead of queueing an hour of work.
-BOUNDS: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 5.0),
-    "top_k": (1, 2048),  # MusicGen's EnCodec codebooks have 2048 entries
-    "top_p": (0.0, 1.0),
-    "guidance_coef": (0.0, 20.0),
-    "steps": (1, 500),
-    "cfg_scale": (0.0, 20.0),
-}
-
-# As MusicGen.max_seconds (the 30 s training window); replaced by the loaded model's own value.
-MUSICGEN_MAX_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One family-specific generation parameter, as the UI shows it and the API checks it."""
-
-    name: str
-    kind: str  # "float" | "int" | "choice" | "text"
-    default: Any
-    label: str
-    help: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] | None = None
-    max_length: int | None = None
-
-
-def _bounded(name: str, kind: str, default: Any, label: str, help: str) -> ParamSpec:
-    lo, hi = BOUNDS[name]
-    return ParamSpec(name, kind, default, label, help, minimum=lo, maximum=hi)
-
-
-def musicgen_params() -> list[ParamSpec]:
-    # Defaults are MusicGen.generate's (= the CLI's and audiocraft's).
-    return [
-        _bounded("temperature", "float", 1.0, "Temperature", "Sampling temperature; 0 = greedy."),
-        _bounded("top_k", "int", 250, "Top-k", "Candidate tokens per step; 1 = greedy."),
-        _bounded("top_p", "float", 0.0, "Top-p", "Nucleus sampling mass; 0 = off."),
-        _bounded("guidance_coef", "float", 3.0, "Guidance", "Classifier-free guidance strength."),
-    ]
-
-
-def stable_audio_params(steps: int, cfg_scale: float, sampler: str, samplers: list[str]) -> list[ParamSpec]:
-    return [
-        _bounded("steps", "int", steps, "Steps", "Diffusion steps; more is slower and usually cleaner."),
-        _bounded("cfg_scale", "float", cfg_scale, "CFG scale", "How strongly to follow the prompt."),
-        ParamSpec("sampler", "choice", sampler, "Sampler", "Diffusion sampler.", choices=tuple(samplers)),
-        ParamSpec(
-            "negative_prompt",
-            "text",
-            "",
-            "Negative prompt",
-            "What to steer away from (optional).",
-            max_length=MAX_PROMPT_CHARS,
-        ),
-    ]
 
 
 class ModelEntry:
@@ -90,15 +29,15 @@ class ModelEntry:
     def __init__(
         self,
         name: str,
-        folder: Path,
-        family: str,
+        conv: Converted,
         sample_rate: int,
         max_seconds: float,
-        params: list[ParamSpec],
+        params: list[Setting],
     ):
         self.name = name
-        self.folder = folder
-        self.family = family
+        self.conv = conv
+        self.folder = conv.folder
+        self.family = conv.family
         self.sample_rate = sample_rate
         self.max_seconds = max_seconds
         self.params = {p.name: p for p in params}
@@ -112,31 +51,18 @@ class ModelEntry:
                 f"model name '{name}' is not allowed; use letters, digits, '.', '_' or '-' (at most 64)"
             )
         folder = Path(folder).expanduser().resolve()
-        family = converted_family(folder)
+        if read_meta(folder) is None:
+            raise UserError(f"'{folder}' is not a folder written by mlx-audio-convert")
+        conv = open_folder(folder)
+        fam = registry.get(conv.family)
         try:
-            config = json.loads((folder / "config.json").read_text())
-            if family == "musicgen":
-                sr = int(config["audio_encoder"]["sampling_rate"])
-                return cls(name, folder, family, sr, MUSICGEN_MAX_SECONDS, musicgen_params())
-            return cls._stable_audio(name, folder, config["model_config"])
+            facts = fam.facts(conv.config)
+            params = [st for st in fam.settings(conv.config) if st.server]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise UserError(f"cannot read '{folder}/config.json' ({e!r}); convert the model again") from None
-
-    @classmethod
-    def _stable_audio(cls, name: str, folder: Path, mc: dict[str, Any]) -> ModelEntry:
-        # The config classes only parse dicts (no weights, no device work).
-        from ..codecs.oobleck import OobleckConfig
-        from ..diffusion.samplers import sampler_names
-        from ..stable_audio.dit import DiTConfig
-        from ..stable_audio.generate import DEFAULTS
-
-        sr = int(mc["sample_rate"])
-        ratio = OobleckConfig.from_dict(mc["model"]["pretransform"]).downsampling_ratio
-        objective = DiTConfig.from_dict(mc).diffusion_objective
-        window = int(mc["sample_size"]) // ratio * ratio  # as StableAudioModel.window_samples
-        d = DEFAULTS[objective]
-        params = stable_audio_params(d.steps, d.cfg_scale, d.sampler, sampler_names(objective))
-        return cls(name, folder, "stable_audio", sr, window / sr, params)
+            raise UserError(
+                f"cannot read '{conv.folder}/config.json' ({e!r}); convert the model again"
+            ) from None
+        return cls(name, conv, facts.sample_rate, facts.max_seconds, params)
 
     @property
     def loaded(self) -> bool:
@@ -146,7 +72,7 @@ class ModelEntry:
         """The model, loading it on first use (call from the worker thread: it owns the device)."""
         with self._lock:
             if self._model is None:
-                model = load(self.folder)  # a failure is not cached: the next job tries again
+                model = registry.get(self.family).load(self.conv)  # a failure is not cached
                 self.sample_rate = int(model.sample_rate)
                 self.max_seconds = float(model.max_seconds)
                 self._model = model
@@ -156,10 +82,11 @@ class ModelEntry:
         return {
             "name": self.name,
             "family": self.family,
+            "family_label": registry.get(self.family).label,
             "sample_rate": self.sample_rate,
             "max_seconds": self.max_seconds,
             "loaded": self.loaded,
-            "params": [asdict(p) for p in self.params.values()],
+            "params": [p.info() for p in self.params.values()],
         }
 
 

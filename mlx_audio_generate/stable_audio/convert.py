@@ -9,17 +9,18 @@ is explicitly ignored) or a diffusers-style repo with `text_encoder/` + `tokeniz
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 
-from ..converted import FORMAT_VERSION
+from ..converted import write_folder
 from ..errors import UserError
-from ..progress import Progress, eval_weights
+from ..family import ConvertJob
+from ..progress import eval_weights
 from ..quantize import model_weights, quantize_model
-from ..weights import Checkpoint, cast, read_tensors, save_safetensors
+from ..weights import Checkpoint, cast, dtype_name, read_tensors
+from .family import FAMILY, T5_BASE_REPO
 from .pipeline import StableAudioModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
@@ -64,58 +65,37 @@ def read_t5(t5_folder: Path) -> tuple[dict[str, Any], dict[str, mx.array], Path]
     return config, read_tensors(enc_dir), tok_dir
 
 
-def _dtype_name(weights: dict[str, mx.array]) -> str:
-    floats = [v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
-    names = sorted({str(d).removeprefix("mlx.core.") for d in floats})
-    return "+".join(names)  # one name unless the sources were stored in different precisions
+def default_t5(src: Path) -> str:
+    """stable-audio-open-1.0 ships its T5 in a diffusers-style `text_encoder/` folder; small does not."""
+    if (src / "text_encoder" / "config.json").is_file() and (src / "tokenizer").is_dir():
+        return str(src)
+    return T5_BASE_REPO
 
 
-def convert_stable_audio(
-    src: Path,
-    out: Path,
-    dtype: str | None,
-    source: str | None,
-    t5_folder: Path,
-    quantize_bits: int | None = None,
-    quantize_group_size: int = 64,
-    progress: Progress | None = None,
-) -> None:
-    """Convert into `out` (an existing, empty folder). Every tensor of both checkpoints is used or explicitly
-    ignored, every model parameter is loaded (strict), and the weights are written in `dtype` (None keeps).
-    `quantize_bits` (4 or 8) then quantizes the DiT's linear layers (quantize.py)."""
-    src, out = Path(src), Path(out)
+def convert_stable_audio(job: ConvertJob) -> None:
+    """Convert `job.src` (+ the T5 of `job.options["t5"]`, default `default_t5`) into `job.out` (an existing,
+    empty folder). Every tensor of both checkpoints is used or explicitly ignored, every model parameter is
+    loaded (strict), and the weights are written in `job.dtype` (None keeps them). `job.quantize_bits` (4 or
+    8) then quantizes the DiT's linear layers (quantize.py)."""
+    src = Path(job.src)
     model_config = _read_json(src / "model_config.json", "not a stable-audio-tools checkpoint")
+    t5_folder = job.fetch(job.options.get("t5") or default_t5(src))
     t5_config, t5_tensors, tok_dir = read_t5(Path(t5_folder))
     model = StableAudioModel(model_config, t5_config)
-    ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {source or src}")
+    ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {job.source}")
     t5_ckpt = Checkpoint(t5_tensors, name=f"T5 checkpoint {t5_folder}")
-    weights = cast(model.sanitize(ckpt, t5_ckpt), dtype)
+    weights = cast(model.sanitize(ckpt, t5_ckpt), job.dtype)
     # Strict load: a missing parameter or a wrong shape fails here, before anything is written.
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(f"checkpoint does not fit its model_config.json: {e}") from None
-    eval_weights(weights, progress)  # the conversion's work, tensor by tensor: `progress(done, total)`
-    stored_dtype = dtype or _dtype_name(weights)
-    quantization = None
-    if quantize_bits is not None:
-        quantization = quantize_model(model, "stable_audio", quantize_bits, quantize_group_size)
+    eval_weights(weights, job.progress)  # the conversion's work, tensor by tensor: `progress(done, total)`
+    meta = {"dtype": job.dtype or dtype_name(weights), "source": job.source, "t5_source": str(t5_folder)}
+    if job.quantize_bits is not None:
+        meta["quantization"] = quantize_model(
+            model, FAMILY.quantize, job.quantize_bits, job.quantize_group_size
+        )
         weights = model_weights(model)
-    save_safetensors(out / "model.safetensors", weights)
-    config = {
-        "mlx_audio_generate": {
-            "family": "stable_audio",
-            "format_version": FORMAT_VERSION,
-            "dtype": stored_dtype,
-            "source": source or str(src),
-            "t5_source": str(t5_folder),
-        },
-        "model_config": model_config,
-        "t5": t5_config,
-    }
-    if quantization is not None:
-        config["mlx_audio_generate"]["quantization"] = quantization
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    for name in TOKENIZER_FILES:
-        if (tok_dir / name).is_file():
-            shutil.copyfile(tok_dir / name, out / name)
+    files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
+    write_folder(job.out, FAMILY.name, {"model_config": model_config, "t5": t5_config}, weights, meta, files)

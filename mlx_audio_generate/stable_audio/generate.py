@@ -37,13 +37,15 @@ import mlx.core as mx
 import numpy as np
 
 from ..audio import match_channels, read_audio
-from ..converted import load_weights, open_converted
+from ..converted import Converted, load_weights, open_folder
 from ..diffusion import inpaint
 from ..diffusion import samplers as S
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
+from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
 from ..text.t5 import T5Tokenizer, load_tokenizer
 from .conditioners import Conditioning
+from .family import DEFAULTS, FAMILY, Defaults, settings
 from .pipeline import StableAudioModel
 
 Progress = Callable[[int, int], None]
@@ -110,35 +112,25 @@ def resolve_init_noise_level(
     return float(init_noise_level)
 
 
-@dataclass(frozen=True)
-class Defaults:
-    sampler: str
-    steps: int
-    cfg_scale: float
-
-
-# Per objective, what stable-audio-tools' gradio app preselects (= the model cards for small and 1.0).
-DEFAULTS = {
-    "rf_denoiser": Defaults("pingpong", 8, 1.0),  # stable-audio-open-small (distilled)
-    "v": Defaults("dpmpp-3m-sde", 100, 7.0),  # stable-audio-open-1.0 (sigma 0.3-500: samplers' defaults)
-    "rectified_flow": Defaults("euler", 50, 7.0),
-}
-
-
 class StableAudio:
     def __init__(self, model: StableAudioModel, tokenizer: T5Tokenizer, config: dict):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        self.settings = settings(config)  # this checkpoint's (its objective's defaults and samplers)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> StableAudio:
-        folder, config = open_converted(folder, "stable_audio")
+        return cls.from_converted(open_folder(folder, FAMILY.name))
+
+    @classmethod
+    def from_converted(cls, conv: Converted) -> StableAudio:
+        folder, config = conv.folder, conv.config
         for key in ("model_config", "t5"):
             if not isinstance(config.get(key), dict):
                 raise UserError(f"'{folder}/config.json' lacks its '{key}' section; convert the model again")
         model = StableAudioModel(config["model_config"], config["t5"])
-        load_weights(model, folder, config)
+        load_weights(model, conv)
         # The VAE's output is the waveform itself: it decodes in float32 whatever the stored dtype
         # (bfloat16's 8-bit mantissa would put a ~-48 dB noise floor on the audio); it is ~10% of the model.
         model.vae.set_dtype(mx.float32)
@@ -183,28 +175,15 @@ class StableAudio:
         cfg: float,
         seed: int | list[int] | None,
     ) -> int:
-        """Validate the request; return its length in samples."""
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise UserError("prompt is empty; describe the audio you want")
-        if not isinstance(seconds, numbers.Real) or not math.isfinite(seconds) or seconds <= 0:
-            raise UserError(f"seconds must be a positive number, got {seconds}")
-        if seconds > self.max_seconds:
-            shown = math.floor(self.max_seconds * 1000) / 1000  # never round the limit up
-            raise UserError(f"seconds must be at most {shown:g} for this model (its window), got {seconds:g}")
+        """Validate the request (against the settings schema); return its length in samples."""
+        check_prompts(prompts)
+        seconds = check_seconds(seconds, self.max_seconds)
         samples = round(seconds * self.sample_rate)
         if samples < 1:
             raise UserError(f"seconds {seconds:g} is shorter than one sample")
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
-            raise UserError(f"steps must be a positive integer, got {steps}")
-        S.check_sampler(self.model.objective, sampler)
-        if not math.isfinite(cfg) or cfg < 0:
-            raise UserError(f"cfg_scale must be a number >= 0, got {cfg}")
-        seeds = seed if isinstance(seed, list | tuple) else [seed]
-        if isinstance(seed, list | tuple) and len(seed) != len(prompts):
-            raise UserError(f"got {len(seed)} seeds for {len(prompts)} prompts")
-        for s in seeds:
-            if s is not None and (not isinstance(s, numbers.Integral) or not 0 <= s < 2**64):
-                raise UserError(f"seed must be an integer in [0, 2^64), got {s}")
+        schema = [s for s in self.settings if s.name in ("steps", "cfg_scale", "sampler")]
+        check_settings(schema, {"steps": steps, "cfg_scale": cfg, "sampler": sampler})
+        resolve_seed(seed, len(prompts))
         return samples
 
     # -- audio to audio -------------------------------------------------------------------------------------
@@ -301,10 +280,10 @@ class StableAudio:
         clip_seconds = None if clip is None else clip.shape[1] / self.sample_rate
         seconds = (self.max_seconds if clip is None else clip_seconds) if seconds is None else seconds
         steps = d.steps if steps is None else steps
-        cfg = float(d.cfg_scale if cfg_scale is None else cfg_scale)
+        cfg = d.cfg_scale if cfg_scale is None else cfg_scale
         sampler = sampler or d.sampler
         samples = self._check(prompts, seconds, steps, sampler, cfg, seed)
-        steps = int(steps)
+        steps, cfg = int(steps), float(cfg)
         if inpaint_audio is not None:
             inpaint.check_mask_args(
                 mask_start, mask_end, mask_softness_left, mask_softness_right, marination,
@@ -327,8 +306,7 @@ class StableAudio:
             negative_cross_attn_cond=None if neg is None else neg.cross_attn_cond,
             negative_cross_attn_mask=None if neg is None else neg.cross_attn_mask,
         )
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**32))
+        seed = resolve_seed(seed, len(prompts))
         shape = (len(prompts), dit.config.io_channels, self.model.latent_frames)
         extra: dict = {}
         if isinstance(seed, list | tuple):

@@ -4,7 +4,6 @@
 const $ = (id) => document.getElementById(id);
 const HISTORY_KEY = "mlx-audio-generate.history";
 const POLL_MS = 250;
-const FAMILY_LABELS = { musicgen: "MusicGen", stable_audio: "Stable Audio" };
 
 const state = { models: [], jobId: null, timer: null };
 
@@ -51,7 +50,7 @@ async function loadModels() {
   state.models = res.data;
   const select = $("model");
   select.replaceChildren(...state.models.map((m) =>
-    el("option", { value: m.name, textContent: `${m.name} (${FAMILY_LABELS[m.family] || m.family})` })));
+    el("option", { value: m.name, textContent: `${m.name} (${m.family_label})` })));
   const last = localStorage.getItem("mlx-audio-generate.model");
   if (state.models.some((m) => m.name === last)) select.value = last;
   onModelChange();
@@ -62,7 +61,7 @@ function onModelChange() {
   if (!m) return;
   localStorage.setItem("mlx-audio-generate.model", m.name);
   const max = Math.floor(m.max_seconds * 1000) / 1000;
-  $("model-info").textContent = `${FAMILY_LABELS[m.family] || m.family} · ${m.sample_rate / 1000} kHz`;
+  $("model-info").textContent = `${m.family_label} · ${m.sample_rate / 1000} kHz`;
   $("seconds").max = String(max);
   $("seconds-hint").textContent = `up to ${max} s`;
   if (Number($("seconds").value) > max) $("seconds").value = String(max);
@@ -82,10 +81,11 @@ function renderParams(m) {
       if (p.minimum !== null) input.min = String(p.minimum);
       if (p.maximum !== null) input.max = String(p.maximum);
     }
-    Object.assign(input, { id, name: p.name, value: String(p.default) });
+    const value = p.default === null ? "" : String(p.default);
+    Object.assign(input, { id, name: p.name, value });
     input.dataset.testid = id;
     input.dataset.kind = p.kind;
-    input.dataset.default = String(p.default);
+    input.dataset.default = value;
     const range = p.minimum !== null && p.maximum !== null ? ` (${p.minimum}–${p.maximum})` : "";
     return el("div", { className: p.kind === "text" ? "field wide" : "field" },
       el("label", { htmlFor: id, textContent: p.label }), input,

@@ -1,0 +1,119 @@
+"""MusicGen as the rest of the tool sees it: names, repos, detection, conversion, loading, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
+from ..settings import Setting
+from .longform import DEFAULT_STRIDE, DEFAULT_WINDOW
+
+MODELS = {
+    "musicgen-small": "facebook/musicgen-small",
+    "musicgen-medium": "facebook/musicgen-medium",
+    "musicgen-large": "facebook/musicgen-large",
+    "musicgen-stereo-small": "facebook/musicgen-stereo-small",
+    "musicgen-stereo-medium": "facebook/musicgen-stereo-medium",
+    "musicgen-stereo-large": "facebook/musicgen-stereo-large",
+    "musicgen-melody": "facebook/musicgen-melody",
+    "musicgen-melody-large": "facebook/musicgen-melody-large",
+    "musicgen-stereo-melody": "facebook/musicgen-stereo-melody",
+    "musicgen-stereo-melody-large": "facebook/musicgen-stereo-melody-large",
+}
+
+# The longest clip one call makes (sliding windows beyond the 30 s window): an hour of audio is already hours
+# of work on most machines, and a bound keeps a typo (1e9) from planning gigabytes of windows.
+MAX_TOTAL_SECONDS = 3600.0
+
+# Defaults are audiocraft's; the bounds refuse typos (temperature 100) rather than sensible extremes.
+SETTINGS = [
+    Setting("temperature", "float", 1.0, "Temperature", "Sampling temperature; 0 = greedy.", 0.0, 5.0),
+    Setting(
+        "top_k",
+        "int",
+        250,
+        "Top-k",
+        "Candidate tokens per step; 1 = greedy, 2048 = every codebook entry.",
+        1,
+        2048,
+    ),  # fmt: skip
+    Setting("top_p", "float", 0.0, "Top-p", "Nucleus sampling mass; 0 = off.", 0.0, 1.0),
+    Setting("guidance_coef", "float", 3.0, "Guidance", "Classifier-free guidance strength.", 0.0, 20.0),
+    Setting(
+        "melody",
+        "file",
+        None,
+        "Melody",
+        "melody to follow (melody checkpoints)",
+        batch=False,
+        server=False,
+        metavar="FILE",
+    ),  # fmt: skip
+    Setting(
+        "audio_prompt",
+        "file",
+        None,
+        "Audio prompt",
+        "audio to continue; --seconds is the total length",
+        batch=False,
+        server=False,
+        metavar="FILE",
+    ),  # fmt: skip
+    Setting(
+        "extend_stride",
+        "float",
+        None,
+        "Extend stride",
+        f"beyond the {DEFAULT_WINDOW:g} s window, seconds added per extra window "
+        f"(default {DEFAULT_STRIDE:g})",
+        0.0,
+        DEFAULT_WINDOW,
+        exclusive_minimum=True,
+        exclusive_maximum=True,
+        batch=False,
+        server=False,
+        metavar="SECONDS",
+    ),  # fmt: skip
+]
+
+
+def _detect(folder: Path) -> bool:
+    from ..hub import read_json
+
+    config = read_json(Path(folder) / "config.json")
+    return isinstance(config, dict) and str(config.get("model_type", "")).startswith("musicgen")
+
+
+def _convert(job: ConvertJob) -> None:
+    from .convert import convert_musicgen
+
+    convert_musicgen(job)
+
+
+def _load(conv: Any) -> AudioModel:
+    from .generate import MusicGen
+
+    return MusicGen.from_converted(conv)
+
+
+def _facts(config: dict[str, Any]) -> ModelFacts:
+    channels = int(config["decoder"].get("audio_channels", 1))
+    return ModelFacts(int(config["audio_encoder"]["sampling_rate"]), channels, DEFAULT_WINDOW)
+
+
+FAMILY = Family(
+    name="musicgen",
+    label="MusicGen",
+    models=MODELS,
+    example="musicgen-small",
+    detect=_detect,
+    convert=_convert,
+    load=_load,
+    facts=_facts,
+    settings=lambda config: list(SETTINGS),
+    quantize=QuantizeSpec("lm", frozenset({"enc_to_dec_proj", "audio_enc_to_dec_proj"}), (), "LM"),
+    streams=True,
+    long_form=True,
+    verb="generating",
+)

@@ -206,8 +206,12 @@ def rf_rk4(
     *,
     noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
+    t_floor: float = 0.0,
 ) -> mx.array:
-    """`sample_rk4` (pass `rf_linear_schedule`, which is what the reference uses for it)."""
+    """`sample_rk4` (pass `rf_linear_schedule`, which is what the reference uses for it).
+
+    t_floor > 0 evaluates the last stage at max(t[i + 1], t_floor) instead of t[i + 1] (newer references
+    clamp it so the model never sees t = 0); the update itself still uses the unclamped step."""
     n = len(t) - 1
     for i in range(n):
         tc, tp = t[i], t[i + 1]
@@ -217,7 +221,7 @@ def rf_rk4(
         k1 = model_fn(x, _tvec(x, tc))
         k2 = model_fn(x + half * k1, _tvec(x, tm))
         k3 = model_fn(x + half * k2, _tvec(x, tm))
-        k4 = model_fn(x + float(dt) * k3, _tvec(x, tp))
+        k4 = model_fn(x + float(dt) * k3, _tvec(x, max(tp, _F(t_floor)) if t_floor > 0 else tp))
         den = x - float(tc) * k1
         x = x + float(dt / _F(6)) * (k1 + 2 * k2 + 2 * k3 + k4)
         _step(callback, i, n, tc, x, den)
@@ -480,8 +484,8 @@ def check_inpaint(objective: str) -> None:
     """UserError unless the objective has the reference's masked sampling (k-diffusion, i.e. "v")."""
     if objective_family(objective) != "v":
         raise UserError(
-            f"inpainting needs a v-objective model such as stable-audio-open-1.0 (this one is "
-            f"{objective!r}): stable-audio-tools' masked sampling exists only for its k-diffusion samplers"
+            f"inpainting needs a v-objective model (this one is {objective!r}): "
+            "stable-audio-tools' masked sampling exists only for its k-diffusion samplers"
         )
 
 

@@ -91,7 +91,7 @@ def steps_for(seconds: float) -> tuple[int, int]:
 
 def build_ours(name: str, dtype: str, tiny: bool, bits: int = 0):
     from mlx_audio_generate.musicgen.family import FAMILY
-    from mlx_audio_generate.musicgen.pipeline import MusicGenModel
+    from mlx_audio_generate.musicgen.full_model import MusicGenModel
     from mlx_audio_generate.quantize import quantize_model
 
     cfg = {

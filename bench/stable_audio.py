@@ -122,7 +122,7 @@ SETTINGS = {  # model card settings: steps, cfg scale, sampler (ours / stable-au
 
 
 def build_ours(name: str, dtype: str, tiny: bool):
-    from mlx_audio_generate.stable_audio.pipeline import StableAudioModel
+    from mlx_audio_generate.stable_audio.full_model import StableAudioModel
 
     m = StableAudioModel(sa_config(name, tiny), t5_config(tiny))
     m.set_dtype(mx_dtype(dtype))

@@ -12,7 +12,7 @@ from ..progress import eval_weights
 from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, dtype_name, read_tensors
 from .family import FAMILY
-from .pipeline import MusicGenModel
+from .full_model import MusicGenModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 # Melody repos ship the chroma feature extractor's settings here; copied so generation reads the same ones.

@@ -28,9 +28,9 @@ from ..text.t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
 from .family import FAMILY, MAX_TOTAL_SECONDS, SETTINGS
+from .full_model import MusicGenModel
 from .lm_generate import SamplingOptions, generate_codes, generate_steps, head_columns
 from .longform import DEFAULT_WINDOW, Window, extend, melody_window, plan_windows, stride_frames
-from .pipeline import MusicGenModel
 
 Progress = Callable[[int, int], None]
 # Frames of EnCodec's right-hand receptive field (~3.75 at 32 kHz: a 7-tap conv at the frame rate plus the

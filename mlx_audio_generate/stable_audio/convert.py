@@ -21,7 +21,7 @@ from ..progress import eval_weights
 from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, dtype_name, read_tensors
 from .family import FAMILY, T5_BASE_REPO
-from .pipeline import StableAudioModel
+from .full_model import StableAudioModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 

@@ -46,7 +46,7 @@ from ..settings import check_prompts, check_seconds, check_settings, resolve_see
 from ..text.t5 import T5Tokenizer, load_tokenizer
 from .conditioners import Conditioning
 from .family import DEFAULTS, FAMILY, Defaults, settings
-from .pipeline import StableAudioModel
+from .full_model import StableAudioModel
 
 Progress = Callable[[int, int], None]
 # A file, or a (channels, samples) / (samples,) array at the model's sample rate.

@@ -5,9 +5,10 @@ checkpoints in the released layouts written by that code itself (the reference R
   use the committed fixtures under tests/fixtures/ace/, made by this module).
 - `import_ace()`: makes `acestep` importable under transformers 5 (a stand-in for the removed
   `transformers.modeling_attn_mask_utils`, from which the model files import one unused name).
-- `save_tiny_ace(root, variant)`: `root/Qwen3-Embedding-0.6B/` (a tiny Qwen3Model + byte-level BPE tokenizer),
-  `root/vae/` (AutoencoderOobleck with the real 48 kHz ratios, tiny channels) and `root/acestep-v15-<variant>/`
-  (config.json, model.safetensors with the released prefixes, silence_latent.pt).
+- `save_tiny_ace(root, variant)`: `root/Qwen3-Embedding-0.6B/` (a tiny Qwen3Model + byte-level BPE
+  tokenizer), `root/vae/` (AutoencoderOobleck with the real 48 kHz ratios, tiny channels) and
+  `root/acestep-v15-<variant>/` (config.json, model.safetensors with the released prefixes,
+  silence_latent.pt).
 - `load_reference(root, variant)`: the reference AceStepConditionGenerationModel built eagerly and loaded with
   load_state_dict (transformers 5's meta-device from_pretrained trips ResidualFSQ; README §2.9).
 """
@@ -104,28 +105,55 @@ def save_tiny_ace(root: str | Path, variant: str = "turbo", A: int = 8, seed: in
         tok.save_pretrained(te)
         torch.manual_seed(seed)
         qcfg = Qwen3Config(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
-        )  # fmt: skip
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            rms_norm_eps=1e-6,
+            rope_theta=1e6,
+            tie_word_embeddings=True,
+        )
         Qwen3Model(qcfg).save_pretrained(te)
     vae_dir = root / "vae"
     if not (vae_dir / "config.json").is_file():
         torch.manual_seed(seed)
         vae = AutoencoderOobleck(
-            encoder_hidden_size=2 * A, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 2, 4, 8, 16],
-            decoder_channels=4, decoder_input_channels=A, audio_channels=2, sampling_rate=48000,
-        ).eval()  # fmt: skip
+            encoder_hidden_size=2 * A,
+            downsampling_ratios=[2, 4, 4, 6, 10],
+            channel_multiples=[1, 2, 4, 8, 16],
+            decoder_channels=4,
+            decoder_input_channels=A,
+            audio_channels=2,
+            sampling_rate=48000,
+        ).eval()
         vae.save_pretrained(vae_dir)
     else:
         vae = AutoencoderOobleck.from_pretrained(vae_dir).eval()
     cfg = AceStepConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
-        num_lyric_encoder_hidden_layers=2, num_timbre_encoder_hidden_layers=2,
-        num_attention_pooler_hidden_layers=1, text_hidden_dim=32, timbre_hidden_dim=A,
-        audio_acoustic_hidden_dim=A, in_channels=3 * A, patch_size=2, pool_window_size=5, fsq_dim=64,
-        fsq_input_levels=[8, 8, 8, 5, 5, 5], model_version=variant,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        num_lyric_encoder_hidden_layers=2,
+        num_timbre_encoder_hidden_layers=2,
+        num_attention_pooler_hidden_layers=1,
+        text_hidden_dim=32,
+        timbre_hidden_dim=A,
+        audio_acoustic_hidden_dim=A,
+        in_channels=3 * A,
+        patch_size=2,
+        pool_window_size=5,
+        fsq_dim=64,
+        fsq_input_levels=[8, 8, 8, 5, 5, 5],
+        model_version=variant,
+    )
     cfg.is_turbo = variant == "turbo"
     model = model_class(variant)(cfg).eval()
     g = torch.Generator().manual_seed(seed + 1)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mlx_audio_generate.musicgen import model as model_mod
+from mlx_audio_generate.musicgen.fused_decode import fused_args, is_dense
 from mlx_audio_generate.musicgen.generate import MusicGen
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
 
@@ -27,13 +28,13 @@ PATHS = {"gemm": (False, False), "matvec": (True, False), "matvec-fused": (True,
 def use_path(monkeypatch):
     """Set a decoder's path and count the fused layer calls (so a silently skipped path fails the test)."""
     calls = []
-    original = model_mod.MusicgenDecoder._fused_layers
+    original = model_mod.fused_layers
 
-    def spy(self, *a, **kw):
+    def spy(*a, **kw):
         calls.append(1)
-        return original(self, *a, **kw)
+        return original(*a, **kw)
 
-    monkeypatch.setattr(model_mod.MusicgenDecoder, "_fused_layers", spy)
+    monkeypatch.setattr(model_mod, "fused_layers", spy)
 
     def set_path(dec, path):
         dec.matvec, dec.fused = PATHS[path]
@@ -120,8 +121,8 @@ def test_quantized_layers_fall_back(musicgen_converted, use_path):
     # the tiny LM is 48 wide: only fc2 (input 96) takes group 32, so layers mix dense and quantized linears
     nn.quantize(lm.decoder, group_size=32, bits=8, class_predicate=lambda p, m: p.endswith("fc2"))
     assert isinstance(lm.decoder.layers[0].fc2, nn.QuantizedLinear)
-    assert not lm.decoder.layers[0].is_dense()
-    assert not lm.decoder._fused_args(None, None).dense
+    assert not is_dense(lm.decoder.layers[0])
+    assert not fused_args(lm.decoder, None, None).dense
     states, mask = model.encode_text(["lofi"])
     assert_paths_agree(lm, states, mask, use_path, fused_layers=False)
 

@@ -1,4 +1,4 @@
-"""The compiled parts of a MusicGen decode step on the GPU (see MusicgenDecoder._fused_layers in model.py).
+"""The GPU fast path of a MusicGen decode step: its compiled parts and the per-layer weight lists they take.
 
 A decode step feeds one position per row and is bound by host time on the GPU: these parts cut the Python-
 built ops to one compiled call per layer around the eager cache write + SDPA.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from .decode_kernels import ln_matvec, matvec_add
 
@@ -69,3 +70,66 @@ class FusedArgs:
     dense: bool
     pre: list[list[mx.array]]
     post: list[list[mx.array]]
+
+
+def is_dense(layer: Any) -> bool:
+    """No quantized linear in a decoder layer (the compiled decode parts read the dense weights)."""
+    return not any(isinstance(m, nn.QuantizedLinear) for m in layer.modules())
+
+
+def _pre_args(layer: Any) -> list[mx.array]:
+    norm = layer.self_attn_layer_norm
+    return [norm.weight, norm.bias, layer.self_attn.qkv_proj.weight]
+
+
+def _post_args(layer: Any, cross_kv: tuple[mx.array, mx.array] | None, cross_mask: mx.array | None) -> list:
+    args = [layer.self_attn.out_proj.weight]
+    if cross_kv is not None:
+        ca, cn = layer.encoder_attn, layer.encoder_attn_layer_norm
+        args += [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv, ca.out_proj.weight]
+        if cross_mask is not None:
+            args.append(cross_mask)
+    fn = layer.final_layer_norm
+    return [*args, fn.weight, fn.bias, layer.fc1.weight, layer.fc2.weight]
+
+
+def fused_args(
+    dec: Any, cross_kv: list[tuple[mx.array, mx.array]] | None, cross_mask: mx.array | None
+) -> FusedArgs:
+    """A decoder's per-layer weight lists for the compiled parts, kept on the decoder (`dec._fused`) and
+    rebuilt when the conditioning or the weights change."""
+    first = dec.layers[0].self_attn.qkv_proj.weight
+    a = dec._fused
+    if (
+        a is None
+        or a.cross_kv is not cross_kv
+        or a.cross_mask is not cross_mask
+        or a.first_weight is not first
+    ):
+        dense = all(is_dense(layer) for layer in dec.layers)
+        pre = [_pre_args(layer) for layer in dec.layers] if dense else []
+        post = (
+            [_post_args(layer, None if cross_kv is None else cross_kv[i], cross_mask)
+             for i, layer in enumerate(dec.layers)] if dense else []
+        )  # fmt: skip
+        a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
+    return a
+
+
+def fused_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: int) -> mx.array:
+    """All layers of a decode step (one position per row) through `decode_parts`: per layer one compiled
+    call plus the eager cache write + SDPA (the fewest Python-built ops: a GPU decode step is bound by host
+    time). Same ops as the decoder's eager layers with `matvec` (bit for bit without the fused kernels)."""
+    sa, norm = dec.layers[0].self_attn, dec.layers[0].self_attn_layer_norm
+    cross, masked = args.cross_kv is not None, args.cross_mask is not None
+    pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, dec.use_kernels())
+    q, kv = pre(x, *args.pre[0])
+    n = len(dec.layers)
+    for i in range(n):
+        k, v = cache[i].update(kv, offset)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
+        if i + 1 < n:
+            x, q, kv = mid(x, o, *args.post[i], *args.pre[i + 1])
+        else:
+            x = post(x, o, *args.post[i])
+    return x

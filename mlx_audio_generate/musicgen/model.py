@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import UserError
 from ..quantize import residual_linear
 from ..weights import Checkpoint
-from .fused_decode import FusedArgs, decode_parts
+from .fused_decode import FusedArgs, fused_args, fused_layers
 
 Offset = int | mx.array
 
@@ -237,26 +237,6 @@ class DecoderLayer(nn.Module):
         h = nn.gelu(_linear(self.final_layer_norm(x), self.fc1, matvec))  # exact erf GELU, as torch's
         return _residual(x, h, self.fc2, matvec)
 
-    def is_dense(self) -> bool:
-        """No quantized linear (the compiled decode parts read the dense weights)."""
-        return not any(isinstance(m, nn.QuantizedLinear) for m in self.modules())
-
-    def pre_args(self) -> list[mx.array]:
-        norm = self.self_attn_layer_norm
-        return [norm.weight, norm.bias, self.self_attn.qkv_proj.weight]
-
-    def post_args(
-        self, cross_kv: tuple[mx.array, mx.array] | None, cross_mask: mx.array | None
-    ) -> list[mx.array]:
-        args = [self.self_attn.out_proj.weight]
-        if cross_kv is not None:
-            ca, cn = self.encoder_attn, self.encoder_attn_layer_norm
-            args += [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv, ca.out_proj.weight]
-            if cross_mask is not None:
-                args.append(cross_mask)
-        fn = self.final_layer_norm
-        return [*args, fn.weight, fn.bias, self.fc1.weight, self.fc2.weight]
-
 
 class MusicgenDecoder(nn.Module):
     """`MusicgenForCausalLM`: tokens (B, K, S) -> logits (B, K, S, V)."""
@@ -275,7 +255,7 @@ class MusicgenDecoder(nn.Module):
         # Decode steps (one position) run their linears as matrix-vector products (see `_linear`): on the
         # GPU by default, where a step is bound by per-kernel host time; the CPU keeps the GEMMs.
         self.matvec: bool | None = None  # None = auto
-        self.fused = True  # with matvec: the compiled parts of decode_parts (see _fused_layers)
+        self.fused = True  # with matvec: the compiled parts (fused_decode.fused_layers)
         # In those parts, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
         self._fused: FusedArgs | None = None
@@ -346,11 +326,11 @@ class MusicgenDecoder(nn.Module):
             pos = mx.take(self._positions, offset.astype(mx.int32) + mx.arange(s, dtype=mx.int32), axis=0)
         x = x + pos.astype(x.dtype)
         matvec = self.use_matvec() and x.shape[1] == 1
-        # decode steps of a dense decoder take the compiled parts (see _fused_layers)
+        # decode steps of a dense decoder take the compiled parts (fused_decode.fused_layers)
         fused = matvec and self.fused and cache is not None and isinstance(offset, int)
-        args = self._fused_args(cross_kv, cross_mask) if fused else None
+        args = fused_args(self, cross_kv, cross_mask) if fused else None
         if args is not None and args.dense:
-            x = self._fused_layers(x, args, cache, offset)
+            x = fused_layers(self, x, args, cache, offset)
         else:
             x = self._layers(x, cross_kv, cross_mask, cache, offset, matvec)
         if last_only:
@@ -377,45 +357,6 @@ class MusicgenDecoder(nn.Module):
                 offset,
                 matvec,
             )
-        return x
-
-    def _fused_args(
-        self, cross_kv: list[tuple[mx.array, mx.array]] | None, cross_mask: mx.array | None
-    ) -> FusedArgs:
-        """The layers' weight lists for compiled parts, rebuilt when the conditioning or weights change."""
-        first = self.layers[0].self_attn.qkv_proj.weight
-        a = self._fused
-        if (
-            a is None
-            or a.cross_kv is not cross_kv
-            or a.cross_mask is not cross_mask
-            or a.first_weight is not first
-        ):
-            dense = all(layer.is_dense() for layer in self.layers)
-            pre = [layer.pre_args() for layer in self.layers] if dense else []
-            post = (
-                [layer.post_args(None if cross_kv is None else cross_kv[i], cross_mask)
-                 for i, layer in enumerate(self.layers)] if dense else []
-            )  # fmt: skip
-            a = self._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
-        return a
-
-    def _fused_layers(self, x: mx.array, args: FusedArgs, cache: list[KVCache], offset: int) -> mx.array:
-        """All layers of a decode step (one position per row) through `decode_parts`: per layer one
-        compiled call plus the eager cache write + SDPA (the fewest Python-built ops: a GPU decode step is
-        bound by host time). Same ops as `_layers` with `matvec` (bit for bit without the fused kernels)."""
-        sa, norm = self.layers[0].self_attn, self.layers[0].self_attn_layer_norm
-        cross, masked = args.cross_kv is not None, args.cross_mask is not None
-        pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, self.use_kernels())
-        q, kv = pre(x, *args.pre[0])
-        n = len(self.layers)
-        for i in range(n):
-            k, v = cache[i].update(kv, offset)
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
-            if i + 1 < n:
-                x, q, kv = mid(x, o, *args.post[i], *args.pre[i + 1])
-            else:
-                x = post(x, o, *args.post[i])
         return x
 
     def sanitize(self, ckpt: Checkpoint, prefix: str = "decoder.") -> dict[str, mx.array]:

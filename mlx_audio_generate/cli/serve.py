@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .common import ArgumentParser, run_main
@@ -82,6 +85,51 @@ def prepare_output_dir(path: str | None) -> Path:
     return out
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), made here rather than by uvicorn so that a busy port or an address
+    that is not this machine's is a one-line UserError (exit 2), not uvicorn's log and exit 3."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET  # as uvicorn picks it: "localhost" is IPv4
+    try:
+        found = socket.getaddrinfo(bare, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise UserError(f"cannot listen on '{host}': {reason}; give an address of this machine") from None
+    fam, kind, proto, _, address = found[0]
+    sock = socket.socket(fam, kind, proto)
+    try:
+        # As uvicorn does: a restarted server can reuse its port at once (a port with a listener stays busy).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} is in use on {host} (another server is running?); "
+                "stop it or pick another --port"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"cannot listen on port {port}: permission denied; pick another --port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise UserError(f"cannot listen on '{host}': it is not an address of this machine") from None
+        raise UserError(f"cannot listen on '{host}' port {port}: {e.strerror or e}") from None
+    return sock
+
+
+def _serve(app: Any, sock: socket.socket, host: str, port: int, debug: bool) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # uvicorn says this itself only when it binds the socket
+                url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", url)
+
+    config = uvicorn.Config(app, host=host, port=port, access_log=debug, log_level="info")
+    Server(config).run(sockets=[sock])
+
+
 def _main(argv: list[str] | None) -> int:
     args = setup_arg_parser().parse_args(argv)
     if not 1 <= args.port <= 65535:
@@ -95,15 +143,26 @@ def _main(argv: list[str] | None) -> int:
         )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    from ..server import create_app, discover_models
-    from ..server.app import LOOPBACK_HOSTS
+    from ..server import discover_models
 
     models = discover_models(named, args.models_dir)
     if not models:
         raise UserError(
             f"no converted models found in {', '.join(args.models_dir)}; convert one with mlx-audio-convert"
         )
-    output_dir = prepare_output_dir(args.output_dir)
+    sock = listen_socket(args.host, args.port)
+    try:
+        _run_server(args, models, sock)
+    finally:
+        sock.close()
+    return 0
+
+
+def _run_server(args: Any, models: dict[str, Any], sock: socket.socket) -> None:
+    from ..server import create_app
+    from ..server.app import LOOPBACK_HOSTS
+
+    output_dir = prepare_output_dir(args.output_dir)  # after the bind: a failed start leaves no temp folder
 
     if is_loopback(args.host):
         # Only loopback names in the Host header (see create_app: no DNS rebinding).
@@ -118,13 +177,10 @@ def _main(argv: list[str] | None) -> int:
     app = create_app(models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts)
 
     listed = ", ".join(f"{m.name} ({m.family})" for m in models.values())
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    bare = args.host.strip("[]")
+    host = f"[{bare}]" if ":" in bare else bare
     print(f"mlx-audio-server: http://{host}:{args.port}/  models: {listed}  clips: {output_dir}", flush=True)
-
-    import uvicorn
-
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.debug, log_level="info")
-    return 0
+    _serve(app, sock, bare, args.port, args.debug)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import registry
 from ..errors import UserError
@@ -24,7 +26,16 @@ from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
 
+log = logging.getLogger("mlx_audio_generate.server")
+
 STATIC_DIR = Path(__file__).parent / "static"
+# A job request is a few hundred bytes (prompts are at most MAX_PROMPT_CHARS): anything much larger is refused
+# before it is read in full or parsed, so no body can make the server allocate or answer megabytes.
+MAX_BODY_BYTES = 64 * 1024
+# Error bodies are bounded too: at most this many problems listed (plus their count), short lines.
+MAX_ERROR_ITEMS = 20
+MAX_MESSAGE_CHARS = 1000
+MAX_ITEM_CHARS = 200
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 # The UI loads nothing from elsewhere; the policy makes that a guarantee (and blocks injected scripts).
 UI_CSP = (
@@ -141,8 +152,9 @@ class ErrorItem(BaseModel):
 
 
 class ValidationErrorBody(BaseModel):
-    message: str = Field(description="all problems on one line, each naming its field")
-    detail: list[ErrorItem]
+    message: str = Field(description="the problems on one line, each naming its field (the first 20)")
+    detail: list[ErrorItem] = Field(description=f"the first {MAX_ERROR_ITEMS} problems")
+    count: int = Field(description="how many problems there are")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -152,17 +164,89 @@ def _invalid(field: str, msg: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}])
 
 
-def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
-    # Only loc/msg/type: pydantic's `input` would echo whole prompts and `ctx` may hold exceptions.
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _loc_item(x: Any) -> str | int:
+    return x if isinstance(x, int) and not isinstance(x, bool) else _cut(str(x), MAX_ITEM_CHARS)
+
+
+def _validation_response(errors: list[dict[str, Any]], redact: Callable[[str], str]) -> JSONResponse:
+    # Only loc/msg/type: pydantic's `input` would echo whole prompts and `ctx` may hold exceptions. Only the
+    # first few problems, each cut short: a body of thousands of unknown keys gets a small answer.
     detail = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
-        for e in errors
+        {
+            "loc": [_loc_item(x) for x in e.get("loc", ())],
+            "msg": _cut(redact(str(e.get("msg", ""))), MAX_ITEM_CHARS),
+            "type": _cut(str(e.get("type", "")), 64),
+        }
+        for e in errors[:MAX_ERROR_ITEMS]
     ]
     parts = []
     for d in detail:
         field = ".".join(str(x) for x in d["loc"][1:]) or "body"
         parts.append(d["msg"] if d["msg"].startswith(field) else f"{field}: {d['msg']}")
-    return JSONResponse({"message": "; ".join(parts), "detail": detail}, status_code=422)
+    message = "; ".join(parts)
+    if len(errors) > len(detail):
+        message += f"; and {len(errors) - len(detail)} more"
+    body = {"message": _cut(message, MAX_MESSAGE_CHARS), "detail": detail, "count": len(errors)}
+    return JSONResponse(body, status_code=422)
+
+
+def _too_large() -> JSONResponse:
+    msg = f"request body is larger than {MAX_BODY_BYTES} bytes; a job request is a small JSON object"
+    return JSONResponse({"message": msg, "detail": msg}, status_code=413)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413 before the app reads or parses them.
+
+    A declared Content-Length over the limit is refused at once; a body without one (chunked) is read up
+    to the limit here and then handed on, so at most `limit` bytes are ever held. (The server discards the
+    rest of a refused body, and the connection stays usable.)"""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:  # the HTTP server holds the body to exactly this length
+            try:
+                declared = int(length)
+            except ValueError:  # uvicorn refuses these itself; another server might not
+                declared = self.limit + 1
+            if declared > self.limit:
+                await _too_large()(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _too_large()(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                first, body = body, None
+                return first
+            return await receive()  # after the body: the disconnect, whenever it comes
+
+        await self.app(scope, replay, send)
 
 
 def build_job(req: BaseModel, models: dict[str, ModelEntry]) -> Job:
@@ -221,17 +305,28 @@ def create_app(
         responses={422: {"model": ValidationErrorBody, "description": "invalid request"}},
     )
     app.state.queue = queue
+    # Added first, so it runs after the Host check: a refused host never has its body read.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
 
+    # Every error body goes through queue.redact: clients learn file names, never server folders.
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(list(exc.errors()))
+        return _validation_response(list(exc.errors()), queue.redact)
 
     @app.exception_handler(StarletteHTTPException)  # also FastAPI's own, and the router's 404/405
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 422 and isinstance(exc.detail, list):
-            return _validation_response(exc.detail)
-        return JSONResponse({"message": str(exc.detail), "detail": exc.detail}, exc.status_code, exc.headers)
+            return _validation_response(exc.detail, queue.redact)
+        if str(exc.detail) != queue.redact(str(exc.detail)):
+            log.info("HTTP %s: %s", exc.status_code, exc.detail)  # the full text stays in the log
+        msg = _cut(queue.redact(str(exc.detail)), MAX_MESSAGE_CHARS)
+        return JSONResponse({"message": msg, "detail": msg}, exc.status_code, exc.headers)
+
+    @app.exception_handler(Exception)  # a bug: one line of JSON; the server still logs the traceback
+    async def on_internal_error(request: Request, exc: Exception) -> JSONResponse:
+        msg = f"internal error ({type(exc).__name__}); the server's log has the details"
+        return JSONResponse({"message": msg, "detail": msg}, status_code=500)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -257,9 +352,16 @@ def create_app(
 
     # The request class is built from the families' settings, so it is set as an object, not a name.
     create_job.__annotations__.update(req=request_model(), response=Response)
-    app.post("/api/jobs", status_code=202, response_model=JobCreated, summary="Queue a generation")(
-        create_job
-    )
+    app.post(
+        "/api/jobs",
+        status_code=202,
+        response_model=JobCreated,
+        summary="Queue a generation",
+        responses={
+            413: {"description": f"the body is over {MAX_BODY_BYTES} bytes"},
+            429: {"description": "the queue is full"},
+        },
+    )(create_job)
 
     @app.get("/api/jobs", response_model=list[JobInfo], summary="This server's jobs, newest first")
     def list_jobs() -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,39 @@ log = logging.getLogger("mlx_audio_generate.server")
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
+MAX_ERROR_CHARS = 500  # a job's error is one line for people, not a dump
+
+# What clients read (job errors, HTTP error bodies) names files, never where they are on the server: an
+# absolute path becomes its base name. Quoted paths may hold spaces; a bare one ends at a space or at
+# punctuation that ends a clause. The lookbehind keeps URLs ("http://h:1/x"), fractions ("1/2") and
+# relative paths ("a/b") as they are.
+_QUOTED_PATH = re.compile(r"""(['"`])((?:file://|~)?/[^'"`\n]*)\1""")
+_BARE_PATH = re.compile(r"""(?<![\w.:/~-])(?:file://|~)?/(?=[^\s/])[^\s'"`,;:()\[\]{}<>]*""")
+
+
+def _base_name(path: str) -> str:
+    parts = [p for p in path.split("/") if p and p not in ("file:", "~")]
+    return parts[-1] if parts else "a path"
+
+
+def _bare(m: re.Match[str]) -> str:
+    path = m.group(0)
+    stripped = path.rstrip(".")  # the full stop of a sentence is not part of the file name
+    return _base_name(stripped) + path[len(stripped) :]
+
+
+def redact_paths(text: str, folders: Mapping[str | Path, str] | None = None) -> str:
+    """`text` with every absolute path replaced by its base name; each of `folders` (folder -> neutral
+    word) disappears entirely: the folder alone becomes the word, a path inside it the file's name."""
+    for folder, word in sorted((folders or {}).items(), key=lambda fw: -len(str(fw[0]))):
+        root = re.escape(str(folder).rstrip("/"))
+        text = re.sub(
+            root + r"(/[^'\"`\n]*?)?(?=['\"`\s,;:()]|$)",
+            lambda m, w=word: _base_name(m.group(1)) if m.group(1) else w,
+            text,
+        )
+    text = _QUOTED_PATH.sub(lambda m: m.group(1) + _base_name(m.group(2)) + m.group(1), text)
+    return _BARE_PATH.sub(_bare, text)
 
 
 class QueueFull(Exception):
@@ -105,7 +139,7 @@ class JobQueue:
         max_jobs_kept: int = 1000,
     ):
         self.models = models
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).absolute()  # errors then name it in full, and redaction finds it
         self.max_queue = max_queue
         self.max_jobs_kept = max_jobs_kept
         self._cv = threading.Condition()
@@ -171,6 +205,13 @@ class JobQueue:
                 return None
             return self.output_dir / f"{job.id}.wav", job.download_name
 
+    def redact(self, text: str) -> str:
+        """`text` as a client may read it: no output or model folder, no absolute path (see redact_paths)."""
+        folders: dict[str | Path, str] = {self.output_dir: "the output folder"}
+        for entry in self.models.values():
+            folders[entry.folder] = f"the folder of model {entry.name}"
+        return redact_paths(text, folders)
+
     def _view(self, job: Job) -> dict[str, Any]:
         pos = None
         if job.status == "queued":
@@ -197,13 +238,21 @@ class JobQueue:
         except JobCancelled:
             self._finish(job, "cancelled")
         except UserError as e:
-            self._finish(job, "failed", str(e))
+            log.warning("job %s failed: %s", job.id, e)  # the log keeps the paths; the client's copy has none
+            self._fail(job, str(e))
         except MemoryError:
-            self._finish(job, "failed", "out of memory; try fewer seconds or a smaller model")
+            log.warning("job %s failed: out of memory", job.id)
+            self._fail(job, "out of memory; try fewer seconds or a smaller model")
         except Exception as e:  # a bug must fail this job, never the worker: the next job still runs
             log.exception("job %s failed", job.id)
             msg = str(e).splitlines()[0] if str(e) else ""
-            self._finish(job, "failed", f"internal error: {type(e).__name__}: {msg}")
+            self._fail(job, f"internal error: {type(e).__name__}: {msg}")
+
+    def _fail(self, job: Job, message: str) -> None:
+        message = self.redact(" ".join(message.split()))
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
+        self._finish(job, "failed", message)
 
     def _generate(self, job: Job) -> None:
         self._check_cancel(job)
@@ -224,6 +273,11 @@ class JobQueue:
         with self._cv:
             job.stage = "writing"
         path = self.output_dir / f"{job.id}.wav"
+        try:  # the folder may have been removed while the server runs: make it again
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            reason = e.strerror or e
+            raise UserError(f"cannot write the clip: {self.output_dir} cannot be made ({reason})") from None
         write_audio(path, audio[0], entry.sample_rate)
         self._finish(job, "done")
         try:  # a description beside the clip, so the output folder makes sense on its own

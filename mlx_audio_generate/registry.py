@@ -17,6 +17,7 @@ from .settings import Setting
 FAMILY_PACKAGES = (
     "mlx_audio_generate.musicgen",
     "mlx_audio_generate.stable_audio",
+    "mlx_audio_generate.stable_audio_3",
 )
 
 _families: dict[str, Family] | None = None

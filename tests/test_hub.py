@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 
+from mlx_audio_generate import registry
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.hub import detect_family, fetch
@@ -68,5 +70,5 @@ def test_bad_sources(tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         detect_family(tmp_path / "broken")
-    with pytest.raises(UserError, match="not a MusicGen or Stable Audio"):
+    with pytest.raises(UserError, match=f"not a {re.escape(registry.labels())} checkpoint"):
         detect_family(tmp_path)

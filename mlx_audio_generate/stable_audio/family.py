@@ -133,7 +133,20 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
 
 
 def _detect(folder: Path) -> bool:
-    return (Path(folder) / "model_config.json").is_file()
+    """A stable-audio-tools model_config.json, except the newer models' over a SAME autoencoder or a
+    T5Gemma conditioner (another family's: this one cannot run them)."""
+    from ..hub import read_json
+
+    config = read_json(Path(folder) / "model_config.json")
+    if config is None:
+        return False
+    try:
+        m = config["model"]
+        encoder = m["pretransform"]["config"]["encoder"]["type"]
+        conds = [c.get("type") for c in m["conditioning"]["configs"]]
+    except (KeyError, TypeError, AttributeError):
+        return True  # ours to refuse with a clear message (full_model checks the config)
+    return encoder != "same" and "t5gemma" not in conds
 
 
 def _patterns(repo: str) -> list[str]:

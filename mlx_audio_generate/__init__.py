@@ -7,6 +7,14 @@ from ._blas import load_blas as _load_blas  # noqa: E402
 
 _load_blas()  # optimised BLAS before MLX on Linux; MLX_AUDIO_GENERATE_BLAS=off disables, =/path forces one
 
-from .api import load  # noqa: E402
-
 __all__ = ["load", "__version__"]
+
+
+def __getattr__(name: str):
+    # `load` (and numpy, mlx behind it) is imported on first use, so that `import mlx_audio_generate.cli.*`
+    # reaches the console scripts' own Ctrl-C guard quickly (cli/common.py: interruptible_imports)
+    if name == "load":
+        from .api import load
+
+        return load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

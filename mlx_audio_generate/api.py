@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import registry
-from .converted import open_folder
+from .converted import load_model, open_folder
 from .family import AudioModel
 
 
@@ -27,4 +26,4 @@ def load(
     from .resolve import resolve
 
     conv = open_folder(resolve(str(model), dtype=dtype, trust_remote_code=trust_remote_code, quiet=quiet))
-    return registry.get(conv.family).load(conv)
+    return load_model(conv)

@@ -32,19 +32,57 @@ def _available_formats() -> dict[str, tuple[str, str]]:
     return {ext: f for ext, f in FORMATS.items() if f[0] in have}
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Validate an output path before any expensive work, so a bad path fails in a second, not after a run."""
+_PATH_MAX = 4096  # Linux's PATH_MAX (macOS: 1024, where the OS's own error is one line too)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _shown(name: str, limit: int = 60) -> str:
+    return name if len(name) <= limit else name[: limit - 3] + "..."
+
+
+def check_output_path(path: str | Path, sidecar: bool = False) -> Path:
+    """Validate an output path before any expensive work, so a bad path fails in a second, not after a run:
+    name length (the file system's limit, 255 bytes; first: a longer name cannot even be looked up), format,
+    folder, and with `sidecar` the `<file>.json` beside it as well."""
     path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    names = [path.name, path.name + ".json"] if sidecar else [path.name]
+    limit = _name_max(parent)
+    for name in names:
+        size = len(os.fsencode(name))
+        if size > limit:
+            raise UserError(
+                f"output file name '{_shown(name)}' is {size} bytes; the file system allows {limit}; "
+                "choose a shorter --output"
+            )
+    if len(os.fsencode(str(path))) >= _PATH_MAX:
+        raise UserError(f"output path '{_shown(str(path))}' is too long; choose a shorter --output")
+    try:
+        return _check_output_place(path, parent, names[1] if sidecar else None)
+    except OSError as e:  # e.g. a folder name in the path over the limit
+        raise UserError(f"output '{_shown(str(path))}' cannot be used: {e.strerror or e}") from None
+
+
+def _check_output_place(path: Path, parent: Path, sidecar: str | None) -> Path:
     if path.is_dir():
         raise UserError(f"output '{path}' is a directory; give a file name such as {path / 'out.wav'}")
     formats = _available_formats()
     if path.suffix.lower() not in formats:
         raise UserError(f"output '{path}' has an unsupported extension; use one of {', '.join(formats)}")
-    parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output folder '{parent}' does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise UserError(f"output folder '{parent}' is not writable; choose another --output")
+    if sidecar is not None and (parent / sidecar).is_dir():
+        raise UserError(
+            f"the metadata file '{parent / sidecar}' would replace a folder; choose another --output"
+        )
     return path
 
 
@@ -75,7 +113,8 @@ def write_audio(
     has tags, and (with `sidecar`) written beside it as `<file>.json`."""
     import soundfile as sf
 
-    path = check_output_path(path)
+    sidecar = sidecar and metadata is not None
+    path = check_output_path(path, sidecar=sidecar)
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[None]
@@ -84,23 +123,28 @@ def write_audio(
         audio = np.clip(audio, -1.0, 1.0)  # integer/lossy formats cannot hold values beyond full scale
 
     def write(tmp: str) -> None:
-        with sf.SoundFile(tmp, "w", sample_rate, audio.shape[0], subtype, format=fmt) as f:
+        # bytes: soundfile encodes a str path strictly; a Linux file name may hold bytes that are not UTF-8
+        with sf.SoundFile(os.fsencode(tmp), "w", sample_rate, audio.shape[0], subtype, format=fmt) as f:
             _no_peak_chunk(f)
             if metadata:
-                f.title = str(metadata.get("prompt", ""))[:1000]
+                # UTF-8 tags: text that cannot be encoded (a lone surrogate) is replaced, never a crash
+                title = str(metadata.get("prompt", ""))[:1000].encode("utf-8", "replace").decode()
+                f.title = title
                 f.software = "mlx-audio-generate"
                 f.comment = json.dumps(metadata, sort_keys=True)[:4000]
             f.write(audio.T)
 
+    target = path
     try:
         atomic_write(path, write)
-        if metadata is not None and sidecar:
+        if sidecar:
+            target = path.with_name(path.name + ".json")
             text = json.dumps(metadata, indent=2, sort_keys=True)
-            atomic_write(
-                path.with_name(path.name + ".json"), lambda t: Path(t).write_text(text), suffix=".json"
-            )
-    except OSError as e:
-        raise UserError(f"cannot write '{path}': {e.strerror or e}") from None
+            atomic_write(target, lambda t: Path(t).write_text(text), suffix=".json")
+    except OSError as e:  # a full disk or the file size limit arrive here too (atomic_write)
+        raise UserError(f"cannot write '{target}': {e.strerror or e}") from None
+    except sf.SoundFileError as e:  # libsndfile's own I/O failures (it reports no errno)
+        raise UserError(f"cannot write '{target}': libsndfile: {e}") from None
     return path
 
 
@@ -142,15 +186,29 @@ def loudness_normalize(
     return out.astype(np.float32), info
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None, channels: int | None = None) -> np.ndarray:
-    """Read an audio file as float32 (channels × samples), optionally resampled and up/down-mixed."""
+def read_audio(
+    path: str | Path,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    max_frames: int | None = None,
+) -> np.ndarray:
+    """Read an audio file as float32 (channels × samples), optionally resampled and up/down-mixed.
+
+    max_frames: keep at most this many samples (at `sample_rate` when given): only the frames they need are
+    read and resampled (plus the resampling filter's reach, so the samples kept are exactly those of reading
+    the whole file), so a caller that uses one window of a 10-hour file never holds the 10 hours."""
     import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"audio file '{path}' does not exist")
+    if max_frames is not None and (type(max_frames) is not int or max_frames < 1):
+        raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            frames = -1 if max_frames is None else _input_frames(max_frames, sr, sample_rate)
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as e:
         raise UserError(f"cannot read audio file '{path}': {e}") from None
     audio = data.T
@@ -160,7 +218,18 @@ def read_audio(path: str | Path, sample_rate: int | None = None, channels: int |
         audio = match_channels(audio, channels, what=f"'{path}'")
     if sample_rate is not None and sr != sample_rate:
         audio = resample(audio, sr, sample_rate)
-    return audio
+    return audio if max_frames is None else audio[:, :max_frames]
+
+
+def _input_frames(out_frames: int, sr_in: int, sr_out: int | None) -> int:
+    """Input samples that determine the first `out_frames` output samples of `resample(., sr_in, sr_out)`:
+    their span plus the reach of scipy's polyphase filter (half_len = 10 * max(up, down) upsampled taps)."""
+    if sr_out is None or sr_in == sr_out:
+        return out_frames
+    g = math.gcd(int(sr_in), int(sr_out))
+    up, down = sr_out // g, sr_in // g
+    span = -(-out_frames * down // up)
+    return span + -(-10 * max(up, down) // up) + 2
 
 
 def match_channels(

@@ -40,7 +40,7 @@ import numpy as np
 from . import registry
 from .errors import UserError
 from .family import Family
-from .settings import SECONDS, Setting, check_seconds, check_seed
+from .settings import SECONDS, Setting, check_prompts, check_seconds, check_seed
 
 ITEM_KEYS = ("prompt", "id", "seed")
 FORMATS = ("wav", "flac", "ogg", "mp3")
@@ -118,14 +118,27 @@ def item_seed(base_seed: int, key: str) -> int:
 
 
 def read_jobs(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; malformed JSON is an error naming the line."""
+    """(line number, object) for each non-blank line; a file that cannot be read, bytes that are not UTF-8
+    and malformed JSON (too deep, numbers too long) are errors naming the line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"prompts file '{path}' is a folder; give a JSONL file (one JSON object per line)")
+    if not path.exists():
         raise UserError(f"prompts file '{path}' does not exist")
+    if not path.is_file():
+        raise UserError(f"prompts file '{path}' is not a regular file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read prompts file '{path}': {e}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read prompts file '{path}': {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (some editors write one) is not part of line 1
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at byte {column}); save it as UTF-8"
+        ) from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -134,6 +147,10 @@ def read_jobs(path: str | Path) -> list[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{n}: JSON nested too deeply to read") from None
+        except ValueError:  # Python refuses integers of over 4300 digits (sys.get_int_max_str_digits)
+            raise UserError(f"{path}:{n}: a number in this line has too many digits") from None
         if not isinstance(obj, dict):
             raise UserError(f'{path}:{n}: each line must be a JSON object like {{"prompt": "..."}}')
         out.append((n, obj))
@@ -168,6 +185,7 @@ def parse_items(
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError(f'{where}: "prompt" must be a non-empty string')
+        check_prompts(prompt, f'{where}: "prompt"')
         ident = obj.get("id")
         if ident is not None:
             ident = str(ident) if _integer(ident) else ident
@@ -185,6 +203,8 @@ def parse_items(
                 value = st.check(obj.get(key))
             except UserError as e:
                 raise UserError(f"{where}: {e}") from None
+            if st.kind == "text" and isinstance(value, str) and value.strip():
+                check_prompts(value, f'{where}: "{key}"')  # e.g. a negative prompt: the same text check
             if value is not None:
                 settings[key] = value
         key = f"id:{ident}" if ident is not None else f"#{index}"
@@ -326,13 +346,14 @@ def run_shard(
     """Generate this rank's items (skipping finished ones); return their manifest rows. The model is loaded
     only when there is something to generate, so a rerun of a finished job is quick."""
     from .audio import write_audio
-    from .weights import atomic_write
+    from .weights import atomic_write, remove_stale_temps
 
     rows, todo = [], []
     for item in items:
-        # temp files of a write that was killed (atomic_write's `.<file>.*`): never read, just litter
-        for tmp in out_dir.glob(f".{item.name}.{ext}.*"):
-            tmp.unlink(missing_ok=True)
+        # temp files of writes whose process was killed: never read, just litter
+        audio_path = out_dir / f"{item.name}.{ext}"
+        for path in (audio_path, audio_path.with_name(audio_path.name + ".json")):
+            remove_stale_temps(path)
         row = finished_row(item, out_dir, ext, model_name)
         if row is None:
             todo.append(item)
@@ -349,37 +370,47 @@ def run_shard(
     kill = _kill_after()
     host = socket.gethostname()
     written = 0
-    for batch in batches(todo, batch_size):
-        t0 = time.perf_counter()
-        audio = generate(batch)
-        took = (time.perf_counter() - t0) / len(batch)
-        for item, wav in zip(batch, audio, strict=True):
-            path = out_dir / f"{item.name}.{ext}"
-            meta = request(item, model_name)
-            write_audio(path, wav, sr, metadata=meta)
-            samples = int(wav.shape[-1])
-            row = {
-                **meta,
-                "item": item.index,
-                "line": item.line,
-                "file": path.name,
-                "duration": round(samples / sr, 6),
-                "samples": samples,
-                "sample_rate": sr,
-                "rank": rank,
-                "host": host,
-                "batch": len(batch),
-                "seconds_taken": round(took, 4),
-            }
-            # The complete sidecar is the done marker: written (atomically) only once the audio is in place.
-            text = json.dumps(row, indent=2, sort_keys=True)
-            atomic_write(out_dir / f"{path.name}.json", lambda tmp, t=text: Path(tmp).write_text(t))
-            rows.append({**row, "skipped": False})
-            written += 1
-            if not quiet:
-                print(f"[rank {rank}] {path} ({samples / sr:.2f} s, seed {item.seed})", file=sys.stderr)
-            if kill is not None and kill == (rank, written):
-                os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crashed machine (see module doc)
+    try:
+        for batch in batches(todo, batch_size):
+            t0 = time.perf_counter()
+            audio = generate(batch)
+            took = (time.perf_counter() - t0) / len(batch)
+            for item, wav in zip(batch, audio, strict=True):
+                path = out_dir / f"{item.name}.{ext}"
+                meta = request(item, model_name)
+                write_audio(path, wav, sr, metadata=meta)
+                samples = int(wav.shape[-1])
+                row = {
+                    **meta,
+                    "item": item.index,
+                    "line": item.line,
+                    "file": path.name,
+                    "duration": round(samples / sr, 6),
+                    "samples": samples,
+                    "sample_rate": sr,
+                    "rank": rank,
+                    "host": host,
+                    "batch": len(batch),
+                    "seconds_taken": round(took, 4),
+                }
+                # The complete sidecar is the done marker: written (atomically) once the audio is in place.
+                text = json.dumps(row, indent=2, sort_keys=True)
+                side = out_dir / f"{path.name}.json"
+                try:
+                    atomic_write(side, lambda tmp, t=text: Path(tmp).write_text(t))
+                except OSError as e:
+                    raise UserError(f"cannot write '{side}': {e.strerror or e}") from None
+                rows.append({**row, "skipped": False})
+                written += 1
+                if not quiet:
+                    print(f"[rank {rank}] {path} ({samples / sr:.2f} s, seed {item.seed})", file=sys.stderr)
+                if kill is not None and kill == (rank, written):
+                    os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crashed machine (see module doc)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: every finished item is on disk; say so
+        where = f" on rank {rank}" if rank else ""
+        raise type(e)(
+            f"{len(rows)} of {len(items)} item(s) done{where}; rerun the same command to generate the rest"
+        ) from None
     return rows
 
 

@@ -10,12 +10,42 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from .converted import malformed_files, read_meta
 from .errors import UserError
 from .family import ConvertJob
-from .hub import fetch
+from .hub import check_json_files, fetch
 from .progress import tqdm_bar
 from .quantize import check_options
 from .weights import make_temp_dir
+
+
+def _check_output(output: Path, force: bool) -> None:
+    """`--output` may be new, an empty folder, or (with `force`) a previous conversion: never anything else
+    (a folder of someone's files is never deleted)."""
+    if output.is_symlink():
+        raise UserError(f"--output '{output}' is a symbolic link; name the folder itself")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output '{output}' exists and is not a folder")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not force:
+        raise UserError(f"--output '{output}' is not empty; pass --force to overwrite it")
+    if read_meta(output) is None:
+        raise UserError(
+            f"--output '{output}' holds files that are not a conversion by mlx-audio-convert; --force only "
+            "replaces a previous conversion (or an empty folder): choose another --output"
+        )
+
+
+def _check_apart(output: Path, source: Path) -> None:
+    """The output must not be the checkpoint being read, nor a folder containing it, nor one inside it."""
+    out, src = output.resolve(), Path(source).resolve()
+    if out == src or out in src.parents or src in out.parents:
+        where = "is" if out == src else "contains" if out in src.parents else "is inside"
+        raise UserError(
+            f"--output '{output}' {where} the checkpoint being converted ('{source}'); "
+            "choose another --output"
+        )
 
 
 def convert(
@@ -34,25 +64,31 @@ def convert(
     `quantize_bits` (None, 4 or 8) quantizes the family's core (LM / DiT) linear layers in groups of
     `quantize_group_size`. `options` (or keywords): the family's convert settings (`Family.convert_settings`,
     e.g. t5=...). Unless `quiet`, a tqdm bar on stderr counts the tensors converted (downloads show Hugging
-    Face's)."""
+    Face's). `force` replaces a previous conversion in `output`, never other files nor the checkpoint."""
     check_options(quantize_bits, quantize_group_size)
     options = {**(options or {}), **family_options}
     output = Path(output).expanduser()
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output '{output}' exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise UserError(f"--output '{output}' is not empty; pass --force to overwrite it")
+    _check_output(output, force)
     parent = output.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
     src = fetch(model, trust_remote_code=trust_remote_code)
+    _check_apart(output, src)
     family = registry.detect(src)
     known = {st.name for st in family.convert_settings}
     unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
     if unknown:
         raise UserError(f"--{unknown[0].replace('_', '-')} does not apply to {family.label} checkpoints")
+    check_json_files(src)
+
+    def fetch_more(name: str) -> Path:  # another checkpoint the conversion reads (e.g. a text encoder)
+        folder = fetch(name, trust_remote_code=trust_remote_code)
+        _check_apart(output, folder)
+        check_json_files(folder)
+        return folder
+
     remove_stale_partials(parent, output.name)
     try:
         # the pid in the name lets a later run remove what a killed conversion left (remove_stale_partials)
@@ -68,18 +104,26 @@ def convert(
         quantize_group_size=quantize_group_size,
         progress=tqdm_bar(f"converting {Path(str(model)).name}", quiet, unit="tensor"),
         options=options,
-        fetch=lambda name: fetch(name, trust_remote_code=trust_remote_code),
+        fetch=fetch_more,
     )
+    # a killed run leaves this beside the output; its name matches remove_stale_partials' pattern
+    old = parent / f".{output.name}.{os.getpid()}.replaced"
     try:
-        family.convert(job)
+        with malformed_files(f"cannot convert '{model}'", str(model), family.label):
+            family.convert(job)
+        _check_output(output, force)  # again: the folder may have changed during a long conversion
         if output.exists():
-            shutil.rmtree(output)
+            output.rename(old)  # the previous conversion stays whole until the new one is in place
         tmp.rename(output)
     except OSError as e:  # disk full, permissions, ... while writing the conversion: nothing is left behind
+        if old.exists() and not output.exists():
+            old.rename(output)
         raise UserError(f"cannot write the conversion into '{parent}': {e.strerror or e}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and output.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return output
 
 
@@ -109,4 +153,12 @@ def remove_stale_partials(parent: Path, name: str) -> None:
     for entry in entries:
         m = pattern.fullmatch(entry.name)
         if m and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
+            if _flat(entry):  # our partials hold files only: a folder with subfolders is someone else's
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _flat(folder: Path) -> bool:
+    try:
+        return not any(e.is_dir() for e in folder.iterdir())
+    except OSError:
+        return False

@@ -26,6 +26,29 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); re-download the checkpoint") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def check_json_files(folder: Path) -> None:
+    """Before a conversion reads them: every `*.json` at the top of a reference checkpoint folder and one
+    level down (text_encoder/, tokenizer/) must be a JSON object, and a `tokenizer.json` must load with
+    `tokenizers`; otherwise a UserError naming the file (not a KeyError deep inside a converter)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json")) + sorted(folder.glob("[!.]*/*.json"))
+    for path in files:
+        if not path.is_file():
+            continue
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path} holds a JSON {type(data).__name__}, not an object; re-download it")
+        if path.name == "tokenizer.json":
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_file(str(path))
+            except Exception as e:  # tokenizers raises its own Exception type for any malformed file
+                raise UserError(f"{path} is not a valid tokenizer ({e}); re-download it") from None
 
 
 def _patterns(repo_id: str) -> list[str]:

@@ -98,6 +98,8 @@ class Setting:
             return number if self.kind == "float" else int(value)
         if not isinstance(value, str):
             raise bad
+        if value.strip() and self.kind in ("text", "choice"):
+            check_prompts(value, where)  # valid Unicode (no lone surrogates), as every prompt
         if self.kind == "choice":
             if not value.strip():
                 raise bad
@@ -142,7 +144,7 @@ SECONDS = Setting(
 
 
 def check_prompts(prompt: str | Iterable[str], where: str = "prompt") -> list[str]:
-    """One prompt or a list of them, each a non-empty string (the one "prompt is empty" check)."""
+    """One prompt or a list of them, each a non-empty string of valid Unicode (the one prompt check)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else []
     if not prompts:
         raise UserError(f"{where} is empty; describe the audio you want")
@@ -151,6 +153,18 @@ def check_prompts(prompt: str | Iterable[str], where: str = "prompt") -> list[st
             raise UserError(f"{where} must be text, got {type(p).__name__}")
         if not p.strip():
             raise UserError(f"{where} is empty; describe the audio you want")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            # a lone surrogate: from JSON ("\\ud800") or, as U+DC80..U+DCFF, a command-line byte that is not
+            # UTF-8 (Python's surrogateescape); the tokenizer and the file's tags could not take it
+            code = ord(p[e.start])
+            what = (
+                f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+            )
+            raise UserError(
+                f"{where} is not valid UTF-8 text ({what} at character {e.start + 1}); write it in UTF-8"
+            ) from None
     return prompts
 
 

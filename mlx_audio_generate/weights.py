@@ -8,11 +8,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
+import resource
+import signal
+import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
@@ -44,16 +51,58 @@ def _load_torch_bin(path: Path) -> dict[str, mx.array]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"cannot read {path} safely with torch.load(weights_only=True): {e}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a dict of tensors; not a checkpoint")
     out = {}
     for k, v in state.items():
         if not hasattr(v, "detach"):
             continue
         v = v.detach()
-        if v.dtype == torch.bfloat16:
-            out[k] = mx.array(v.float().numpy()).astype(mx.bfloat16)
-        else:
-            out[k] = mx.array(v.numpy())
+        try:
+            if v.dtype == torch.bfloat16:
+                out[str(k)] = mx.array(v.float().numpy()).astype(mx.bfloat16)
+            else:
+                out[str(k)] = mx.array(v.numpy())
+        except (TypeError, ValueError, RuntimeError) as e:  # e.g. float8 or sparse tensors numpy cannot hold
+            raise UserError(f"cannot read tensor '{k}' of {path} ({v.dtype}): {e}") from None
     return out
+
+
+def _index_shards(folder: Path, index: Path) -> list[Path]:
+    """The shard files a `*.safetensors.index.json` names: plain file names inside `folder` only.
+
+    The index is a downloaded file: an absolute path, a `..` component or a symlink that resolves outside the
+    checkpoint would pull any local file into the conversion. In a Hugging Face cache snapshot the files are
+    symlinks into the repo's own `blobs/` folder, which is allowed."""
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {index}: not a valid JSON index ({e}); re-download the checkpoint"
+        ) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} lacks a 'weight_map' object (tensor name -> shard file); re-download it")
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # huggingface_hub's cache layout: snapshots/<rev>/ -> ../../blobs
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    shards = []
+    odd = next((v for v in weight_map.values() if not isinstance(v, str)), None)
+    if odd is not None:
+        raise UserError(f"{index} maps a tensor to {odd!r}, not a shard file name; re-download it")
+    names = set(weight_map.values())
+    for name in sorted(names):
+        rel = Path(name)
+        if not name or "\x00" in name or rel.is_absolute() or ".." in rel.parts:
+            raise UserError(
+                f"{index} names shard {name!r}: shards must be files inside the checkpoint folder"
+            )
+        path = folder / rel
+        target = path.resolve()
+        if not any(target.is_relative_to(root) for root in roots):
+            raise UserError(f"{index} names shard {name!r}, which resolves outside the checkpoint ({target})")
+        shards.append(path)
+    return shards
 
 
 def read_tensors(folder: Path, stem: str = "model", allow_pickle: bool = True) -> dict[str, mx.array]:
@@ -65,8 +114,7 @@ def read_tensors(folder: Path, stem: str = "model", allow_pickle: bool = True) -
     if single.is_file():
         files = [single]
     elif index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
+        files = _index_shards(folder, index)
     else:
         files = sorted(folder.glob(f"{stem}*.safetensors"))
     if files:
@@ -109,11 +157,19 @@ class Checkpoint:
     def keys(self) -> list[str]:
         return list(self.tensors)
 
-    def take(self, key: str) -> mx.array:
+    def take(self, key: str, floating: bool = True) -> mx.array:
+        """The tensor `key`, marked used. Weights must be floating point (`floating=False` for the rare
+        genuinely integer tensor): an int or bool tensor would load and generate noise."""
         if key not in self.tensors:
             raise UserError(f"{self.name} lacks tensor '{key}': not a checkpoint of the expected model")
+        value = self.tensors[key]
+        if floating and not mx.issubdtype(value.dtype, mx.floating):
+            kind = str(value.dtype).removeprefix("mlx.core.")
+            raise UserError(
+                f"{self.name}: tensor '{key}' is {kind}, not floating point; not a valid checkpoint"
+            )
         self.used.add(key)
-        return self.tensors[key]
+        return value
 
     def take_conv_weight(self, prefix: str) -> mx.array:
         """A conv weight at `prefix`, folding weight norm in any of its three saved styles."""
@@ -177,19 +233,116 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
-def atomic_write(path: Path, write, suffix: str = "") -> None:
-    """Call `write(tmp_path)` then rename into place, so a crash never leaves a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
-    os.close(fd)
+# Temp names are `.<name>.<random><suffix>` beside the target. A long name is cut (with a hash of the whole
+# name) so that the temp name stays far below NAME_MAX (255 bytes) even where the target nearly fills it.
+_TEMP_NAME_BYTES = 100
+_TEMP_RANDOM = r"[a-z0-9_]{6,}"  # tempfile's random part (8 characters today)
+
+
+def temp_prefix(path: Path) -> str:
+    """How every temp name of `atomic_write(path)` starts."""
+    raw = os.fsencode(Path(path).name)
+    if len(raw) <= _TEMP_NAME_BYTES:
+        return f".{Path(path).name}."
+    cut = os.fsdecode(raw[: _TEMP_NAME_BYTES - 9])
+    return f".{cut}~{hashlib.sha1(raw).hexdigest()[:8]}."
+
+
+def _temp_suffix(path: Path, suffix: str) -> str:
+    # kept because some writers pick or append an extension (mx.save_safetensors adds ".safetensors")
+    suffix = suffix or path.suffix
+    return suffix if len(os.fsencode(suffix)) <= 16 else ".tmp"
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT / SIGTERM wait (are delivered on exit) while a temp file is created or removed, so an
+    interruption never falls between creating the file and knowing its name."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        write(tmp)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _lost_errno(tmp: str) -> OSError | None:
+    """The OSError behind a writer's RuntimeError (MLX and libsndfile drop errno): the file reached the
+    process's file size limit (EFBIG), or the file system is full (ENOSPC). None if neither."""
+    try:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and os.stat(tmp).st_size >= limit:
+            return OSError(errno.EFBIG, os.strerror(errno.EFBIG), tmp)
+        st = os.statvfs(os.path.dirname(tmp) or ".")
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+    except OSError:
+        pass
+    return None
+
+
+def atomic_write(path: Path, write: Callable[[str], object], suffix: str = "") -> None:
+    """Call `write(tmp_path)` then rename into place, so a crash never leaves a half-written file.
+
+    Whatever stops the write (an error, KeyboardInterrupt, a SIGTERM turned into an exception by the CLI)
+    removes the temp file; one left by a killed process is removed by `remove_stale_temps`. A writer's
+    RuntimeError caused by a full disk or the file size limit is raised as that OSError."""
+    path = Path(path)
+    fd = tmp = None
+    try:
+        with _signals_held():
+            fd, tmp = tempfile.mkstemp(
+                dir=path.parent, prefix=temp_prefix(path), suffix=_temp_suffix(path, suffix)
+            )
+        # held until the rename: remove_stale_temps leaves a file alone while its writer lives
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            write(tmp)
+        except RuntimeError as e:
+            lost = _lost_errno(tmp)
+            if lost is None:
+                raise
+            raise lost from e
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+    finally:
+        with _signals_held():
+            if tmp is not None and os.path.lexists(tmp):
+                os.unlink(tmp)
+            if fd is not None:
+                os.close(fd)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temp files `atomic_write(path)` left behind when its process was killed (those no live
+    process holds locked); returns them. Only names of that exact form, only regular files."""
+    path = Path(path)
+    pattern = re.compile(re.escape(temp_prefix(path)) + _TEMP_RANDOM + r"(\.[A-Za-z0-9_]{1,15})?")
+    try:
+        names = [n for n in os.listdir(path.parent or ".") if pattern.fullmatch(n)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        tmp = path.parent / name
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
             os.unlink(tmp)
-        raise
+            removed.append(tmp)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def save_safetensors(

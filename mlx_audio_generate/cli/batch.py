@@ -10,13 +10,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .. import batch as B
-from .. import registry
-from ..converted import open_folder, read_meta
-from ..errors import UserError
-from ..settings import check_seed
-from .common import ArgumentParser, run_main
-from .generate import add_family_flags
+from .common import ArgumentParser, interruptible_imports, run_main
+
+with interruptible_imports("mlx-audio-generate"):  # `python -m` (mlx.launch) starts here
+    from .. import batch as B
+    from .. import registry
+    from ..converted import open_folder, read_meta
+    from ..errors import UserError
+    from ..settings import check_seed
+    from .generate import add_family_flags, resolve_model
 
 
 def setup_arg_parser() -> ArgumentParser:
@@ -75,7 +77,6 @@ def _main(argv: list[str] | None) -> int:
     flags = _flag_settings(args)
     lines = B.read_jobs(args.prompts_file)
     B.check_keys(lines, args.prompts_file, None)
-    from ..resolve import resolve
 
     if args.weights_dir is None and args.model in registry.families():
         example = registry.get(args.model).example
@@ -86,18 +87,20 @@ def _main(argv: list[str] | None) -> int:
         folder = Path(args.weights_dir)
         model_name = str(folder)  # `dir/` and `dir` are the same request on a rerun
     elif family is None:  # the family is only known once the model is resolved (maybe fetched)
-        folder, model_name = Path(resolve(args.model, quiet=args.quiet)), args.model
+        folder, model_name = Path(resolve_model(args.model, quiet=args.quiet)), args.model
         family = registry.get(open_folder(folder).family)
     # every line is checked before the output folder is touched or a checkpoint is fetched
     items = B.parse_items(lines, args.prompts_file, family, args.seed, B.family_defaults(family, flags))
     out_dir = B.prepare_output_dir(args.output_dir, args.format)
     if folder is None:
-        folder, model_name = Path(resolve(args.model, quiet=args.quiet)), args.model
+        folder, model_name = Path(resolve_model(args.model, quiet=args.quiet)), args.model
 
     conv = open_folder(folder)
 
     def load():
-        return family.load(conv)
+        from ..converted import load_model
+
+        return load_model(conv)  # malformed files: a one-line error naming the folder
 
     job = B.Job(
         items=items,

@@ -37,7 +37,9 @@ def setup_arg_parser() -> ArgumentParser:
     p.add_argument(
         "--q-group-size", type=int, default=None, help="with -q: weights per scale: 32, 64, 128 (64)"
     )
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty --output folder")
+    p.add_argument(
+        "--force", action="store_true", help="replace a previous conversion in --output (never other files)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

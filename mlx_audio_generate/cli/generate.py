@@ -18,15 +18,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import registry
-from ..audio import check_output_path, loudness_normalize, write_audio
-from ..errors import UserError
-from ..family import Family
-from ..progress import tqdm_stages
-from ..settings import Setting, check_prompts, check_seconds, check_seed, random_seed, variation_seeds
-from .common import ArgumentParser, run_main
+from .common import ArgumentParser, interruptible_imports, run_main
+
+with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co load: one line, exit 130
+    from .. import registry
+    from ..audio import check_output_path, loudness_normalize, write_audio
+    from ..errors import UserError
+    from ..family import Family
+    from ..progress import tqdm_stages
+    from ..settings import Setting, check_prompts, check_seconds, check_seed, random_seed, variation_seeds
+    from ..weights import remove_stale_temps
 
 _ARG_TYPES = {"float": float, "int": int, "choice": str, "text": str, "file": str}
+MAX_FILES = 10_000  # files one run may name up front (a bigger --n is a typo, and would take ages to list)
 
 
 def flag_help(st: Setting) -> str:
@@ -120,6 +124,11 @@ def _check_generic(args) -> list[str]:
         check_seed(args.seed, "--seed")
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
+    if len(prompts) * args.n > MAX_FILES:
+        raise UserError(
+            f"{len(prompts)} prompt(s) x --n {args.n} would make {len(prompts) * args.n} files; at most "
+            f"{MAX_FILES} per run (a --prompts-file job takes any number)"
+        )
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.normalize is not None and not (-70 <= args.normalize <= 0):
@@ -146,6 +155,8 @@ def family_options(args, fam: Family, config: dict | None, scope: str | None = N
         value = st.check(getattr(args, name, None), st.flag)
         if st.kind == "file" and value is not None:
             _check_audio_file(st.flag, value)
+        if st.kind == "text" and isinstance(value, str) and value.strip():
+            check_prompts(value, st.flag)  # a negative prompt: the same text check as --prompt
         opts[name] = st.default if value is None else value
     return opts
 
@@ -180,25 +191,39 @@ def auto_output_name(model: str, prompt: str, seed: int, taken: set[Path] | None
 
 
 def _output_paths(args, items: list[tuple[str, int]], label: str) -> list[Path]:
+    """Every file this run writes, checked before any model work (name lengths, the sidecar's too)."""
     if args.output:
         base = check_output_path(args.output)
         if len(items) == 1:
-            return [base]
-        return [
-            check_output_path(base.with_name(f"{base.stem}_{i + 1}{base.suffix}")) for i in range(len(items))
-        ]
-    taken: set[Path] = set()
-    paths = []
-    for prompt, seed in items:
-        paths.append(auto_output_name(label, prompt, seed, taken))
-        taken.add(paths[-1])
-    return paths
+            paths = [base]
+        else:
+            paths = [base.with_name(f"{base.stem}_{i + 1}{base.suffix}") for i in range(len(items))]
+    else:
+        taken: set[Path] = set()
+        paths = []
+        for prompt, seed in items:
+            paths.append(auto_output_name(label, prompt, seed, taken))
+            taken.add(paths[-1])
+    return [check_output_path(p, sidecar=args.metadata_json) for p in paths]
+
+
+def _shown(path: Path) -> str:
+    """A path as printable text (a name with bytes that are not UTF-8 shows them as \\xNN)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _outcome(paths: list[Path], written: int) -> str:
+    """`wrote 2 of 6 files; missing: a_3.wav, ...` for the line that reports an interrupted run."""
+    missing = [p.name for p in paths[written:]]
+    shown = ", ".join(_shown(Path(m)) for m in missing[:8]) + (
+        f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""
+    )
+    return f"wrote {written} of {len(paths)} file(s); missing: {shown}"
 
 
 def _resolve(args) -> Path:
     """The converted folder to load (downloading and converting on first use of a name)."""
     from ..converted import open_folder
-    from ..resolve import resolve
 
     if args.weights_dir is not None:
         # with a weights folder, --model names the family (or a known model of it) the folder must hold
@@ -211,11 +236,59 @@ def _resolve(args) -> Path:
         return open_folder(args.weights_dir, fam.name).folder
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return resolve(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, quiet=args.quiet)
+    return resolve_model(
+        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, quiet=args.quiet
+    )
+
+
+def _check_cache(model: str, dtype: str | None) -> None:
+    """When `model` must be converted into the cache, the cache must be a writable folder: say so before a
+    download, not after it."""
+    from ..converted import is_converted
+    from ..resolve import cache_dir, cache_root
+
+    repo = registry.short_names().get(model, model)
+    if (
+        model in registry.families()
+        or Path(repo).expanduser().is_dir()
+        and is_converted(Path(repo).expanduser())
+    ):
+        return
+    try:
+        target = cache_dir(repo, dtype)
+    except OSError:
+        return  # resolve() reports the model itself
+    if is_converted(target):
+        return  # only read
+    hint = "set MLX_AUDIO_GENERATE_CACHE to a writable folder"
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"the model cache '{cache_root()}' is not a folder ('{folder}' is a file); {hint}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"the model cache '{cache_root()}' is not writable ('{folder}'); {hint}")
+
+
+def resolve_model(model: str, **kwargs: Any) -> Path:
+    """`resolve.resolve` with the cache checked first; an OSError on the way (the cache's folders, a
+    source folder that cannot be read) is a one-line error naming the file."""
+    from ..resolve import cache_root, resolve
+
+    _check_cache(model, kwargs.get("dtype"))
+    try:
+        return resolve(model, **kwargs)
+    except OSError as e:
+        name = e.filename or cache_root()
+        where = "the model cache" if Path(name).is_relative_to(cache_root()) else "the model files"
+        raise UserError(
+            f"cannot use {where}: {e.strerror or e} ('{name}'); set MLX_AUDIO_GENERATE_CACHE to a writable "
+            "folder if the cache is the problem"
+        ) from None
 
 
 def _main(argv: list[str] | None) -> int:
-    from ..converted import open_folder
+    from ..converted import load_model, open_folder
 
     raw = sys.argv[1:] if argv is None else argv
     if any(a == "--prompts-file" or a.startswith("--prompts-file=") for a in raw):
@@ -235,45 +308,63 @@ def _main(argv: list[str] | None) -> int:
     known = registry.for_model(args.model)
     if known is not None:  # known family: check its flags before any download or load
         family_options(args, known, None)
+    for path in paths:  # temp files of our own earlier runs killed while writing these names
+        remove_stale_temps(path)
+        if args.metadata_json:
+            remove_stale_temps(path.with_name(path.name + ".json"))
     t0 = time.perf_counter()
     conv = open_folder(_resolve(args))
     fam = registry.get(conv.family)
     opts = family_options(args, fam, conv.config)
-    model = fam.load(conv)
-    outputs = []
-    for start in range(0, len(items), args.batch_size):
-        chunk = items[start : start + args.batch_size]
-        part = "" if len(items) == 1 else f" {start + 1}-{start + len(chunk)}/{len(items)}"
-        # a separate bar per stage (the models report stages, the CLI draws them); none with --quiet
-        bars = {"generate": fam.verb + part, "decode": "decoding" + part}
-        audio = model.generate(
-            [p for p, _ in chunk],
-            seconds=args.seconds,
-            seed=[s for _, s in chunk],
-            on_stage=tqdm_stages(bars, args.quiet, units={"decode": "chunk"}),
-            **opts,
-        )
-        for (prompt, seed), clip in zip(chunk, audio, strict=True):
-            outputs.append((prompt, seed, clip))
-    for path, (prompt, seed, clip) in zip(paths, outputs, strict=True):
-        meta = {
-            "prompt": prompt,
-            "model": args.model,
-            "family": fam.name,
-            "seed": seed,
-            "seconds": args.seconds,
-            "settings": {k: v for k, v in opts.items() if v is not None},
-            "generator": "mlx-audio-generate",
-        }
-        if args.normalize is not None:
-            clip, meta["loudness"] = loudness_normalize(clip, model.sample_rate, target_lufs=args.normalize)
-        write_audio(path, clip, model.sample_rate, metadata=meta, sidecar=args.metadata_json)
-        if not args.quiet:
-            dur = clip.shape[-1] / model.sample_rate
-            print(f"wrote {path} ({dur:.2f} s, {clip.shape[0]} ch, {model.sample_rate} Hz, seed {seed})")
+    model = load_model(conv)  # malformed files: a one-line error naming the folder
+    written = 0
+    try:
+        for start in range(0, len(items), args.batch_size):
+            chunk = items[start : start + args.batch_size]
+            part = "" if len(items) == 1 else f" {start + 1}-{start + len(chunk)}/{len(items)}"
+            # a separate bar per stage (the models report stages, the CLI draws them); none with --quiet
+            bars = {"generate": fam.verb + part, "decode": "decoding" + part}
+            audio = model.generate(
+                [p for p, _ in chunk],
+                seconds=args.seconds,
+                seed=[s for _, s in chunk],
+                on_stage=tqdm_stages(bars, args.quiet, units={"decode": "chunk"}),
+                **opts,
+            )
+            # each batch's files are written as soon as it is done: an interruption keeps them
+            for (prompt, seed), clip in zip(chunk, audio, strict=True):
+                path, sr = paths[written], model.sample_rate
+                clip = _write_clip(args, path, prompt, seed, clip, fam, sr, opts)
+                written += 1  # counted before anything else can be interrupted (the line below)
+                if not args.quiet:
+                    what = f"{clip.shape[-1] / sr:.2f} s, {clip.shape[0]} ch, {sr} Hz, seed {seed}"
+                    print(f"wrote {_shown(path)} ({what})", flush=True)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the finished files stay; name the missing ones
+        raise type(e)(_outcome(paths, written) if len(paths) > 1 else "") from None
+    except UserError as e:
+        if written:
+            raise UserError(f"{e}; {_outcome(paths, written)}") from None
+        raise
     if not args.quiet:
         print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
+
+
+def _write_clip(args, path: Path, prompt: str, seed: int, clip, fam: Family, sr: int, opts: dict) -> Any:
+    """Write one clip (loudness-normalised with --normalize) with its metadata; returns what was written."""
+    meta = {
+        "prompt": prompt,
+        "model": args.model,
+        "family": fam.name,
+        "seed": seed,
+        "seconds": args.seconds,
+        "settings": {k: v for k, v in opts.items() if v is not None},
+        "generator": "mlx-audio-generate",
+    }
+    if args.normalize is not None:
+        clip, meta["loudness"] = loudness_normalize(clip, sr, target_lufs=args.normalize)
+    write_audio(path, clip, sr, metadata=meta, sidecar=args.metadata_json)
+    return clip
 
 
 def main(argv: list[str] | None = None) -> int:

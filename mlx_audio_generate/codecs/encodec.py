@@ -20,9 +20,30 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import UserError
+from ..memory import check_bounds
 from ..weights import Checkpoint, torch_conv1d, torch_conv_transpose1d
 
 _PAD_MODES = ("reflect", "constant")  # the modes whose torch semantics _pad_time reproduces
+
+
+# Sanity bounds of the fields that size tensors (MusicGen's 32 kHz codec: 128 hidden, 64 filters, ratios
+# (8, 5, 4, 4), 2048 codes); a corrupt config is refused before the codec is built from it.
+ENCODEC_BOUNDS = {
+    "sampling_rate": (1, 384_000),
+    "audio_channels": (1, 8),
+    "hidden_size": (1, 8192),
+    "num_filters": (1, 4096),
+    "num_residual_layers": (1, 64),
+    "upsampling_ratios": (1, 64),
+    "kernel_size": (1, 64),
+    "last_kernel_size": (1, 64),
+    "residual_kernel_size": (1, 64),
+    "dilation_growth_rate": (1, 16),
+    "compress": (1, 64),
+    "num_lstm_layers": (0, 16),
+    "codebook_size": (2, 65536),
+    "target_bandwidths": (0, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,17 @@ class EncodecConfig:
         return cfg
 
     def _validate(self) -> None:
+        check_bounds(self, ENCODEC_BOUNDS, "EnCodec")
+        check_bounds(
+            {"len(upsampling_ratios)": len(self.upsampling_ratios), "hop_length": self.hop_length},
+            {"len(upsampling_ratios)": (1, 8), "hop_length": (1, 65536)},
+            "EnCodec",
+        )
+        check_bounds(  # the residual quantizer's codebooks (32 for the 32 kHz codec at 24 kbps)
+            {"num_quantizers": self.num_quantizers if self.target_bandwidths else 1},
+            {"num_quantizers": (0, 1024)},
+            "EnCodec",
+        )
         bad = None
         if self.normalize:
             bad = "normalize=true (per-chunk audio scales)"

@@ -20,9 +20,21 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
+from ..memory import check_bounds
 from ..weights import Checkpoint, torch_conv1d, torch_conv_transpose1d
 
 DILATIONS = (1, 3, 9)  # the three residual units of every Oobleck block
+
+
+# Sanity bounds of the fields that size tensors (stable-audio-open-1.0: 128 channels, c_mults up to 16,
+# strides up to 8, latent 64 (encoder 128)); a corrupt config is refused before the VAE is built from it.
+CODER_BOUNDS = {
+    "io_channels": (1, 16),
+    "channels": (1, 4096),
+    "c_mults": (1, 64),
+    "strides": (1, 64),
+    "latent_dim": (1, 8192),
+}
 
 
 @dataclass(frozen=True)
@@ -109,8 +121,53 @@ class OobleckConfig:
         cfg.validate()
         return cfg
 
+    @classmethod
+    def from_diffusers(cls, d: dict[str, Any]) -> OobleckConfig:
+        """From a diffusers `AutoencoderOobleck` config.json (its constructor's defaults for missing keys).
+
+        diffusers shares `channel_multiples` / `downsampling_ratios` between the sides; its encoder is
+        `encoder_hidden_size` wide and emits `encoder_hidden_size` channels (mean || scale), its decoder is
+        `decoder_channels` wide on `decoder_input_channels` latents; Snake everywhere, no final tanh, no
+        scale."""
+        if not isinstance(d, dict):
+            raise UserError(f"AutoencoderOobleck config must be a JSON object, got {type(d).__name__}")
+        if d.get("_class_name", "AutoencoderOobleck") != "AutoencoderOobleck":
+            raise UserError(
+                f"VAE class {d.get('_class_name')!r} is not supported (only 'AutoencoderOobleck')"
+            )
+        try:
+            width = int(d.get("encoder_hidden_size", 128))
+            ratios = tuple(int(r) for r in d.get("downsampling_ratios", [2, 4, 4, 8, 8]))
+            mults = tuple(int(m) for m in d.get("channel_multiples", [1, 2, 4, 8, 16]))
+            io, latent = int(d.get("audio_channels", 2)), int(d.get("decoder_input_channels", 64))
+            dec = int(d.get("decoder_channels", 128))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"AutoencoderOobleck config has a non-integer size: {e}") from None
+
+        def side(channels: int, latent_dim: int) -> CoderConfig:
+            return CoderConfig(io, channels, mults, ratios, latent_dim, use_snake=True)
+
+        cfg = cls(
+            encoder=side(width, width),
+            decoder=side(dec, latent),
+            latent_dim=latent,
+            downsampling_ratio=math.prod(ratios),
+            io_channels=io,
+            final_tanh=False,
+        )
+        cfg.validate()
+        return cfg
+
     def validate(self) -> None:
         e, dd = self.encoder, self.decoder
+        check_bounds(
+            self,
+            {"latent_dim": (1, 4096), "downsampling_ratio": (1, 65536), "io_channels": (1, 16)},
+            "Oobleck",
+        )
+        for name, c in (("encoder", e), ("decoder", dd)):
+            check_bounds(c, CODER_BOUNDS, f"Oobleck {name}")
+            check_bounds({"len(c_mults)": len(c.c_mults)}, {"len(c_mults)": (1, 16)}, f"Oobleck {name}")
         problems = []
         if len(e.c_mults) != len(e.strides) or len(dd.c_mults) != len(dd.strides):
             problems.append("c_mults and strides differ in length")
@@ -356,6 +413,51 @@ class OobleckVAE(nn.Module):
                 res_unit(f"{ref}.{2 + j}", f"{ours}.res.{j}", d.use_snake)
         act(f"decoder.layers.{1 + n}", "decoder.act_out", d.use_snake)
         conv(f"decoder.layers.{2 + n}", "decoder.conv_out", bias=False)
+        return out
+
+    def sanitize_diffusers(self, ckpt: Checkpoint, prefix: str = "") -> dict[str, mx.array]:
+        """Take a diffusers `AutoencoderOobleck` checkpoint's tensors under `prefix`; return ours (weight
+        norm folded).
+
+        Its layout: `{encoder,decoder}.conv1`, `.block.{i}` (encoder: `res_unit1..3`, `snake1`, `conv1`;
+        decoder: `snake1`, `conv_t1`, `res_unit1..3`; a unit: `snake1`, `conv1`, `snake2`, `conv2`),
+        `.snake1`, `.conv2` (no bias in the decoder); Snake parameters are (1, C, 1)."""
+        out: dict[str, mx.array] = {}
+
+        def conv(ref: str, ours: str, transpose: bool = False, bias: bool = True) -> None:
+            w = ckpt.take_conv_weight(prefix + ref)
+            out[f"{ours}.weight"] = torch_conv_transpose1d(w) if transpose else torch_conv1d(w)
+            if bias:
+                out[f"{ours}.bias"] = ckpt.take(f"{prefix}{ref}.bias")
+
+        def snake(ref: str, ours: str) -> None:
+            for p in ("alpha", "beta"):
+                out[f"{ours}.{p}"] = ckpt.take(f"{prefix}{ref}.{p}").reshape(-1)
+
+        def res_unit(ref: str, ours: str) -> None:
+            snake(f"{ref}.snake1", f"{ours}.act1")
+            conv(f"{ref}.conv1", f"{ours}.conv1")
+            snake(f"{ref}.snake2", f"{ours}.act2")
+            conv(f"{ref}.conv2", f"{ours}.conv2")
+
+        for side, c in (("encoder", self.config.encoder), ("decoder", self.config.decoder)):
+            if not c.use_snake:
+                raise UserError("the diffusers Oobleck layout has Snake activations only")
+            conv(f"{side}.conv1", f"{side}.conv_in")
+            for i in range(len(c.strides)):
+                ref, ours = f"{side}.block.{i}", f"{side}.blocks.{i}"
+                if side == "encoder":
+                    for j in range(len(DILATIONS)):
+                        res_unit(f"{ref}.res_unit{j + 1}", f"{ours}.res.{j}")
+                    snake(f"{ref}.snake1", f"{ours}.act")
+                    conv(f"{ref}.conv1", f"{ours}.down")
+                else:
+                    snake(f"{ref}.snake1", f"{ours}.act")
+                    conv(f"{ref}.conv_t1", f"{ours}.up", transpose=True)
+                    for j in range(len(DILATIONS)):
+                        res_unit(f"{ref}.res_unit{j + 1}", f"{ours}.res.{j}")
+            snake(f"{side}.snake1", f"{side}.act_out")
+            conv(f"{side}.conv2", f"{side}.conv_out", bias=side == "encoder")
         return out
 
 

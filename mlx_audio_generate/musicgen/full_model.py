@@ -13,10 +13,15 @@ import mlx.nn as nn
 
 from ..codecs.encodec import Encodec, EncodecConfig, encodec_ignore_patterns
 from ..errors import UserError
+from ..memory import check_bounds
 from ..text.t5 import T5Config, T5Encoder
 from ..weights import Checkpoint
 from .melody import MelodyLM
+from .memory import check_weights
 from .model import DecoderConfig, MusicgenLM
+
+# The melody fields that size tensors (the released checkpoints: 12 chroma bins, 235 chroma frames).
+MELODY_BOUNDS = {"num_chroma": (1, 1024), "chroma_length": (1, 65536)}
 
 
 class MusicGenModel(nn.Module):
@@ -26,14 +31,22 @@ class MusicGenModel(nn.Module):
             if not isinstance(config.get(part), dict):
                 raise UserError(f"MusicGen config lacks its '{part}' section; not a MusicGen checkpoint")
         self.config = config
+        # Every config is parsed (and its sizes bounded) and the weights they describe checked against the
+        # free memory before any module is built: MLX cannot survive a failed allocation.
         t5_cfg = T5Config.from_dict(config["text_encoder"])
+        dec_cfg = DecoderConfig.from_dict(config["decoder"])
+        codec_cfg = EncodecConfig.from_dict(config["audio_encoder"])
+        melody = config.get("model_type") == "musicgen_melody"
+        if melody:
+            check_bounds(config, MELODY_BOUNDS, "MusicGen-Melody")
+        check_weights(config, t5_cfg, dec_cfg, codec_cfg)
         self.text_encoder = T5Encoder(t5_cfg)
         self.lm: MusicgenLM | MelodyLM
-        if config.get("model_type") == "musicgen_melody":
+        if melody:
             self.lm = MelodyLM.from_config(config, t5_cfg.d_model)
         else:
-            self.lm = MusicgenLM(DecoderConfig.from_dict(config["decoder"]), t5_cfg.d_model)
-        self.audio_encoder = Encodec(EncodecConfig.from_dict(config["audio_encoder"]))
+            self.lm = MusicgenLM(dec_cfg, t5_cfg.d_model)
+        self.audio_encoder = Encodec(codec_cfg)
 
     @property
     def is_melody(self) -> bool:

@@ -12,6 +12,7 @@ longform.py). One melody / audio prompt is shared by every text prompt of a batc
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from .delay import num_steps, revert_delay_pattern
 from .family import FAMILY, MAX_TOTAL_SECONDS, SETTINGS
 from .full_model import MusicGenModel
 from .lm_generate import SamplingOptions, generate_codes, generate_steps, head_columns
-from .longform import DEFAULT_WINDOW, Window, extend, melody_window, plan_windows, stride_frames
+from .longform import DEFAULT_WINDOW, Window, WindowPlan, extend, melody_window, plan_windows, stride_frames
+from .memory import check_request
 
 Progress = Callable[[int, int], None]
 # Frames of EnCodec's right-hand receptive field (~3.75 at 32 kHz: a 7-tap conv at the frame rate plus the
@@ -45,16 +47,28 @@ _SAMPLING = [s for s in SETTINGS if s.name in ("temperature", "top_k", "top_p", 
 class _Plan:
     """What `MusicGen._plan` prepares before the first decoder step."""
 
-    windows: list[Window]
+    windows: WindowPlan  # lazy: O(1) memory however many windows
     stride: int  # frames
     prompt_codes: mx.array | None  # the encoded audio prompt, one row per text prompt
     window_args: Callable[[Window], dict]  # generate_codes / generate_steps arguments of a window
-    steps: list[int]  # decoder steps of each window
+    num_codebooks: int
+    audio_channels: int
+
+    def steps(self, w: Window) -> int:
+        """Decoder steps of window `w`."""
+        return num_steps(w.new_frames, self.num_codebooks, self.audio_channels)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.steps(w) for w in self.windows)
 
     def steps_before(self, w: Window) -> int:
         """Decoder steps of the windows before `w`."""
-        i = next(i for i, x in enumerate(self.windows) if x.offset == w.offset)
-        return sum(self.steps[:i])
+        return sum(self.steps(self.windows[i]) for i in range(self.windows.index(w)))
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def window_keys(seed: int | list[int], index: int) -> int | list[int]:
@@ -140,18 +154,23 @@ class MusicGen:
 
     # -- audio inputs -------------------------------------------------------------------------------------
 
-    def _read(self, audio: AudioInput, what: str, channels: int) -> np.ndarray:
+    def _read(self, audio: AudioInput, what: str, channels: int, max_frames: int) -> np.ndarray:
         """A file (any rate/channels soundfile reads, resampled) or an array at the model's rate, as
         float32 channels × samples with `channels` channels (mono: the channel mean; stereo from mono: both
-        sides)."""
+        sides). Of a file only the first `max_frames` samples (at the model's rate) are read: what is used."""
         if isinstance(audio, str | Path):
-            x = read_audio(audio, sample_rate=self.sample_rate, channels=channels)
+            x = read_audio(audio, sample_rate=self.sample_rate, channels=channels, max_frames=max_frames)
         else:
-            x = np.asarray(audio, dtype=np.float32)
+            try:
+                x = np.asarray(audio, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise UserError(f"{what} must be a file path or an array of samples") from None
             if x.ndim == 1:
                 x = x[None]
             if x.ndim != 2 or x.shape[1] == 0:
                 raise UserError(f"{what} must be samples or channels × samples, got shape {x.shape}")
+            if x.shape[0] > x.shape[1]:
+                raise UserError(f"{what} has shape {x.shape}: expected channels × samples, not the transpose")
             x = match_channels(x, channels, what)
         if not np.isfinite(x).all():
             raise UserError(f"{what} holds NaN or infinite samples")
@@ -196,10 +215,12 @@ class MusicGen:
     ) -> _Plan:
         """Check `generate`'s arguments, read the audio inputs, encode the text ("text" stage) and plan the
         windows: everything before the first decoder step (shared by `generate_tokens` and `stream`)."""
+        if not isinstance(prompt, str | list | tuple):
+            raise UserError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = check_prompts(prompt)
         seconds = check_seconds(seconds, MAX_TOTAL_SECONDS)
         window_seconds = self.max_seconds if window_seconds is None else window_seconds
-        if not math.isfinite(window_seconds) or window_seconds <= 0:
+        if not _real(window_seconds) or window_seconds <= 0:
             raise UserError(f"window must be a positive number of seconds, got {window_seconds}")
         given = dict(temperature=temperature, top_k=top_k, top_p=top_p, guidance_coef=guidance_coef)
         s = check_settings(_SAMPLING, given)
@@ -216,19 +237,47 @@ class MusicGen:
         window = round(window_seconds * self.frame_rate)
         stride = stride_frames(extend_stride, window_seconds, self.frame_rate)
 
-        wav = None if melody is None else self._read(melody, "melody", 1)[0]
+        window_samples = round(window_seconds * self.sample_rate)
+        windows = len(plan_windows(total, window, stride))  # the count does not depend on a prompt
+        # The samples of the inputs that are used (a longer file is read only this far, see _read): one
+        # window takes the melody's first chunk_length seconds (the feature extractor cuts there), several
+        # read it from each window's start, wrapping only when it runs out (melody_window); a prompt must be
+        # shorter than both the result and the window.
+        used = (
+            self.chroma_config.max_samples if windows == 1 else (windows - 1) * stride * hop + window_samples
+        )
+        cap = min(samples, window * hop)
+        tokens = max(len(p) for p in prompts) + 2  # sentencepiece: at most about one token a character
+        check_request(
+            dec=self.model.lm.config,
+            codec=self.model.audio_encoder.config,
+            t5=self.model.text_encoder.config,
+            rows=len(prompts),
+            guided=options.guided,
+            window_frames=min(total, window),
+            total_frames=total,
+            text_tokens=tokens,
+            prefix=self.model.lm.chroma_length + tokens if self.is_melody else 0,  # the melody LM's prefix
+            prompt_samples=0 if audio_prompt is None else cap,
+            melody_samples=0 if melody is None else min(used, window_samples),
+            itemsize=self.model.lm.decoder.layer_norm.weight.dtype.size,
+        )
+        wav = None if melody is None else self._read(melody, "melody", 1, used)[0]
         codes = None
         if audio_prompt is not None:
-            audio = self._read(audio_prompt, "audio prompt", self.audio_channels)
-            length = audio.shape[1] / self.sample_rate
+            audio = self._read(audio_prompt, "audio prompt", self.audio_channels, cap)
+            # a file read up to `cap` may be longer still: say so instead of the length read
+            length = (
+                f"{'at least ' if audio.shape[1] >= cap else ''}{audio.shape[1] / self.sample_rate:.2f} s"
+            )
             if audio.shape[1] >= samples:
                 raise UserError(
-                    f"the audio prompt ({length:.2f} s) must be shorter than seconds ({seconds:g} s), "
+                    f"the audio prompt ({length}) must be shorter than seconds ({seconds:g} s), "
                     "the total length of the result"
                 )
             if math.ceil(audio.shape[1] / hop) >= window:
                 raise UserError(
-                    f"the audio prompt ({length:.2f} s) must be shorter than the {window_seconds:g} s window"
+                    f"the audio prompt ({length}) must be shorter than the {window_seconds:g} s window"
                 )
             codes = self.encode_audio(audio)
             codes = mx.broadcast_to(codes, (len(prompts), *codes.shape[1:]))
@@ -239,14 +288,10 @@ class MusicGen:
         if on_stage is not None:
             mx.eval(states, mask)  # the stage's real time (the same values as evaluated with the first step)
         report_stage(on_stage, "text", 1, 1)
-        k, channels = self.model.lm.config.num_codebooks, self.audio_channels
-        steps = [num_steps(w.new_frames, k, channels) for w in plan]
-        window_samples = round(window_seconds * self.sample_rate)
-        index = {w.offset: i for i, w in enumerate(plan)}
 
         def window_args(w: Window) -> dict:
             """generate_codes / generate_steps arguments of window `w` (all but prompt_codes)."""
-            i = index[w.offset]
+            i = plan.index(w)
             chroma = None
             if wav is not None:
                 # one window: the whole melody, as transformers; several: audiocraft's moving, tiled melody
@@ -262,7 +307,9 @@ class MusicGen:
                 chroma=chroma,
             )
 
-        return _Plan(plan, stride, codes, window_args, steps)
+        return _Plan(
+            plan, stride, codes, window_args, self.model.lm.config.num_codebooks, self.audio_channels
+        )
 
     def generate_tokens(
         self,
@@ -287,7 +334,7 @@ class MusicGen:
             prompt, seconds, temperature, top_k, top_p, guidance_coef, seed, melody, audio_prompt,
             extend_stride, window_seconds, on_stage,
         )  # fmt: skip
-        total = sum(p.steps)
+        total = p.total_steps
         report_stage(on_stage, "generate", 0, total)
 
         def run(w: Window, prompt_codes: mx.array | None) -> mx.array:
@@ -389,9 +436,10 @@ class MusicGen:
 
         on_stage: as `generate`'s, but the stages interleave: "decode" counts the samples emitted so far
         (of round(seconds * sample_rate)), reported after each chunk is decoded."""
-        if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
-            raise UserError(f"chunk_seconds must be a positive number, got {chunk_seconds}")
-        if math.isfinite(seconds) and seconds > self.max_seconds:
+        if not _real(chunk_seconds) or chunk_seconds <= 0:
+            raise UserError(f"chunk_seconds must be a positive number, got {chunk_seconds!r}")
+        seconds = check_seconds(seconds, MAX_TOTAL_SECONDS)
+        if seconds > self.max_seconds:
             raise UserError(f"streaming covers one {self.max_seconds:g} s window; use generate() for longer")
         plan = self._plan(
             prompt, seconds, temperature, top_k, top_p, guidance_coef, seed, melody, audio_prompt,

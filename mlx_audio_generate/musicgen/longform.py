@@ -12,8 +12,10 @@ around (tiled) when it runs out, `window` seconds long (audiocraft's `positions 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import mlx.core as mx
 import numpy as np
@@ -36,6 +38,8 @@ def stride_frames(extend_stride: float | None, window_seconds: float, frame_rate
     (the same 60 % of any other window)."""
     if extend_stride is None:
         extend_stride = window_seconds * DEFAULT_STRIDE / DEFAULT_WINDOW
+    if isinstance(extend_stride, bool) or not isinstance(extend_stride, numbers.Real):
+        raise UserError(f"extend stride must be a number of seconds, got {extend_stride!r}")
     if not np.isfinite(extend_stride) or not 0 < extend_stride < window_seconds:
         raise UserError(
             f"extend stride must be more than 0 and less than the {window_seconds:g} s window, "
@@ -47,25 +51,67 @@ def stride_frames(extend_stride: float | None, window_seconds: float, frame_rate
     return stride
 
 
-def plan_windows(total: int, window: int, stride: int, prompt_frames: int = 0) -> list[Window]:
-    """The windows audiocraft runs for `total` frames (all in frames, prompt included in `total`)."""
+class WindowPlan(Sequence[Window]):
+    """The windows audiocraft runs, computed on demand: O(1) memory whatever the length (a call is capped at
+    an hour, but a plan never holds more than the window asked for). Equal to the list of its windows."""
+
+    def __init__(self, total: int, window: int, stride: int, prompt_frames: int = 0):
+        self.total, self.window, self.stride, self.prompt_frames = total, window, stride, prompt_frames
+
+    def __len__(self) -> int:
+        if self.total <= self.window:
+            return 1
+        # window i >= 1 exists while (i - 1) * stride + window < total (it would only repeat known frames)
+        return 1 + -(-(self.total - self.window) // self.stride)
+
+    @overload
+    def __getitem__(self, i: int) -> Window: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Window]: ...
+    def __getitem__(self, i: int | slice) -> Window | list[Window]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"window {i} of {n}")
+        total, window, stride = self.total, self.window, self.stride
+        if i == 0:
+            return Window(0, self.prompt_frames, min(total, window) - self.prompt_frames)
+        offset = i * stride
+        prompt = min(total - (i - 1) * stride, window) - stride  # the previous window's tail
+        return Window(offset, prompt, min(total - offset, window) - prompt)
+
+    def index(self, w: Window, *args: int) -> int:  # type: ignore[override]
+        """Position of `w` (offsets are multiples of the stride): O(1)."""
+        i = w.offset // self.stride
+        if i >= len(self) or self[i] != w:
+            raise ValueError(f"{w} is not in this plan")
+        return i
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, WindowPlan | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        args = f"{self.total}, {self.window}, {self.stride}, {self.prompt_frames}"
+        return f"WindowPlan({args}: {len(self)} windows)"
+
+
+def plan_windows(total: int, window: int, stride: int, prompt_frames: int = 0) -> WindowPlan:
+    """The windows audiocraft runs for `total` frames (all in frames, prompt included in `total`): a lazy
+    sequence equal to the list audiocraft's loop builds."""
     if not 0 < stride < window:
         raise UserError(f"need 0 < stride < window (frames), got stride {stride}, window {window}")
     if prompt_frames >= min(total, window):
         raise UserError(f"a prompt of {prompt_frames} frames leaves nothing to generate")
-    if total <= window:
-        return [Window(0, prompt_frames, total - prompt_frames)]
-    plan, offset, prompt = [], 0, prompt_frames
-    while offset + prompt < total:
-        chunk = min(total - offset, window)
-        plan.append(Window(offset, prompt, chunk - prompt))
-        prompt = chunk - stride
-        offset += stride
-    return plan
+    return WindowPlan(total, window, stride, prompt_frames)
 
 
 def extend(
-    plan: list[Window],
+    plan: Sequence[Window],
     stride: int,
     generate_window: Callable[[Window, mx.array | None], mx.array],
     prompt_codes: mx.array | None = None,

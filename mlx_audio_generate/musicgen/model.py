@@ -25,11 +25,27 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import UserError
+from ..memory import check_bounds
 from ..quantize import residual_linear
 from ..weights import Checkpoint
 from .fused_decode import FusedArgs, fused_args, fused_layers
 
 Offset = int | mx.array
+
+
+# Sanity bounds of the fields that size tensors (musicgen-large: 48 layers, 2048 wide, 32 heads, 8192 ffn,
+# 4 codebooks (stereo 8) of 2048); a corrupt config is refused before the decoder is built from it.
+DECODER_BOUNDS = {
+    "hidden_size": (1, 16384),
+    "num_hidden_layers": (1, 512),
+    "num_attention_heads": (1, 1024),
+    "ffn_dim": (1, 131072),
+    "num_codebooks": (1, 64),
+    "vocab_size": (1, 65536),
+    "max_position_embeddings": (1, 65536),
+    "bos_token_id": (0, 65536),
+    "pad_token_id": (0, 65536),
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class DecoderConfig:
             activation_function=act,
             cross_attention=d.get("model_type") != "musicgen_melody_decoder",
         )
+        check_bounds(cfg, DECODER_BOUNDS, "MusicGen decoder")
         if cfg.hidden_size % cfg.num_attention_heads:
             raise UserError("MusicGen decoder hidden_size is not a multiple of num_attention_heads")
         if cfg.num_codebooks % cfg.audio_channels:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry
-from ..converted import Converted, open_folder, read_meta
+from ..converted import Converted, load_model, open_folder, read_meta
 from ..errors import UserError
 from ..settings import Setting
 
@@ -72,7 +72,7 @@ class ModelEntry:
         """The model, loading it on first use (call from the worker thread: it owns the device)."""
         with self._lock:
             if self._model is None:
-                model = registry.get(self.family).load(self.conv)  # a failure is not cached
+                model = load_model(self.conv)  # a failure is not cached
                 self.sample_rate = int(model.sample_rate)
                 self.max_seconds = float(model.max_seconds)
                 self._model = model

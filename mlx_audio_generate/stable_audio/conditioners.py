@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
+from ..memory import check_bounds
 from ..weights import Checkpoint
 
 # T5Conditioner.T5_MODEL_DIMS: the encoder width, which decides whether a `proj_out` Linear exists.
@@ -32,6 +33,15 @@ T5_MODEL_DIMS = {
     "google/flan-t5-base": 768, "google/flan-t5-large": 1024, "google/flan-t5-3b": 1024,
     "google/flan-t5-11b": 1024, "google/flan-t5-xl": 2048, "google/flan-t5-xxl": 4096,
 }  # fmt: skip
+
+
+# Sanity bounds of the fields that size tensors (stable-audio-open-1.0: 768 wide, T5 max_length 128).
+_COND_BOUNDS = {
+    "cond_dim": (1, 16384),
+    "output_dim": (1, 16384),
+    "t5_dim": (1, 16384),
+    "max_length": (1, 4096),
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,9 @@ class ConditioningConfig:
         for cid in cross + glob:
             if cid not in numbers and cid not in t5:
                 raise UserError(f"conditioning id '{cid}' is used by the diffusion model but not configured")
+        check_bounds({"cond_dim": cond_dim}, _COND_BOUNDS, "conditioning")
+        for cid, c in [*numbers.items(), *t5.items()]:
+            check_bounds(c, {k: v for k, v in _COND_BOUNDS.items() if hasattr(c, k)}, f"conditioner '{cid}'")
         return cls(cond_dim, numbers, t5, cross, glob)
 
 

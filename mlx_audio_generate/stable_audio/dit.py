@@ -39,6 +39,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import UserError
+from ..memory import check_bounds
 from ..quantize import residual_linear
 from ..weights import Checkpoint
 
@@ -68,6 +69,20 @@ _KNOWN = {
     "zero_init_branch_outputs", "timestep_embed_dim", "diffusion_objective",
 }  # fmt: skip
 _OBJECTIVES = ("v", "rectified_flow", "rf_denoiser")
+
+
+# Sanity bounds of the fields that size tensors (stable-audio-open-1.0: 1536 wide, 24 layers, 24 heads,
+# 768-wide T5 tokens, 64 latent channels); a corrupt config is refused before the DiT is built from it.
+DIT_BOUNDS = {
+    "io_channels": (1, 4096),
+    "embed_dim": (1, 16384),
+    "depth": (1, 512),
+    "num_heads": (1, 1024),
+    "cond_token_dim": (0, 16384),
+    "global_cond_dim": (0, 16384),
+    "patch_size": (1, 64),
+    "ff_mult": (0, 64),
+}
 
 
 @dataclass(frozen=True)
@@ -123,9 +138,10 @@ class DiTConfig:
             raise UserError(f"DiT norm_kwargs {norm} are not supported")
         embed_dim = int(d.get("embed_dim", 768))
         num_heads = int(d.get("num_heads", 8))
+        check_bounds({"embed_dim": embed_dim, "num_heads": num_heads}, DIT_BOUNDS, "DiT")
         if embed_dim % num_heads:
             raise UserError(f"DiT embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
-        return cls(
+        cfg = cls(
             io_channels=int(d.get("io_channels", 32)),
             embed_dim=embed_dim,
             depth=int(d.get("depth", 12)),
@@ -139,6 +155,8 @@ class DiTConfig:
             ff_mult=float(ff.get("mult", 4)),
             diffusion_objective=objective,
         )
+        check_bounds(cfg, DIT_BOUNDS, "DiT")
+        return cfg
 
     @property
     def head_dim(self) -> int:

@@ -14,17 +14,24 @@ import mlx.nn as nn
 from ..codecs.oobleck import OobleckConfig, OobleckVAE
 from ..diffusion.samplers import DistributionShift
 from ..errors import UserError
+from ..memory import check_bounds
 from ..text.t5 import T5Config, T5Encoder, t5_ignore_patterns
 from ..weights import Checkpoint
 from .conditioners import ConditioningConfig, StableAudioConditioner
 from .dit import DiTConfig, StableAudioDiT
+from .memory import check_weights
 
 # The numbers the generation API can supply (the reference app sets exactly these two).
 NUMBER_IDS = ("seconds_start", "seconds_total")
 
 
+# The window fields that size tensors (stable-audio-open-1.0: 2097152 samples at 44.1 kHz, ~47 s).
+MODEL_BOUNDS = {"sample_size": (1, 1 << 26), "sample_rate": (1, 384_000)}
+
+
 class StableAudioModel(nn.Module):
-    def __init__(self, model_config: dict[str, Any], t5_config: dict[str, Any]):
+    def __init__(self, model_config: dict[str, Any], t5_config: dict[str, Any], itemsize: float = 2):
+        """itemsize: bytes per stored parameter (converted.py metadata), for the weights' memory check."""
         super().__init__()
         if not isinstance(model_config, dict) or model_config.get("model_type") != "diffusion_cond":
             kind = model_config.get("model_type") if isinstance(model_config, dict) else None
@@ -41,14 +48,21 @@ class StableAudioModel(nn.Module):
             self.sample_rate = int(model_config["sample_rate"])
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"model_config.json lacks a valid {e}") from None
+        window = {"sample_size": self.sample_size, "sample_rate": self.sample_rate}
+        check_bounds(window, MODEL_BOUNDS, "Stable Audio model_config")
         self.model_config = model_config
+        # Every config is parsed (and its sizes bounded) and the weights they describe checked against the
+        # free memory before any module is built: MLX cannot survive a failed allocation.
         t5_cfg = T5Config.from_dict(t5_config)
-        self.t5 = T5Encoder(t5_cfg)
         # The T5 width comes from the T5 actually used, not from the reference's name table.
         cond_cfg = ConditioningConfig.from_dict(model_config, t5_dim=t5_cfg.d_model)
+        dit_cfg = DiTConfig.from_dict(model_config)
+        vae_cfg = OobleckConfig.from_dict(m["pretransform"])
+        check_weights(itemsize, t5_cfg, cond_cfg, dit_cfg, vae_cfg)
+        self.t5 = T5Encoder(t5_cfg)
         self.conditioner = StableAudioConditioner(cond_cfg)
-        self.dit = StableAudioDiT(DiTConfig.from_dict(model_config))
-        self.vae = OobleckVAE(OobleckConfig.from_dict(m["pretransform"]))
+        self.dit = StableAudioDiT(dit_cfg)
+        self.vae = OobleckVAE(vae_cfg)
         self._check_wiring(cond_cfg)
         opts = m["diffusion"].get("distribution_shift_options")
         try:

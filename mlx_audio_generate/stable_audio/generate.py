@@ -41,12 +41,14 @@ from ..converted import Converted, load_weights, open_folder
 from ..diffusion import inpaint
 from ..diffusion import samplers as S
 from ..errors import UserError
+from ..memory import stored_itemsize
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import by_name, check_prompts, check_seconds, check_settings, resolve_seed
 from ..text.t5 import T5Tokenizer, load_tokenizer
 from .conditioners import Conditioning
 from .family import DEFAULTS, FAMILY, Defaults, settings
 from .full_model import StableAudioModel
+from .memory import check_request
 
 Progress = Callable[[int, int], None]
 # A file, or a (channels, samples) / (samples,) array at the model's sample rate.
@@ -129,7 +131,7 @@ class StableAudio:
         for key in ("model_config", "t5"):
             if not isinstance(config.get(key), dict):
                 raise UserError(f"'{folder}/config.json' lacks its '{key}' section; convert the model again")
-        model = StableAudioModel(config["model_config"], config["t5"])
+        model = StableAudioModel(config["model_config"], config["t5"], stored_itemsize(config))
         load_weights(model, conv)
         # The VAE's output is the waveform itself: it decodes in float32 whatever the stored dtype
         # (bfloat16's 8-bit mantissa would put a ~-48 dB noise floor on the audio); it is ~10% of the model.
@@ -192,7 +194,8 @@ class StableAudio:
         """The clip (channels, samples) float32 at the model's rate with the model's channel count (the
         reference's `set_audio_channels`: mono is repeated, extra channels dropped, a mono model averages)."""
         if isinstance(audio, (str, Path)):
-            a = read_audio(audio, sample_rate=self.sample_rate)  # UserError if missing or unreadable
+            # UserError if missing or unreadable; only the window is read (the rest would be cropped below)
+            a = read_audio(audio, sample_rate=self.sample_rate, max_frames=self.model.sample_size)
         else:
             try:
                 a = np.asarray(audio, dtype=np.float32)
@@ -265,6 +268,8 @@ class StableAudio:
         1/1), "generate" (0/steps, then after each sampler step) and "decode" (the VAE, 0/1 and 1/1: one
         piece); see progress.py.
         """
+        if not isinstance(prompt, str | list | tuple):
+            raise UserError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         d = self.defaults
         a2a = self._check_a2a(
@@ -283,7 +288,19 @@ class StableAudio:
         cfg = d.cfg_scale if cfg_scale is None else cfg_scale
         sampler = sampler or d.sampler
         samples = self._check(prompts, seconds, steps, sampler, cfg, seed)
+        negative_prompt = by_name(self.settings)["negative_prompt"].check(negative_prompt)
         steps, cfg = int(steps), float(cfg)
+        dit = self.model.dit
+        check_request(  # before anything is allocated: MLX cannot survive a failed allocation
+            dit=dit.config,
+            vae=self.model.vae.config,
+            rows=len(prompts),
+            cfg_pair=cfg != 1.0,
+            sample_size=self.model.sample_size,
+            latent_frames=self.model.latent_frames,
+            text_tokens=self.model.text_max_length,
+            audio_input=clip is not None,
+        )
         if inpaint_audio is not None:
             inpaint.check_mask_args(
                 mask_start, mask_end, mask_softness_left, mask_softness_right, marination,
@@ -298,7 +315,6 @@ class StableAudio:
             parts = [v for c in conds for v in (c.cross_attn_cond, c.cross_attn_mask, c.global_cond)]
             mx.eval([v for v in parts if v is not None])
         report_stage(on_stage, "text", 1, 1)
-        dit = self.model.dit
         dit_cond = dit.cfg_condition(
             cond.cross_attn_cond,
             cond.global_cond,

@@ -25,6 +25,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import UserError
+from ..memory import check_bounds
 from ..weights import Checkpoint
 
 _ACTIVATIONS = {
@@ -33,6 +34,20 @@ _ACTIVATIONS = {
     "gelu_new": lambda x: 0.5 * x * (1.0 + mx.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
     "gelu": nn.gelu,
     "silu": nn.silu,
+}
+
+
+# Sanity bounds of the fields that size tensors (t5-v1_1-xxl: 24 layers, 4096 wide, 64 heads, 10240 ffn,
+# 32128 tokens); a corrupt config is refused before the encoder is built from it.
+T5_BOUNDS = {
+    "vocab_size": (1, 1_048_576),
+    "d_model": (1, 16384),
+    "d_kv": (1, 4096),
+    "d_ff": (1, 131072),
+    "num_layers": (1, 256),
+    "num_heads": (1, 1024),
+    "relative_attention_num_buckets": (1, 4096),
+    "relative_attention_max_distance": (1, 1_048_576),
 }
 
 
@@ -60,7 +75,7 @@ class T5Config:
         if len(parts) > 2 or (len(parts) == 2 and not gated) or act not in _ACTIVATIONS:
             raise UserError(f"unsupported T5 feed_forward_proj '{proj}' (supported: relu, gated-gelu, ...)")
         try:
-            return cls(
+            cfg = cls(
                 vocab_size=int(d["vocab_size"]),
                 d_model=int(d["d_model"]),
                 d_kv=int(d["d_kv"]),
@@ -75,6 +90,8 @@ class T5Config:
             )
         except KeyError as e:
             raise UserError(f"T5 config lacks {e}: not a T5 config") from None
+        check_bounds(cfg, T5_BOUNDS, "T5")
+        return cfg
 
 
 def relative_position_bucket(

@@ -118,3 +118,19 @@ def test_defaults_agree(musicgen_converted, tmp_path, capsys):
     a = model.generate("x", seconds=0.1, seed=1)
     b = model.generate("x", seconds=0.1, seed=1, **schema)
     assert (a == b).all()
+
+
+def test_text_settings_must_be_valid_unicode(stable_audio_small_converted, tmp_path):
+    """A lone surrogate (JSON "\\ud800") in a text setting: refused by the server and the API alike."""
+    from fastapi.testclient import TestClient
+
+    from mlx_audio_generate.server import create_app, discover_models
+
+    app = create_app(discover_models({"m": stable_audio_small_converted}), tmp_path)
+    body = {"model": "m", "prompt": "x", "seconds": 0.2, "negative_prompt": "noise \ud800"}
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # json.dumps escapes it: valid JSON on the wire
+        r = c.post("/api/jobs", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "negative_prompt" in r.json()["message"], r.text
+    model = mlx_audio_generate.load(stable_audio_small_converted)
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        model.generate("x", seconds=0.2, seed=0, steps=1, negative_prompt="noise \ud800")

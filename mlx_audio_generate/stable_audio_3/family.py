@@ -68,6 +68,11 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
         Setting("inpaint_regions", "text", None, "Inpaint regions",
                 "regions of --inpaint-audio to regenerate, in seconds: START:END[,START:END...] "
                 "(END may be left out: to the end)", metavar="START:END,...", max_length=1000, **audio),
+        # LoRA files are read from this machine: the CLI and the Python API take them, not batch lines or
+        # the server (whose clients must not name server paths)
+        Setting("lora", "text", None, "LoRA",
+                "LoRA adapters applied for this run, stacked in order: PATH[:STRENGTH][,PATH[:STRENGTH]...] "
+                "(.safetensors with lora_config metadata)", metavar="PATH[:S],...", max_length=4000, **audio),
     ]  # fmt: skip
 
 

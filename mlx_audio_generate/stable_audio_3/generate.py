@@ -49,6 +49,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -63,6 +64,7 @@ from ..settings import check_prompts, check_seconds, check_settings, resolve_see
 from .conditioners import TextTokenizers, conditioning_inputs
 from .family import DEFAULTS, FAMILY, INIT_NOISE_LEVEL, Defaults, settings
 from .full_model import SA3Model
+from .lora import apply_loras, parse_loras
 from .regions import check_regions, nearest, parse_regions, sample_mask
 
 Progress = Callable[[int, int], None]
@@ -228,6 +230,7 @@ class StableAudio3:
         init_noise_level: float | None = None,
         inpaint_audio: AudioInput | None = None,
         inpaint_regions: str | Sequence[Sequence[float | None]] | None = None,
+        lora: str | Sequence[Any] | None = None,
         headroom_seconds: float = HEADROOM_SECONDS,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
@@ -237,7 +240,9 @@ class StableAudio3:
         empty negative prompt means none. init_audio: a variation of this clip, init_noise_level t in (0, 1]
         (default 0.9). inpaint_audio + inpaint_regions ("START:END,..." seconds or [(start, end), ...], END
         None = to the end): regenerate those regions, keep the rest (continuation: a region past the clip's
-        end). headroom_seconds: the reference's duration_padding_sec (module doc; 0 = exact length).
+        end). lora: adapter files applied for this call ("PATH[:STRENGTH],..." or paths, (path, strength)
+        pairs or lora.LoRASpec, stacked in order; the reference's LoRA application, see lora.py).
+        headroom_seconds: the reference's duration_padding_sec (module doc; 0 = exact length).
         `progress(done, total)` after each step; `on_stage(stage, done, total)` for "text" (0/1, 1/1),
         "generate" (0/steps, then each step) and "decode" (0/1, 1/1), see progress.py."""
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
@@ -272,64 +277,76 @@ class StableAudio3:
         latents = n_samples // ratio
         pad = self.padding_mask(seconds, float(headroom_seconds), latents)
 
-        # 2. noise, 3. conditioning (the local pair first: it is part of the DiT's conditioning)
-        noise, noise_fn = self.draw_noise(seed, (b, self.model.dit.config.io_channels, latents), steps)
-        report_stage(on_stage, "text", 0, 1)
-        local = None
-        if spans is not None:
-            mask = nearest(sample_mask(spans, seconds, self.sample_rate, n_samples), latents)
-            mask = mx.broadcast_to(mx.array(mask)[None, None], (b, 1, latents))
-            encoded = self.encode_audio(source, n_samples)
-            local = {
-                "inpaint_mask": mask,
-                "inpaint_masked_input": mx.broadcast_to(encoded, noise.shape) * mask,
-            }
-        cond = self.condition(prompts, seconds, local)
-        neg = None
-        if negative_prompt and cfg != 1.0:  # the reference's negative conditioning only acts under CFG
-            neg = self.condition([negative_prompt] * b, seconds)
-        dit = self.model.dit
-        dit_cond = dit.cfg_condition(
-            cond["cross_attn_cond"],
-            cond["global_cond"],
-            cfg,
-            local_add_cond=cond["local_add_cond"],
-            padding_mask=mx.broadcast_to(mx.array(pad)[None], (b, latents)),
-            negative_cross_attn_cond=None if neg is None else neg["cross_attn_cond"],
-            negative_cross_attn_mask=None if neg is None else neg["cross_attn_mask"],
-        )
-        if on_stage is not None:  # the stage's real time
-            mx.eval([v for v in (*dit_cond.kv, dit_cond.global_embed) if v is not None])
-        report_stage(on_stage, "text", 1, 1)
+        adapters = apply_loras(self.model.dit, self.model.conditioner, parse_loras(lora)) if lora else None
+        try:
+            # 2. noise, 3. conditioning (the local pair first: it is part of the DiT's conditioning)
+            noise, noise_fn = self.draw_noise(seed, (b, self.model.dit.config.io_channels, latents), steps)
+            report_stage(on_stage, "text", 0, 1)
+            local = None
+            if spans is not None:
+                mask = nearest(sample_mask(spans, seconds, self.sample_rate, n_samples), latents)
+                mask = mx.broadcast_to(mx.array(mask)[None, None], (b, 1, latents))
+                encoded = self.encode_audio(source, n_samples)
+                local = {
+                    "inpaint_mask": mask,
+                    "inpaint_masked_input": mx.broadcast_to(encoded, noise.shape) * mask,
+                }
+            cond = self.condition(prompts, seconds, local)
+            neg = None
+            if negative_prompt and cfg != 1.0:  # the reference's negative conditioning only acts under CFG
+                neg = self.condition([negative_prompt] * b, seconds)
+            dit = self.model.dit
+            cond_args = (cond["cross_attn_cond"], cond["global_cond"], cfg)
+            cond_kwargs = dict(
+                local_add_cond=cond["local_add_cond"],
+                padding_mask=mx.broadcast_to(mx.array(pad)[None], (b, latents)),
+                negative_cross_attn_cond=None if neg is None else neg["cross_attn_cond"],
+                negative_cross_attn_mask=None if neg is None else neg["cross_attn_mask"],
+            )
+            dit_cond = dit.cfg_condition(*cond_args, **cond_kwargs)
+            if on_stage is not None:  # the stage's real time
+                mx.eval([v for v in (*dit_cond.kv, dit_cond.global_embed) if v is not None])
+            report_stage(on_stage, "text", 1, 1)
 
-        # 4. audio-to-audio, 5. sampling
-        init = None
-        if clip is not None:
-            init = mx.broadcast_to(self.encode_audio(clip, n_samples), noise.shape)
-        report_stage(on_stage, "generate", 0, steps)
-        report = step_reporter(progress, on_stage, steps)
-        out = flow.sample_flow(
-            lambda x, t: dit.guided(x, t, dit_cond, cfg, apg),
-            noise,
-            steps,
-            objective=self.model.objective,
-            sampler=sampler,
-            init_data=init,
-            init_noise_level=INIT_NOISE_LEVEL if init_noise_level is None else float(init_noise_level),
-            shift=self.model.shift,
-            seq_len=self.effective_latents(seconds),
-            noise_fn=noise_fn,
-            callback=None if report is None else (lambda info: report(info.i + 1, info.steps)),
-        )
+            # 4. audio-to-audio, 5. sampling
+            init = None
+            if clip is not None:
+                init = mx.broadcast_to(self.encode_audio(clip, n_samples), noise.shape)
+            report_stage(on_stage, "generate", 0, steps)
+            report = step_reporter(progress, on_stage, steps)
 
-        # 6. decode
-        report_stage(on_stage, "decode", 0, 1)
-        audio = self.decode(out)
-        keep = np.repeat(pad, ratio)[: audio.shape[-1]]
-        keep = np.pad(keep, (0, max(audio.shape[-1] - keep.shape[0], 0)))
-        audio = mx.clip(audio * mx.array(keep.astype(np.float32)), -1.0, 1.0)[..., :n_out]
-        result = np.array(audio.astype(mx.float32))
-        report_stage(on_stage, "decode", 1, 1)
+            def model_fn(x: mx.array, t: mx.array) -> mx.array:
+                nonlocal dit_cond
+                # an adapter with a sigma interval switching on or off changes the DiT's own projections
+                if adapters is not None and adapters.activate(float(t[0])):
+                    dit_cond = dit.cfg_condition(*cond_args, **cond_kwargs)
+                return dit.guided(x, t, dit_cond, cfg, apg)
+
+            out = flow.sample_flow(
+                model_fn,
+                noise,
+                steps,
+                objective=self.model.objective,
+                sampler=sampler,
+                init_data=init,
+                init_noise_level=INIT_NOISE_LEVEL if init_noise_level is None else float(init_noise_level),
+                shift=self.model.shift,
+                seq_len=self.effective_latents(seconds),
+                noise_fn=noise_fn,
+                callback=None if report is None else (lambda info: report(info.i + 1, info.steps)),
+            )
+
+            # 6. decode
+            report_stage(on_stage, "decode", 0, 1)
+            audio = self.decode(out)
+            keep = np.repeat(pad, ratio)[: audio.shape[-1]]
+            keep = np.pad(keep, (0, max(audio.shape[-1] - keep.shape[0], 0)))
+            audio = mx.clip(audio * mx.array(keep.astype(np.float32)), -1.0, 1.0)[..., :n_out]
+            result = np.array(audio.astype(mx.float32))
+            report_stage(on_stage, "decode", 1, 1)
+        finally:
+            if adapters is not None:
+                adapters.remove()
         return result
 
     def _check_inputs(

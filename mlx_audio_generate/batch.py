@@ -14,9 +14,6 @@ else is (re)generated, so a killed run never counts a half-written file.
 Determinism: an item's seed is its line's "seed", else a hash of (base seed, id or index), never the rank
 or the number of ranks; at batch size 1 an item's file is the same bytes on 1 or N ranks, and the same as
 `mlx-audio-generate --seed <its seed>` gives (the manifest lists each seed).
-
-Test-only: `MLX_AUDIO_GENERATE_TEST_KILL_AFTER=<rank>:<k>` makes that rank SIGKILL itself after writing k
-items (tests/test_distributed.py uses it to simulate a crashed machine). Nothing else reads it.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sys
 import tempfile
@@ -46,7 +42,6 @@ ITEM_KEYS = ("prompt", "id", "seed")
 FORMATS = ("wav", "flac", "ogg", "mp3")
 MANIFEST = "manifest.jsonl"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_KILL_ENV = "MLX_AUDIO_GENERATE_TEST_KILL_AFTER"
 
 
 @dataclass(frozen=True)
@@ -324,14 +319,6 @@ class Generator:
         return list(audio)
 
 
-def _kill_after() -> tuple[int, int] | None:
-    spec = os.environ.get(_KILL_ENV)
-    if not spec:
-        return None
-    rank, k = spec.split(":")
-    return int(rank), int(k)
-
-
 def run_shard(
     items: list[Item],
     load: Callable[[], Any],
@@ -367,9 +354,7 @@ def run_shard(
     check(model)
     generate = Generator(model, quiet)
     sr = model.sample_rate
-    kill = _kill_after()
     host = socket.gethostname()
-    written = 0
     try:
         for batch in batches(todo, batch_size):
             t0 = time.perf_counter()
@@ -401,11 +386,8 @@ def run_shard(
                 except OSError as e:
                     raise UserError(f"cannot write '{side}': {e.strerror or e}") from None
                 rows.append({**row, "skipped": False})
-                written += 1
                 if not quiet:
                     print(f"[rank {rank}] {path} ({samples / sr:.2f} s, seed {item.seed})", file=sys.stderr)
-                if kill is not None and kill == (rank, written):
-                    os.kill(os.getpid(), signal.SIGKILL)  # test-only: a crashed machine (see module doc)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: every finished item is on disk; say so
         where = f" on rank {rank}" if rank else ""
         raise type(e)(

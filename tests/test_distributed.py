@@ -1,8 +1,9 @@
 """Batch jobs over 2 ranks: `mlx.launch -n 2 --backend ring` on 127.0.0.1 with the tiny MusicGen.
 
 The union of the ranks' files is the single-process run's, byte for byte (batch size 1); rank 0's manifest
-covers every item; a rank killed mid-run (the test-only MLX_AUDIO_GENERATE_TEST_KILL_AFTER, see batch.py)
-leaves no manifest and no half-written file counted as done, and a rerun finishes only what is missing.
+covers every item; a rank killed mid-run (MLX_AUDIO_GENERATE_TEST_KILL_AFTER, read by the test-only
+tests/distributed_hook/sitecustomize.py that every rank loads) leaves no manifest and no half-written file
+counted as done, and a rerun finishes only what is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from mlx_audio_generate.cli import batch as batch_cli
 
 LAUNCH = Path(sys.executable).with_name("mlx.launch")
+HOOK = Path(__file__).parent / "distributed_hook"  # sitecustomize.py: the test-only kill switch
 pytestmark = pytest.mark.skipif(not LAUNCH.exists(), reason="mlx.launch is not installed beside python")
 
 
@@ -41,7 +43,7 @@ def free_ports() -> int:
 
 def launch(weights, jobs: Path, out: Path, *env: str) -> subprocess.CompletedProcess:
     cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "-p", str(free_ports())]
-    cmd += [x for e in env for x in ("--env", e)]
+    cmd += [x for e in (*env, f"PYTHONPATH={HOOK}") for x in ("--env", e)]
     cmd += ["--", sys.executable, "-m", "mlx_audio_generate.cli.batch", "--weights-dir", str(weights)]
     cmd += ["--prompts-file", str(jobs), "--output-dir", str(out)]
     return subprocess.run(

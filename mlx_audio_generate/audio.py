@@ -221,6 +221,33 @@ def read_audio(
     return audio if max_frames is None else audio[:, :max_frames]
 
 
+def load_clip(
+    audio: str | Path | np.ndarray, what: str, sample_rate: int, channels: int, max_frames: int
+) -> np.ndarray:
+    """An audio input (a file, or a (channels, samples) array at `sample_rate`) as a contiguous float32
+    (channels, <= max_frames) clip with `channels` channels (stable-audio-tools' `set_audio_channels`: mono
+    repeated, extra channels dropped, a mono model averages); a one-line UserError naming `what` when the
+    array has the wrong shape (or is the transpose) or holds NaN / infinite samples."""
+    if isinstance(audio, (str, Path)):
+        # UserError if missing or unreadable; only the window is read (the rest would be cropped below)
+        a = read_audio(audio, sample_rate=sample_rate, max_frames=max_frames)
+    else:
+        try:
+            a = np.asarray(audio, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise UserError(f"{what} must be a file path or a (channels, samples) array") from None
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise UserError(f"{what} must be a (channels, samples) array, got shape {a.shape}")
+        if a.shape[0] > a.shape[1]:
+            raise UserError(f"{what} has shape {a.shape}: expected (channels, samples), not the transpose")
+    if not np.isfinite(a).all():
+        raise UserError(f"{what} contains NaN or infinite samples")
+    a = match_channels(a, channels, what, drop_extra=True)
+    return np.ascontiguousarray(a[:, :max_frames], dtype=np.float32)
+
+
 def _input_frames(out_frames: int, sr_in: int, sr_out: int | None) -> int:
     """Input samples that determine the first `out_frames` output samples of `resample(., sr_in, sr_out)`:
     their span plus the reach of scipy's polyphase filter (half_len = 10 * max(up, down) upsampled taps)."""

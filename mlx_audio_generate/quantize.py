@@ -25,7 +25,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import UserError
-from .family import QuantizeSpec
+from .family import ConvertJob, QuantizeSpec
+from .progress import eval_weights
+from .weights import dtype_name
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
@@ -80,6 +82,25 @@ def quantize_model(model: nn.Module, spec: QuantizeSpec, bits: int, group_size: 
 def model_weights(model: nn.Module) -> dict:
     """The model's parameters as the flat {name: array} that model.safetensors holds."""
     return dict(tree_flatten(model.parameters()))
+
+
+def load_and_quantize(
+    model: nn.Module, weights: dict, job: ConvertJob, spec: QuantizeSpec, misfit: str, meta: dict[str, Any]
+) -> tuple[dict, dict[str, Any]]:
+    """A conversion's last step before writing: `weights` loaded strictly into `model` (a missing parameter
+    or a wrong shape is the UserError "{misfit}: ..." before anything is written), evaluated tensor by tensor
+    (the conversion's work, `job.progress(done, total)`), then quantized when the job asks. Returns the
+    weights to write and the folder's metadata: {"dtype", **meta, "quantization" when quantized}."""
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise UserError(f"{misfit}: {e}") from None
+    eval_weights(weights, job.progress)
+    meta = {"dtype": job.dtype or dtype_name(weights), **meta}
+    if job.quantize_bits is not None:
+        meta["quantization"] = quantize_model(model, spec, job.quantize_bits, job.quantize_group_size)
+        weights = model_weights(model)
+    return weights, meta
 
 
 def apply_saved_quantization(model: nn.Module, weights: dict, meta: dict[str, Any], where: str) -> None:

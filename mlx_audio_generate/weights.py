@@ -21,6 +21,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -39,18 +40,29 @@ def _load_safetensors(path: Path) -> dict[str, mx.array]:
         ) from None
 
 
-def _load_torch_bin(path: Path) -> dict[str, mx.array]:
+def torch_load(path: Path, kind: str = "pickle checkpoint", instead: str = "", refused: str = "") -> Any:
+    """`torch.load(path, weights_only=True)`, the one way a pickle is read (it refuses to execute code), or a
+    one-line UserError: without PyTorch (naming the file a `kind`, then `instead`, e.g. ", or use ...") or
+    when torch refuses or cannot read it (then `refused`, e.g. "; use ...")."""
     try:
         import torch
     except ImportError:
         raise UserError(
-            f"{path.name} is a pickle checkpoint; reading it safely needs PyTorch "
-            "(`pip install 'mlx-audio-generate[torch]'`), or use a repo that ships safetensors"
+            f"{path.name} is a {kind}; reading it safely needs PyTorch "
+            f"(`pip install 'mlx-audio-generate[torch]'`){instead}"
         ) from None
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read {path} safely with torch.load(weights_only=True): {e}") from None
+        raise UserError(
+            f"cannot read {path} safely with torch.load(weights_only=True): {e}{refused}"
+        ) from None
+
+
+def _load_torch_bin(path: Path) -> dict[str, mx.array]:
+    state = torch_load(path, instead=", or use a repo that ships safetensors")
+    import torch  # present: torch_load needed it
+
     if not isinstance(state, dict):
         raise UserError(f"{path} holds a {type(state).__name__}, not a dict of tensors; not a checkpoint")
     out = {}

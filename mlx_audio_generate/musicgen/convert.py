@@ -8,9 +8,8 @@ from pathlib import Path
 from ..converted import write_folder
 from ..errors import UserError
 from ..family import ConvertJob
-from ..progress import eval_weights
-from ..quantize import model_weights, quantize_model
-from ..weights import Checkpoint, cast, dtype_name, read_tensors
+from ..quantize import load_and_quantize
+from ..weights import Checkpoint, cast, read_tensors
 from .family import FAMILY
 from .full_model import MusicGenModel
 
@@ -45,17 +44,13 @@ def convert_musicgen(job: ConvertJob) -> None:
     model = MusicGenModel(config)
     ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {job.source}")
     weights = cast(model.sanitize(ckpt), job.dtype)
-    # Strict load: a missing parameter or a wrong shape fails here, before anything is written.
-    try:
-        model.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        raise UserError(f"checkpoint does not fit the MusicGen config: {e}") from None
-    eval_weights(weights, job.progress)  # the conversion's work, tensor by tensor: `progress(done, total)`
-    meta = {"dtype": job.dtype or dtype_name(weights), "source": job.source}
-    if job.quantize_bits is not None:
-        meta["quantization"] = quantize_model(
-            model, FAMILY.quantize, job.quantize_bits, job.quantize_group_size
-        )
-        weights = model_weights(model)
+    weights, meta = load_and_quantize(
+        model,
+        weights,
+        job,
+        FAMILY.quantize,
+        "checkpoint does not fit the MusicGen config",
+        {"source": job.source},
+    )
     files = [src / n for n in TOKENIZER_FILES + EXTRA_FILES if (src / n).is_file()]
     write_folder(job.out, FAMILY.name, config, weights, meta, files)

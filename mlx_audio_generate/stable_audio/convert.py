@@ -17,9 +17,8 @@ import mlx.core as mx
 from ..converted import write_folder
 from ..errors import UserError
 from ..family import ConvertJob
-from ..progress import eval_weights
-from ..quantize import model_weights, quantize_model
-from ..weights import Checkpoint, cast, dtype_name, read_tensors
+from ..quantize import load_and_quantize
+from ..weights import Checkpoint, cast, read_tensors
 from .family import FAMILY, T5_BASE_REPO
 from .full_model import StableAudioModel
 
@@ -85,17 +84,13 @@ def convert_stable_audio(job: ConvertJob) -> None:
     ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {job.source}")
     t5_ckpt = Checkpoint(t5_tensors, name=f"T5 checkpoint {t5_folder}")
     weights = cast(model.sanitize(ckpt, t5_ckpt), job.dtype)
-    # Strict load: a missing parameter or a wrong shape fails here, before anything is written.
-    try:
-        model.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        raise UserError(f"checkpoint does not fit its model_config.json: {e}") from None
-    eval_weights(weights, job.progress)  # the conversion's work, tensor by tensor: `progress(done, total)`
-    meta = {"dtype": job.dtype or dtype_name(weights), "source": job.source, "t5_source": str(t5_folder)}
-    if job.quantize_bits is not None:
-        meta["quantization"] = quantize_model(
-            model, FAMILY.quantize, job.quantize_bits, job.quantize_group_size
-        )
-        weights = model_weights(model)
+    weights, meta = load_and_quantize(
+        model,
+        weights,
+        job,
+        FAMILY.quantize,
+        "checkpoint does not fit its model_config.json",
+        {"source": job.source, "t5_source": str(t5_folder)},
+    )
     files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
     write_folder(job.out, FAMILY.name, {"model_config": model_config, "t5": t5_config}, weights, meta, files)

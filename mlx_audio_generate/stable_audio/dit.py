@@ -36,8 +36,20 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
+from ..diffusion.dit_parts import MLP as _MLP
+from ..diffusion.dit_parts import Compiled as _Compiled
+from ..diffusion.dit_parts import (
+    DiTWidths,
+    GLUFeedForward,
+    check_inv_freq,
+    partial_rope,
+    rope_inv_freq,
+    take_conv1x1,
+    take_linears,
+    uncond_tokens,
+)
+from ..diffusion.dit_parts import on_gpu as _on_gpu
 from ..errors import UserError
 from ..memory import check_bounds
 from ..quantize import residual_linear
@@ -86,7 +98,7 @@ DIT_BOUNDS = {
 
 
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(DiTWidths):
     io_channels: int
     embed_dim: int
     depth: int
@@ -157,34 +169,6 @@ class DiTConfig:
         )
         check_bounds(cfg, DIT_BOUNDS, "DiT")
         return cfg
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-    @property
-    def rotary_dim(self) -> int:
-        return max(self.head_dim // 2, 32)  # ContinuousTransformer: RotaryEmbedding(max(dim_heads // 2, 32))
-
-    @property
-    def cond_embed_dim(self) -> int:
-        return self.embed_dim if self.project_cond_tokens else self.cond_token_dim
-
-    @property
-    def global_embed_dim(self) -> int:
-        return self.embed_dim if self.project_global_cond else self.global_cond_dim
-
-
-class _MLP(nn.Module):
-    """Linear -> SiLU -> Linear (to_timestep_embed / to_cond_embed / to_global_embed)."""
-
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, bias: bool):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden, bias=bias)
-        self.fc2 = nn.Linear(d_hidden, d_out, bias=bias)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(nn.silu(self.fc1(x)))
 
 
 class _LayerNorm(nn.Module):
@@ -281,8 +265,7 @@ class Attention(nn.Module):
         )
         q, k = self._norm_q(q), self._norm_k(k)
         # The reference rotates in float32 (half-split layout = MLX's non-traditional rope) and casts back.
-        q = mx.fast.rope(q, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_freqs)
-        k = mx.fast.rope(k, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_freqs)
+        q, k = partial_rope(q, rotary_dim, rope_freqs), partial_rope(k, rotary_dim, rope_freqs)
         o = _attend(q.astype(v.dtype), k.astype(v.dtype), v, self.scale, impl)
         return self._out(o, residual)
 
@@ -301,20 +284,6 @@ class Attention(nn.Module):
         return self._out(o, residual)
 
 
-class FeedForward(nn.Module):
-    """GLU with SiLU: `proj_in` gives [x, gate]; out = proj_out(x * silu(gate))."""
-
-    def __init__(self, dim: int, mult: float):
-        super().__init__()
-        inner = int(dim * mult)
-        self.proj_in = nn.Linear(dim, 2 * inner)
-        self.proj_out = nn.Linear(inner, dim)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        h, gate = mx.split(self.proj_in(x), 2, axis=-1)
-        return self.proj_out(h * nn.silu(gate))
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -326,7 +295,7 @@ class TransformerBlock(nn.Module):
             self.cross_norm = _LayerNorm(d, 1e-5)
             self.cross_attn = Attention(d, cfg.head_dim, cfg.qk_norm, context_dim=cfg.cond_embed_dim)
         self.ff_norm = _LayerNorm(d, 1e-5)
-        self.ff = FeedForward(d, cfg.ff_mult)
+        self.ff = GLUFeedForward(d, int(d * cfg.ff_mult))
 
     def __call__(
         self,
@@ -372,17 +341,6 @@ def _rescale(cond_out: mx.array, cfg_out: mx.array, scale_phi: float) -> mx.arra
     return scale_phi * (cfg_out * (cond_std / cfg_std)) + (1 - scale_phi) * cfg_out
 
 
-class _Compiled:
-    """Compiled-function cache (a plain object, so nn.Module does not take it for part of the tree)."""
-
-    def __init__(self) -> None:
-        self.fns: dict[tuple, Any] = {}
-
-
-def _on_gpu() -> bool:
-    return mx.default_device().type == mx.DeviceType.gpu
-
-
 class StableAudioDiT(nn.Module):
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -404,11 +362,9 @@ class StableAudioDiT(nn.Module):
         self.blocks = [TransformerBlock(c) for _ in range(c.depth)]
         self.project_out = nn.Linear(c.embed_dim, dim_in, bias=False)
         self.postprocess_conv = nn.Linear(c.io_channels, c.io_channels, bias=False)
-        # RotaryEmbedding.inv_freq = 1 / 10000^(2i/d) in float32; MLX's rope takes its reciprocal ("periods").
-        # Passing them (instead of base=10000) reproduces the reference's angles to ~1e-7 rather than ~2e-5.
+        # RotaryEmbedding.inv_freq and its reciprocal for MLX's rope (dit_parts.rope_inv_freq).
         # Underscored: not a parameter, so it stays float32 whatever dtype the weights are cast to.
-        inv = 1.0 / (np.float32(10000.0) ** (np.arange(0, c.rotary_dim, 2, dtype=np.float32) / c.rotary_dim))
-        self._inv_freq = inv.astype(np.float32)
+        self._inv_freq = rope_inv_freq(c.rotary_dim)
         self._rope_freqs = mx.array(1.0 / self._inv_freq)
 
     @property
@@ -458,17 +414,12 @@ class StableAudioDiT(nn.Module):
         """
         if cfg_scale == 1.0:
             return self.condition(cross_attn_cond, global_cond)
-        if negative_cross_attn_cond is None:
-            uncond = mx.zeros_like(cross_attn_cond)
-        else:
-            if negative_cross_attn_cond.shape != cross_attn_cond.shape:
-                raise UserError(
-                    f"negative cond. {negative_cross_attn_cond.shape} must match {cross_attn_cond.shape}"
-                )
-            uncond = negative_cross_attn_cond.astype(cross_attn_cond.dtype)
-            if negative_cross_attn_mask is not None:
-                keep = negative_cross_attn_mask.astype(mx.bool_)[..., None]
-                uncond = mx.where(keep, uncond, mx.zeros_like(uncond))
+        uncond = uncond_tokens(
+            cross_attn_cond,
+            negative_cross_attn_cond,
+            negative_cross_attn_mask,
+            "negative cond. {} must match {}",
+        )
         g2 = None if global_cond is None else mx.concatenate([global_cond, global_cond], axis=0)
         cond = self.condition(mx.concatenate([cross_attn_cond, uncond], axis=0), g2)
         cond.cfg_pair = True
@@ -626,15 +577,7 @@ class StableAudioDiT(nn.Module):
         """Take the reference DiffusionTransformer tensors under `prefix` and return our parameter names."""
         c = self.config
         out: dict[str, mx.array] = {}
-
-        def lin(ref: str, ours: str, bias: bool = False) -> None:
-            out[f"{ours}.weight"] = ckpt.take(f"{prefix}{ref}.weight")
-            if bias:
-                out[f"{ours}.bias"] = ckpt.take(f"{prefix}{ref}.bias")
-
-        def mlp(ref: str, ours: str, bias: bool) -> None:
-            lin(f"{ref}.0", f"{ours}.fc1", bias)  # Sequential(Linear, SiLU, Linear)
-            lin(f"{ref}.2", f"{ours}.fc2", bias)
+        lin, mlp = take_linears(ckpt, prefix, out)
 
         def norm(ref: str, ours: str, names: tuple[str, str]) -> None:
             out[f"{ours}.weight"] = ckpt.take(f"{prefix}{ref}.{names[0]}")
@@ -647,25 +590,12 @@ class StableAudioDiT(nn.Module):
         if c.global_cond_dim > 0:
             mlp("to_global_embed", "to_global_embed", bias=False)
         for conv in ("preprocess_conv", "postprocess_conv"):
-            w = ckpt.take(f"{prefix}{conv}.weight")  # Conv1d (out, in, 1) -> Linear (out, in)
-            if w.ndim != 3 or w.shape[-1] != 1:
-                raise UserError(
-                    f"{ckpt.name}: {prefix}{conv}.weight has shape {w.shape}, expected a 1x1 conv"
-                )
-            out[f"{conv}.weight"] = w[..., 0]
+            out[f"{conv}.weight"] = take_conv1x1(ckpt, f"{prefix}{conv}.weight")
         tp = f"{prefix}transformer."
         lin("transformer.project_in", "project_in")
         lin("transformer.project_out", "project_out")
         inv_key = f"{tp}rotary_pos_emb.inv_freq"
-        if inv_key in ckpt:
-            # A buffer: the reference uses the saved values; ours are computed identically (checked here).
-            saved = np.array(ckpt.take(inv_key).astype(mx.float32))
-            if saved.shape != self._inv_freq.shape or not np.allclose(
-                saved, self._inv_freq, rtol=1e-3, atol=0
-            ):
-                raise UserError(
-                    f"{ckpt.name}: {inv_key} does not match RotaryEmbedding({c.rotary_dim}), base 10000"
-                )
+        check_inv_freq(ckpt, inv_key, self._inv_freq, 1e-3, f"RotaryEmbedding({c.rotary_dim}), base 10000")
         for i in range(c.depth):
             r, o = f"transformer.layers.{i}.", f"blocks.{i}."
             ln = ("gamma", "beta")  # stable-audio-tools LayerNorm: gamma parameter, beta buffer (saved)

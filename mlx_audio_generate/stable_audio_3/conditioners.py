@@ -24,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..config_fields import REQUIRED, field
 from ..errors import UserError
 from ..text.t5gemma import T5GemmaConfig, T5GemmaEncoder, T5GemmaTokenizer
 from ..weights import Checkpoint
@@ -47,17 +48,10 @@ _TEXT_KEYS |= {"subfolder", "output_dim"}
 _NUMBER_KEYS = {"min_val", "max_val", "fourier_features_type", "output_dim"}
 
 
-def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
-    if key not in d:
-        if default is ...:
-            raise UserError(f"{where} lacks '{key}': not a Stable Audio 3 model_config.json")
-        return default
-    value = d[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise UserError(f"{where} field '{key}' must be {names}, got {value!r}")
-    return value
+def _get(
+    d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = REQUIRED
+) -> Any:
+    return field(d, key, kind, where, default, what="Stable Audio 3 model_config.json")
 
 
 @dataclass(frozen=True)

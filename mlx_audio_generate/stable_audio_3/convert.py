@@ -15,9 +15,8 @@ from typing import Any
 from ..converted import write_folder
 from ..errors import UserError
 from ..family import ConvertJob
-from ..progress import eval_weights
-from ..quantize import model_weights, quantize_model
-from ..weights import Checkpoint, cast, dtype_name, read_tensors
+from ..quantize import load_and_quantize
+from ..weights import Checkpoint, cast, read_tensors
 from .conditioners import ConditioningConfig, text_encoder_folder
 from .family import FAMILY
 from .full_model import SA3Model
@@ -66,18 +65,14 @@ def convert_stable_audio_3(job: ConvertJob) -> None:
     ckpt = Checkpoint(read_tensors(src, allow_pickle=False), name=f"checkpoint {job.source}")
     t5_ckpt = Checkpoint(read_tensors(t5dir, allow_pickle=False), name=f"T5Gemma checkpoint {t5dir}")
     weights = cast(model.sanitize(ckpt, t5_ckpt), job.dtype)
-    # Strict load: a missing parameter or a wrong shape fails here, before anything is written.
-    try:
-        model.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        raise UserError(f"checkpoint does not fit its model_config.json: {e}") from None
-    eval_weights(weights, job.progress)
-    meta = {"dtype": job.dtype or dtype_name(weights), "source": job.source, "t5gemma_source": str(t5dir)}
-    if job.quantize_bits is not None:
-        meta["quantization"] = quantize_model(
-            model, FAMILY.quantize, job.quantize_bits, job.quantize_group_size
-        )
-        weights = model_weights(model)
+    weights, meta = load_and_quantize(
+        model,
+        weights,
+        job,
+        FAMILY.quantize,
+        "checkpoint does not fit its model_config.json",
+        {"source": job.source, "t5gemma_source": str(t5dir)},
+    )
     files = [t5dir / n for n in TOKENIZER_FILES if (t5dir / n).is_file()]
     write_folder(
         job.out, FAMILY.name, {"model_config": model_config, "t5gemma": t5_config}, weights, meta, files

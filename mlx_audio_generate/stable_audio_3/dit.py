@@ -35,11 +35,15 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
+from ..config_fields import int_at_least
+from ..diffusion.dit_parts import MLP, DiTWidths, check_inv_freq, take_conv1x1, take_linears, uncond_tokens
+from ..diffusion.dit_parts import Compiled as _Compiled
+from ..diffusion.dit_parts import on_gpu as _on_gpu
+from ..diffusion.dit_parts import rope_inv_freq as _rope_inv_freq
 from ..errors import UserError
 from ..weights import Checkpoint
-from .dit_blocks import MLP, TransformerBlock
+from .dit_blocks import TransformerBlock
 from .fourier import expo_frequencies
 
 # DiffusionTransformer / ContinuousTransformer / TransformerBlock / Attention options whose reference value we
@@ -77,14 +81,11 @@ _LOGSNR_RANGE = (-12.0, 5.0)  # DiffusionTransformer._LOGSNR_MIN / _MAX
 
 
 def _int(d: dict, key: str, default: int | None = None, low: int = 1) -> int:
-    v = d.get(key, default)
-    if v is None or isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise UserError(f"DiT config {key}={v!r} must be an integer >= {low}")
-    return v
+    return int_at_least(d, key, default, low, "DiT config")
 
 
 @dataclass(frozen=True)
-class SA3DiTConfig:
+class SA3DiTConfig(DiTWidths):
     io_channels: int
     embed_dim: int
     depth: int
@@ -181,29 +182,6 @@ class SA3DiTConfig:
             raise UserError("an unprojected global condition must be embed_dim wide (it is added to t's)")
         return cfg
 
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-    @property
-    def rotary_dim(self) -> int:
-        return max(self.head_dim // 2, 32)  # RotaryEmbedding(max(dim_heads // 2, 32))
-
-    @property
-    def cond_embed_dim(self) -> int:
-        return self.embed_dim if self.project_cond_tokens else self.cond_token_dim
-
-    @property
-    def global_embed_dim(self) -> int:
-        return self.embed_dim if self.project_global_cond else self.global_cond_dim
-
-
-def _rope_inv_freq(dim: int) -> np.ndarray:
-    """RotaryEmbedding.inv_freq = 1 / 10000^(arange(0, dim, 2) / dim), float32 as torch."""
-    return (1.0 / (np.float32(10000.0) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))).astype(
-        np.float32
-    )
-
 
 @dataclass
 class SA3Conditioning:
@@ -222,17 +200,6 @@ class SA3Conditioning:
     padding_mask: mx.array | None
     batch: int
     cfg_pair: bool = False
-
-
-class _Compiled:
-    """Compiled-function cache (a plain object, so nn.Module does not take it for part of the tree)."""
-
-    def __init__(self) -> None:
-        self.fns: dict[tuple, Any] = {}
-
-
-def _on_gpu() -> bool:
-    return mx.default_device().type == mx.DeviceType.gpu
 
 
 def apg_project(v0: mx.array, v1: mx.array, padding_mask: mx.array | None) -> tuple[mx.array, mx.array]:
@@ -363,18 +330,12 @@ class SA3DiT(nn.Module):
         reference's DiTWrapper, so it is not taken here)."""
         if cfg_scale == 1.0:
             return self.condition(cross_attn_cond, global_cond, local_add_cond, padding_mask)
-        if negative_cross_attn_cond is None:
-            uncond = mx.zeros_like(cross_attn_cond)
-        else:
-            if negative_cross_attn_cond.shape != cross_attn_cond.shape:
-                raise UserError(
-                    f"negative_cross_attn_cond {negative_cross_attn_cond.shape} must match "
-                    f"cross_attn_cond {cross_attn_cond.shape}"
-                )
-            uncond = negative_cross_attn_cond.astype(cross_attn_cond.dtype)
-            if negative_cross_attn_mask is not None:
-                keep = negative_cross_attn_mask.astype(mx.bool_)[..., None]
-                uncond = mx.where(keep, uncond, mx.zeros_like(uncond))
+        uncond = uncond_tokens(
+            cross_attn_cond,
+            negative_cross_attn_cond,
+            negative_cross_attn_mask,
+            "negative_cross_attn_cond {} must match cross_attn_cond {}",
+        )
 
         def twice(a: mx.array | None) -> mx.array | None:
             return None if a is None else mx.concatenate([a, a], axis=0)
@@ -518,39 +479,20 @@ class SA3DiT(nn.Module):
         checked against ours and dropped)."""
         c = self.config
         out: dict[str, mx.array] = {}
-
-        def lin(ref: str, ours: str, bias: bool = False) -> None:
-            out[f"{ours}.weight"] = ckpt.take(f"{prefix}{ref}.weight")
-            if bias:
-                out[f"{ours}.bias"] = ckpt.take(f"{prefix}{ref}.bias")
-
-        def mlp(ref: str, ours: str, bias: bool) -> None:
-            lin(f"{ref}.0", f"{ours}.fc1", bias)
-            lin(f"{ref}.2", f"{ours}.fc2", bias)
-
+        lin, mlp = take_linears(ckpt, prefix, out)
         mlp("to_timestep_embed", "to_timestep_embed", True)
         mlp("to_cond_embed", "to_cond_embed", False)
         if c.global_cond_dim:
             mlp("to_global_embed", "to_global_embed", False)
         for conv in ("preprocess_conv", "postprocess_conv"):
-            w = ckpt.take(f"{prefix}{conv}.weight")
-            if w.ndim != 3 or w.shape[-1] != 1:
-                raise UserError(
-                    f"{ckpt.name}: {prefix}{conv}.weight has shape {w.shape}, expected a 1x1 conv"
-                )
-            out[f"{conv}.weight"] = w[..., 0]
+            out[f"{conv}.weight"] = take_conv1x1(ckpt, f"{prefix}{conv}.weight")
         lin("transformer.project_in", "project_in")
         lin("transformer.project_out", "project_out")
         if c.num_memory_tokens:
             out["memory_tokens"] = ckpt.take(f"{prefix}transformer.memory_tokens")
         mlp("transformer.global_cond_embedder", "global_cond_embedder", True)
         inv_key = f"{prefix}transformer.rotary_pos_emb.inv_freq"
-        if inv_key in ckpt:  # a saved buffer the reference uses: ours must be the same numbers
-            saved = np.array(ckpt.take(inv_key).astype(mx.float32))
-            if saved.shape != self._inv_freq.shape or not np.allclose(
-                saved, self._inv_freq, rtol=1e-6, atol=0
-            ):
-                raise UserError(f"{ckpt.name}: {inv_key} does not match RotaryEmbedding({c.rotary_dim})")
+        check_inv_freq(ckpt, inv_key, self._inv_freq, 1e-6, f"RotaryEmbedding({c.rotary_dim})")
         for i in range(c.depth):
             r, o = f"transformer.layers.{i}.", f"blocks.{i}."
             for ref, ours in (

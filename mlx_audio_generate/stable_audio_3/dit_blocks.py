@@ -16,19 +16,9 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..diffusion.dit_parts import MLP, partial_rope
+from ..diffusion.dit_parts import GLUFeedForward as FeedForward
 from ..quantize import residual_linear
-
-
-class MLP(nn.Module):
-    """Linear -> SiLU -> Linear (`nn.Sequential(Linear, SiLU, Linear)` of the reference)."""
-
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, bias: bool):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden, bias=bias)
-        self.fc2 = nn.Linear(d_hidden, d_out, bias=bias)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(nn.silu(self.fc1(x)))
 
 
 class RMSNorm(nn.Module):
@@ -101,11 +91,8 @@ class Attention(nn.Module):
             ks.append(parts[4])
 
         def rope(a: mx.array) -> mx.array:
-            a = a.astype(mx.float32)  # the reference rotates in float32, then casts to v's dtype
-            a = mx.fast.rope(
-                a, rotary_dim, traditional=False, base=None, scale=1.0, offset=0, freqs=rope_periods
-            )
-            return a.astype(v.dtype)
+            # the reference rotates in float32, then casts to v's dtype
+            return partial_rope(a.astype(mx.float32), rotary_dim, rope_periods).astype(v.dtype)
 
         qs = [rope(self.q_norm(q)) for q in qs]
         ks = [rope(self.k_norm(k)) for k in ks]
@@ -129,19 +116,6 @@ class Attention(nn.Module):
         ]
         o = self._attend(qs, list(kv[:-1]), kv[-1])
         return residual_linear(residual, _merge(o), self.out)
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: `proj_in` gives [x, gate]; out = proj_out(x * silu(gate))."""
-
-    def __init__(self, dim: int, inner: int):
-        super().__init__()
-        self.proj_in = nn.Linear(dim, 2 * inner)
-        self.proj_out = nn.Linear(inner, dim)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        h, gate = mx.split(self.proj_in(x), 2, axis=-1)
-        return self.proj_out(h * nn.silu(gate))
 
 
 class TransformerBlock(nn.Module):

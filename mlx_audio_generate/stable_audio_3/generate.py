@@ -54,7 +54,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from ..audio import match_channels, read_audio
+from ..audio import load_clip
 from ..converted import Converted, load_weights, open_folder
 from ..diffusion import flow
 from ..diffusion import samplers as S
@@ -159,25 +159,7 @@ class StableAudio3:
     def load_audio(self, audio: AudioInput, what: str) -> np.ndarray:
         """The clip (channels, samples) float32 at the model's rate with the model's channels (the reference's
         `set_audio_channels`: mono repeated, extra channels dropped, a mono model averages)."""
-        if isinstance(audio, (str, Path)):
-            a = read_audio(audio, sample_rate=self.sample_rate)  # UserError if missing or unreadable
-        else:
-            try:
-                a = np.asarray(audio, dtype=np.float32)
-            except (TypeError, ValueError):
-                raise UserError(f"{what} must be a file path or a (channels, samples) array") from None
-            if a.ndim == 1:
-                a = a[None]
-            if a.ndim != 2 or a.shape[1] == 0:
-                raise UserError(f"{what} must be a (channels, samples) array, got shape {a.shape}")
-            if a.shape[0] > a.shape[1]:
-                raise UserError(
-                    f"{what} has shape {a.shape}: expected (channels, samples), not the transpose"
-                )
-        if not np.isfinite(a).all():
-            raise UserError(f"{what} contains NaN or infinite samples")
-        a = match_channels(a, self.audio_channels, what, drop_extra=True)
-        return np.ascontiguousarray(a[:, : self.model.sample_size], dtype=np.float32)
+        return load_clip(audio, what, self.sample_rate, self.audio_channels, self.model.sample_size)
 
     def encode_audio(self, clip: np.ndarray, n_samples: int) -> mx.array:
         """`_encode_audio_input`: the clip zero-padded / cut to `n_samples` (PadCrop), SAME latents

@@ -43,6 +43,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
+from ..weights import torch_load
 from .lora_xs import ADAPTER_TYPES, PARAMS, adapt, adapter_params, read_svd_bases
 
 _KEY = re.compile(r"^(?P<layer>.+)\.parametrizations\.weight\.(?P<slot>\d+)\.(?P<param>[A-Za-z_]+)$")
@@ -91,20 +92,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, mx.array], Any]:
 
 
 def _read_ckpt(path: Path) -> tuple[dict[str, mx.array], Any]:
-    try:
-        import torch
-    except ImportError:
-        raise UserError(
-            f"{path.name} is a pickle checkpoint; reading it safely needs PyTorch "
-            "(`pip install 'mlx-audio-generate[torch]'`), or convert the LoRA to .safetensors"
-        ) from None
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"refusing LoRA file {path}: torch.load(weights_only=True) rejected it ({e}); "
-            "pickles are never executed, use a .safetensors LoRA"
-        ) from None
+    ckpt = torch_load(
+        path,
+        instead=", or convert the LoRA to .safetensors",
+        refused="; pickles are never executed, use a .safetensors LoRA",
+    )
+    import torch  # present: torch_load needed it
+
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path}: a LoRA .ckpt must hold a 'state_dict' dict")

@@ -26,6 +26,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
+from ..weights import torch_load
 
 ADAPTER_TYPES = (
     "lora", "dora", "dora-rows", "dora-cols", "bora", "lora-xs", "dora-rows-xs", "dora-cols-xs", "bora-xs",
@@ -140,17 +141,7 @@ def read_svd_bases(path: str | Path) -> dict[str, dict[str, dict[str, np.ndarray
     path = Path(path)
     if not path.is_file():
         raise UserError(f"SVD bases file {path} does not exist")
-    try:
-        import torch
-    except ImportError:
-        raise UserError(
-            f"{path.name} is a torch file; reading it safely needs PyTorch "
-            "(`pip install 'mlx-audio-generate[torch]'`)"
-        ) from None
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read {path} safely with torch.load(weights_only=True): {e}") from None
+    data = torch_load(path, kind="torch file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a dict of layer -> {{'U', 'V'}}, got {type(data).__name__}")
     out: dict[str, dict[str, dict[str, np.ndarray]]] = {"dit": {}, "conditioner": {}}

@@ -26,8 +26,10 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
+from ..config_fields import positive_int
 from ..errors import UserError
 from ..weights import Checkpoint
+from .tokenizer_json import read_tokenizer_folder, token_text
 
 # the config fields mlx-lm's ModelArgs needs, with transformers' Qwen3Config defaults where it has them
 _DEFAULTS = {
@@ -133,13 +135,6 @@ def load_qwen3_encoder(folder: str | Path, ckpt: Checkpoint | None = None) -> Qw
     return model
 
 
-def _token_text(value: Any) -> str | None:
-    """A special token as tokenizer_config.json spells it: a string or an AddedToken dict."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
 # tokenizer_config.json classes whose tokenizer.json is run as it stands (no template around the text)
 _CLASSES = (None, "Qwen2Tokenizer", "Qwen2TokenizerFast", "PreTrainedTokenizerFast", "TokenizersBackend")
 
@@ -148,25 +143,16 @@ class Qwen3Tokenizer:
     """A Qwen folder's tokenizer.json (+ tokenizer_config.json); see the module docstring."""
 
     def __init__(self, folder: str | Path):
-        from tokenizers import Tokenizer
-
         folder = Path(folder)
-        path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
-        if not path.is_file():
-            raise UserError(f"{path} is missing: the Qwen3 tokenizer is read from tokenizer.json")
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-            tok = Tokenizer.from_str(json.dumps(spec))
-        except Exception as e:
-            raise UserError(f"cannot read tokenizer {folder}: {e}") from None
+        f = read_tokenizer_folder(folder, "Qwen3")
+        path, config_path, spec, config, tok = f.path, f.config_path, f.spec, f.config, f.tokenizer
         cls = config.get("tokenizer_class")
         if cls not in _CLASSES:
             raise UserError(f"unsupported tokenizer_class '{cls}' in {config_path}")
         if (spec.get("model") or {}).get("type") != "BPE":
             raise UserError(f"{path} is not a BPE tokenizer, which a Qwen tokenizer is")
         # Qwen2Tokenizer's default pad token; tokenizer_config.json names it for the released folders
-        pad = _token_text(config.get("pad_token")) if "pad_token" in config else "<|endoftext|>"
+        pad = token_text(config.get("pad_token")) if "pad_token" in config else "<|endoftext|>"
         self.pad_id = tok.token_to_id(pad) if pad is not None else None
         if self.pad_id is None:
             raise UserError(f"{folder} has no pad token ({pad!r} is not in its vocabulary)")
@@ -185,8 +171,7 @@ class Qwen3Tokenizer:
             raise UserError("text prompts must be strings")
         ids = self._tok.encode(text, add_special_tokens=True).ids
         if max_length is not None:
-            if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-                raise UserError(f"max_length must be a positive integer, got {max_length!r}")
+            positive_int(max_length, "max_length")
             if len(ids) > max_length:
                 ids = ids[:max_length] if self.truncation_side == "right" else ids[-max_length:]
         return ids

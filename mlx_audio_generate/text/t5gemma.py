@@ -23,8 +23,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..config_fields import REQUIRED, field, positive_int
 from ..errors import UserError
 from ..weights import Checkpoint
+from .tokenizer_json import read_tokenizer_folder, token_text
 
 _ACTIVATIONS = {
     "gelu_pytorch_tanh": nn.gelu_approx,
@@ -35,18 +37,10 @@ _LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
 def _field(d: dict[str, Any], key: str, kind: type, default: Any = None, required: bool = False) -> Any:
-    """`d[key]` checked against `kind` (ints are accepted for floats; bools never pass for numbers)."""
-    if key not in d or d[key] is None:
-        if required:
-            raise UserError(f"T5Gemma config lacks '{key}': not a T5Gemma encoder config")
-        return default
-    value = d[key]
-    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        ok, value = True, float(value)
-    if not ok:
-        raise UserError(f"T5Gemma config field '{key}' must be {kind.__name__}, got {value!r}")
-    return value
+    """`d[key]` checked against `kind` (ints are accepted for floats; bools never pass for numbers); a null
+    field counts as missing."""
+    default = REQUIRED if required else default
+    return field(d, key, kind, "T5Gemma config", default, what="T5Gemma encoder config", none_is_missing=True)
 
 
 @dataclass(frozen=True)
@@ -303,16 +297,7 @@ def load_t5gemma_config(folder: str | Path) -> T5GemmaConfig:
 
 def _max_length(value: Any) -> int:
     """A positive int max_length (conditioner configs spell it in JSON)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"max_length must be a positive integer, got {value!r}")
-    return value
-
-
-def _token_text(value: Any) -> str | None:
-    """A special token as tokenizer_config.json spells it: a string or an AddedToken dict."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
+    return positive_int(value, "max_length")
 
 
 # tokenizer_config.json classes we reproduce; Gemma's rebuilds the pipeline and pads on the left by default
@@ -337,23 +322,16 @@ class T5GemmaTokenizer:
         from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
 
         folder = Path(folder)
-        path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
-        if not path.is_file():
-            raise UserError(f"{path} is missing: the T5Gemma tokenizer is read from tokenizer.json")
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-            tok = Tokenizer.from_str(json.dumps(spec))
-        except Exception as e:
-            raise UserError(f"cannot read tokenizer {folder}: {e}") from None
+        f = read_tokenizer_folder(folder, "T5Gemma")
+        path, config_path, spec, config, tok = f.path, f.config_path, f.spec, f.config, f.tokenizer
         cls = config.get("tokenizer_class")
         if cls not in _PLAIN_CLASSES + _GEMMA_CLASSES:
             raise UserError(f"unsupported tokenizer_class '{cls}' in {config_path}")
         gemma = cls in _GEMMA_CLASSES
-        names = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        names = {k: token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
         if gemma:
             names = {k: v or f"<{k[:-6]}>" for k, v in names.items()}
-            names["mask_token"] = _token_text(config.get("mask_token")) or "<mask>"
+            names["mask_token"] = token_text(config.get("mask_token")) or "<mask>"
             model = spec.get("model", {})
             if model.get("type") != "BPE":
                 raise UserError(f"{path} is not a BPE tokenizer, which GemmaTokenizer needs")

@@ -18,6 +18,7 @@ FAMILY_PACKAGES = (
     "mlx_audio_generate.musicgen",
     "mlx_audio_generate.stable_audio",
     "mlx_audio_generate.stable_audio_3",
+    "mlx_audio_generate.ace_step",
 )
 
 _families: dict[str, Family] | None = None

@@ -1,0 +1,171 @@
+"""ACE-Step 1.5 as the rest of the tool sees it: names, repos, detection, conversion, loading, settings.
+
+Bounds and defaults are the reference's (acestep/, upstream 6d467e4):
+- `constants.py`: BPM 30..300, durations 10..600 s, time signatures 2/3/4/6, the 70 keys ("C major",
+  "F# minor", "B♭ major", ...), the 51 vocal languages ("unknown" included);
+- the Gradio UI's per-model controls (`ui/gradio/events/generation/model_config.py`,
+  `get_ui_control_config`): turbo 8 steps (1..20: `generate_audio` clamps turbo to 20), base 32 and SFT 50
+  steps (1..200), shift 3.0 for every model (the API's `shift` too: "range 1.0~5.0, default 3.0"; the bare
+  `GenerationParams` says 1.0, but the UI, the HTTP API and diffusers use 3.0);
+- guidance_scale 7.0 for base / SFT (GenerationParams, API); turbo is guidance-distilled and its
+  `generate_audio` ignores CFG: a turbo checkpoint takes no guidance setting other than 1 (refused, not
+  silently dropped); cfg_interval [0, 1];
+- the vocal language defaults to "unknown" (GenerationParams), lyrics to "[Instrumental]" (the reference's
+  own word for "no vocals": GenerationParams' empty lyrics would be an empty lyric block).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
+from ..settings import Setting
+
+MAIN_REPO = "ACE-Step/Ace-Step1.5"
+MODELS = {
+    "ace-step-1.5-turbo": MAIN_REPO,
+    "ace-step-1.5-base": "ACE-Step/acestep-v15-base",
+    "ace-step-1.5-sft": "ACE-Step/acestep-v15-sft",
+}
+TURBO_FOLDER = "acestep-v15-turbo"  # the DiT inside the main repo
+VAE_FOLDER = "vae"
+TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
+SILENCE_FILE = "silence_latent.pt"
+DIT_FILES = ("config.json", "model.safetensors", SILENCE_FILE)
+MODEL_TYPE = "acestep"
+SAMPLE_RATE = 48000
+MIN_SECONDS, MAX_SECONDS = 10.0, 600.0  # constants.DURATION_MIN / DURATION_MAX
+BPM_MIN, BPM_MAX = 30, 300
+TIME_SIGNATURES = ("2", "3", "4", "6")
+KEYSCALES = tuple(
+    f"{note}{acc} {mode}"
+    for note in "ABCDEFG"
+    for acc in ("", "#", "b", "♯", "♭")
+    for mode in ("major", "minor")
+)
+LANGUAGES = (
+    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hr",
+    "ht", "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl", "pt", "ro",
+    "ru", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh",
+    "unknown",
+)  # fmt: skip
+MAX_LYRICS_CHARS = 4096  # GenerationParams: "Lyrics ... < 4096 characters"
+# (default steps, max steps) per variant: the UI's controls
+STEPS = {"turbo": (8, 20), "base": (32, 200), "sft": (50, 200)}
+SHIFT = 3.0
+GUIDANCE = 7.0
+
+
+def variant_of(config: dict[str, Any] | None) -> str | None:
+    """'turbo', 'sft' or 'base' from a DiT config (converted folders keep it under 'dit')."""
+    if config is None:
+        return None
+    dit = config.get("dit", config)
+    if dit.get("is_turbo", str(dit.get("model_version", "")).startswith("turbo")):
+        return "turbo"
+    return "sft" if "sft" in str(dit.get("model_version", "")) else "base"
+
+
+def settings(config: dict[str, Any] | None) -> list[Setting]:
+    """The generation settings; with a converted config, its variant's defaults."""
+    v = variant_of(config)
+    steps, max_steps = STEPS.get(v, (None, 200))
+    turbo = v == "turbo"
+    return [
+        Setting("lyrics", "text", "[Instrumental]", "Lyrics",
+                "Song lyrics with structure tags ([Verse], [Chorus], ...); [Instrumental] for none.",
+                max_length=MAX_LYRICS_CHARS),
+        Setting("language", "choice", "unknown", "Vocal language", "Language of the lyrics.",
+                choices=LANGUAGES),
+        Setting("bpm", "int", None, "BPM", "Tempo in beats per minute (optional).", BPM_MIN, BPM_MAX),
+        Setting("keyscale", "choice", None, "Key", "Key and scale, e.g. 'C major', 'F# minor' (optional).",
+                choices=KEYSCALES),
+        Setting("timesignature", "choice", None, "Time signature",
+                "Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8) (optional).", choices=TIME_SIGNATURES),
+        Setting("steps", "int", steps, "Steps", "Diffusion steps; more is slower and usually cleaner.",
+                1, max_steps),
+        Setting("shift", "float", SHIFT, "Shift", "Timestep shift of the schedule (turbo: 1, 2 or 3 at 8 "
+                "steps).", 1.0, 5.0),
+        Setting("guidance_scale", "float", 1.0 if turbo else (None if v is None else GUIDANCE),
+                "Guidance scale", "How strongly to follow the prompt (base / SFT; 1 = a single pass; turbo "
+                "is guidance-distilled and takes only 1).", 1.0, 20.0),
+        Setting("cfg_interval_start", "float", 0.0, "CFG start",
+                "Guidance only at times t >= this (base / SFT).", 0.0, 1.0),
+        Setting("cfg_interval_end", "float", 1.0, "CFG end",
+                "Guidance only at times t <= this (base / SFT).", 0.0, 1.0),
+    ]  # fmt: skip
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    from ..hub import read_json
+
+    config = read_json(Path(folder) / "config.json")
+    return config if isinstance(config, dict) else None
+
+
+def is_dit_folder(folder: Path) -> bool:
+    config = _read_config(folder)
+    return config is not None and config.get("model_type") == MODEL_TYPE
+
+
+def _detect(folder: Path) -> bool:
+    """An ACE-Step 1.5 DiT folder (config.json model_type 'acestep') or a repo / checkpoints folder holding
+    one (the main repo: acestep-v15-turbo/ beside vae/ and the text encoder)."""
+    folder = Path(folder)
+    if is_dit_folder(folder):
+        return True
+    return any(is_dit_folder(sub) for sub in sorted(folder.glob("acestep-v15-*")) if sub.is_dir())
+
+
+def _patterns(repo: str) -> list[str]:
+    """Exactly what the converter reads: the DiT files; the main repo also holds the VAE and text encoder."""
+    if repo == MAIN_REPO:
+        return [f"{TURBO_FOLDER}/{f}" for f in DIT_FILES] + [f"{VAE_FOLDER}/*", f"{TEXT_ENCODER_FOLDER}/*"]
+    return list(DIT_FILES)
+
+
+def _convert(job: ConvertJob) -> None:
+    from .convert import convert_ace_step
+
+    convert_ace_step(job)
+
+
+def _load(conv: Any) -> AudioModel:
+    from .generate import AceStep
+
+    return AceStep.from_converted(conv)
+
+
+def _facts(config: dict[str, Any]) -> ModelFacts:
+    vae = config["vae"]
+    return ModelFacts(
+        int(vae.get("sampling_rate", SAMPLE_RATE)), int(vae.get("audio_channels", 2)), MAX_SECONDS
+    )
+
+
+CONVERT_SETTINGS = (
+    Setting("components", "text", None, "VAE / text encoder source",
+            f"where the VAE ({VAE_FOLDER}/) and text encoder ({TEXT_ENCODER_FOLDER}/) come from: a folder "
+            f"holding both, or a repo id (default: beside the DiT, else {MAIN_REPO})",
+            metavar="FOLDER|REPO", batch=False, server=False),
+)  # fmt: skip
+
+FAMILY = Family(
+    name="ace_step",
+    label="ACE-Step 1.5",
+    models=MODELS,
+    example="ace-step-1.5-turbo",
+    detect=_detect,
+    convert=_convert,
+    load=_load,
+    facts=_facts,
+    settings=settings,
+    # the DiT's linears; condition_embedder's `.weight` is the DiT's dtype probe and the timestep embedders
+    # (linear_1 is read as a dtype probe too) are small and set the modulation's precision
+    quantize=QuantizeSpec("dit", frozenset({"condition_embedder"}), ("time_embed",), "DiT"),
+    download_patterns=_patterns,
+    extra_repos=frozenset({MAIN_REPO}),
+    convert_settings=CONVERT_SETTINGS,
+    verb="denoising",
+)

@@ -149,7 +149,8 @@ class TransformerBlock(nn.Module):
     def local_constant(self) -> mx.array:
         """`local_embed` of an all-zero local condition (what the reference feeds without inpainting): one
         (E,) vector, `fc1(0)` being exactly its bias."""
-        return self.local_embed.fc2(nn.silu(self.local_embed.fc1.bias))
+        # as a one-row matrix: MLX-CUDA's quantized matmul fails on a 1-D input ("SmallVector out of range")
+        return self.local_embed.fc2(nn.silu(self.local_embed.fc1.bias)[None])[0]
 
     def __call__(
         self,

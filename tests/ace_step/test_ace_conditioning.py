@@ -33,17 +33,12 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.text.qwen3 import Qwen3Tokenizer
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import ace, ace_conditioning
+from tests.reference.parity import rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 CASES = list(ace_conditioning.CASES)
 DECODER = [r"decoder\..*"]  # the DiT's tensors (ace_step/dit.py)
-
-
-def rel_err(ours, ref: np.ndarray) -> float:
-    o = np.array(ours, dtype=np.float32)
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module", params=["committed", "live"])

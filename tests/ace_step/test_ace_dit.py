@@ -27,6 +27,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference.ace import REPO, reference_root
 from tests.reference.ace_dit import CASES, GENS, MODELS
+from tests.reference.parity import rel_err
 
 TOL = 1e-4
 COMMITTED = REPO / "tests/fixtures/ace/dit"
@@ -41,12 +42,6 @@ def folder(variant: str):
 
 def config(variant: str) -> dict:
     return json.loads((folder(variant) / "config.json").read_text())
-
-
-def rel_err(ours: mx.array, ref: np.ndarray) -> float:
-    o = np.array(ours.astype(mx.float32))
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 def convert(variant: str) -> tuple[AceStepDiTModel, Checkpoint]:

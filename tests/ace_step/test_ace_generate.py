@@ -24,16 +24,11 @@ from mlx_audio_generate.ace_step.generate import AceStep, peak_normalize, tiled_
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
 from tests.reference import ace, ace_generate
+from tests.reference.parity import rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 CASES = list(ace_generate.CASES)
-
-
-def rel_err(ours, ref: np.ndarray) -> float:
-    o = np.array(ours, dtype=np.float32)
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module", params=["committed", "live"])

@@ -16,6 +16,7 @@ import pytest
 from mlx_audio_generate.codecs.oobleck import OobleckConfig, OobleckVAE, load_oobleck
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference.parity import rel_err
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -24,12 +25,6 @@ TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 VAE = FIXTURES / "vae"
 STEM = "diffusion_pytorch_model"
-
-
-def rel_err(ours, ref) -> float:
-    o, r = np.array(ours, dtype=np.float32), np.asarray(ref, dtype=np.float32)
-    assert o.shape == r.shape, (o.shape, r.shape)
-    return float(np.abs(o - r).max() / np.abs(r).max())
 
 
 def vae_config() -> dict:

@@ -38,17 +38,12 @@ from mlx_audio_generate.stable_audio_3.conditioners import (
 from mlx_audio_generate.text.t5gemma import T5GemmaConfig, T5GemmaTokenizer, t5gemma_ignore_patterns
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import sa3, sa3_conditioning
+from tests.reference.parity import rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sa3"
 MODELS = ("small", "medium")
 OTHER_CONVERTERS = [r"model\.model\..*", r"pretransform\.model\..*"]  # the DiT's and SAME's tensors
-
-
-def rel_err(ours, ref: np.ndarray) -> float:
-    o = np.array(ours, dtype=np.float32)
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module", params=["committed", "live"])

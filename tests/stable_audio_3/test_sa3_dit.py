@@ -26,6 +26,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio_3 import dit as dit_module
 from mlx_audio_generate.stable_audio_3.dit import SA3DiT, SA3DiTConfig, expo_frequencies
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference.parity import rel_err
 from tests.reference.sa3 import REPO, reference_root
 from tests.reference.sa3_dit import CASES, MODELS, T_VALUES
 
@@ -41,12 +42,6 @@ def folder(name: str):
 
 def model_config(name: str) -> dict:
     return json.loads((folder(name) / "model_config.json").read_text())
-
-
-def rel_err(ours: mx.array, ref: np.ndarray) -> float:
-    o = np.array(ours.astype(mx.float32))
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 def convert(name: str, logsnr: bool = False) -> SA3DiT:

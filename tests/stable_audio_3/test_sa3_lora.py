@@ -35,6 +35,7 @@ from mlx_audio_generate.stable_audio_3.dit import SA3DiT, SA3DiTConfig
 from mlx_audio_generate.stable_audio_3.lora import LoRALinear, LoRASpec, apply_loras, read_lora, targets
 from mlx_audio_generate.text.t5gemma import T5GemmaConfig
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference.parity import rel_err
 from tests.reference.sa3 import REPO, reference_root
 from tests.reference.sa3_lora import LORAS, MODELS, SCENARIOS, SECONDS, T_VALUES, lora_file
 
@@ -42,12 +43,6 @@ TOL = 1e-4
 FIXTURES = REPO / "tests/fixtures/sa3"
 COMMITTED = FIXTURES / "lora"
 BY_FILE = {x.file: x for x in LORAS}
-
-
-def rel_err(ours: mx.array, ref: np.ndarray) -> float:
-    o = np.array(ours.astype(mx.float32))
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 def build(name: str) -> tuple[SA3DiT, Conditioners]:

@@ -21,6 +21,7 @@ from mlx_audio_generate.codecs import same_blocks
 from mlx_audio_generate.codecs.same import IGNORED, SAME, SAMEConfig, load_same
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference.parity import rel_err
 from tests.reference.sa3 import REPO, reference_root
 
 TOL = 1e-4
@@ -37,12 +38,6 @@ def folder(name: str):
 
 def pretransform_config(name: str) -> dict:
     return json.loads((folder(name) / "model_config.json").read_text())["model"]["pretransform"]
-
-
-def rel_err(ours: mx.array, ref: np.ndarray) -> float:
-    o = np.array(ours)
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 def convert(name: str, cfg_dict: dict | None = None) -> SAME:

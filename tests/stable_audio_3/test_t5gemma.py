@@ -28,16 +28,11 @@ from mlx_audio_generate.text.t5gemma import (
 )
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import sa3, sa3_conditioning
+from tests.reference.parity import rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sa3"
 T5DIRS = {m: FIXTURES / m / "t5gemma-b-b-ul2" for m in ("small", "medium")}
-
-
-def rel_err(ours, ref: np.ndarray) -> float:
-    o = np.array(ours, dtype=np.float32)
-    assert o.shape == ref.shape, (o.shape, ref.shape)
-    return float(np.abs(o - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module", params=["committed", "live"])

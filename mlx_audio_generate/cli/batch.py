@@ -52,19 +52,22 @@ def _flag_settings(args) -> dict:
 
 
 def _family_hint(args):
-    """The model family when it is known without fetching anything, so the prompts file can be checked
-    against that family before a possibly long download and conversion."""
+    """(family, opened folder) when the family is known without fetching anything, so the prompts file can
+    be checked against that family before a possibly long download and conversion; the folder is None
+    until the model is resolved."""
     if args.weights_dir is not None:
-        fam = registry.get(open_folder(args.weights_dir).family)
-        if args.model in registry.families() and args.model != fam.name:
-            raise UserError(f"--weights-dir '{args.weights_dir}' holds a {fam.name} model, not {args.model}")
-        return fam
+        conv = open_folder(args.weights_dir)
+        if args.model in registry.families() and args.model != conv.family:
+            raise UserError(
+                f"--weights-dir '{args.weights_dir}' holds a {conv.family} model, not {args.model}"
+            )
+        return registry.get(conv.family), conv
     if Path(args.model).expanduser().is_dir():
-        found = read_meta(Path(args.model).expanduser())
-        if found is None:
-            return None  # a reference checkpoint folder: resolve() converts it
-        return registry.get(open_folder(args.model).family)
-    return registry.for_model(args.model)
+        if read_meta(Path(args.model).expanduser()) is None:
+            return None, None  # a reference checkpoint folder: resolve() converts it
+        conv = open_folder(args.model)
+        return registry.get(conv.family), conv
+    return registry.for_model(args.model), None
 
 
 def _main(argv: list[str] | None) -> int:
@@ -81,21 +84,20 @@ def _main(argv: list[str] | None) -> int:
     if args.weights_dir is None and args.model in registry.families():
         example = registry.get(args.model).example
         raise UserError(f"--model {args.model} needs --weights-dir; or name a checkpoint (e.g. {example})")
-    family = _family_hint(args)
-    folder = model_name = None
+    family, conv = _family_hint(args)
+    model_name = None
     if args.weights_dir is not None:
-        folder = Path(args.weights_dir)
-        model_name = str(folder)  # `dir/` and `dir` are the same request on a rerun
+        model_name = str(Path(args.weights_dir))  # `dir/` and `dir` are the same request on a rerun
     elif family is None:  # the family is only known once the model is resolved (maybe fetched)
-        folder, model_name = Path(resolve_model(args.model, quiet=args.quiet)), args.model
-        family = registry.get(open_folder(folder).family)
+        conv, model_name = open_folder(resolve_model(args.model, quiet=args.quiet)), args.model
+        family = registry.get(conv.family)
     # every line is checked before the output folder is touched or a checkpoint is fetched
     items = B.parse_items(lines, args.prompts_file, family, args.seed, B.family_defaults(family, flags))
     out_dir = B.prepare_output_dir(args.output_dir, args.format)
-    if folder is None:
-        folder, model_name = Path(resolve_model(args.model, quiet=args.quiet)), args.model
-
-    conv = open_folder(folder)
+    if model_name is None:
+        if conv is None:  # a name whose family was known: resolved (maybe fetched) now, opened once
+            conv = open_folder(resolve_model(args.model, quiet=args.quiet))
+        model_name = args.model
 
     def load():
         from ..converted import load_model

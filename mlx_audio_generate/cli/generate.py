@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import ArgumentParser, interruptible_imports, run_main
 
@@ -30,6 +30,9 @@ with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co loa
     from ..weights import remove_stale_temps
 
 _ARG_TYPES = {"float": float, "int": int, "choice": str, "text": str, "file": str}
+if TYPE_CHECKING:
+    from ..converted import Converted
+
 MAX_FILES = 10_000  # files one run may name up front (a bigger --n is a typo, and would take ages to list)
 
 
@@ -221,8 +224,8 @@ def _outcome(paths: list[Path], written: int) -> str:
     return f"wrote {written} of {len(paths)} file(s); missing: {shown}"
 
 
-def _resolve(args) -> Path:
-    """The converted folder to load (downloading and converting on first use of a name)."""
+def _resolve(args) -> Converted:
+    """The converted folder to load, opened once (downloading and converting on first use of a name)."""
     from ..converted import open_folder
 
     if args.weights_dir is not None:
@@ -233,11 +236,13 @@ def _resolve(args) -> Path:
                 f"unknown --model '{args.model}' for --weights-dir; use {' or '.join(registry.families())} "
                 "(or a model name without --weights-dir)"
             )
-        return open_folder(args.weights_dir, fam.name).folder
+        return open_folder(args.weights_dir, fam.name)
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return resolve_model(
-        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, quiet=args.quiet
+    return open_folder(
+        resolve_model(
+            args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, quiet=args.quiet
+        )
     )
 
 
@@ -288,7 +293,7 @@ def resolve_model(model: str, **kwargs: Any) -> Path:
 
 
 def _main(argv: list[str] | None) -> int:
-    from ..converted import load_model, open_folder
+    from ..converted import load_model
 
     raw = sys.argv[1:] if argv is None else argv
     if any(a == "--prompts-file" or a.startswith("--prompts-file=") for a in raw):
@@ -313,7 +318,7 @@ def _main(argv: list[str] | None) -> int:
         if args.metadata_json:
             remove_stale_temps(path.with_name(path.name + ".json"))
     t0 = time.perf_counter()
-    conv = open_folder(_resolve(args))
+    conv = _resolve(args)
     fam = registry.get(conv.family)
     opts = family_options(args, fam, conv.config)
     model = load_model(conv)  # malformed files: a one-line error naming the folder

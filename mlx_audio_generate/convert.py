@@ -83,8 +83,9 @@ def convert(
         raise UserError(f"--{unknown[0].replace('_', '-')} does not apply to {family.label} checkpoints")
     check_json_files(src)
 
-    def fetch_more(name: str) -> Path:  # another checkpoint the conversion reads (e.g. a text encoder)
-        folder = fetch(name, trust_remote_code=trust_remote_code)
+    def fetch_more(name: str, patterns: list[str] | None = None) -> Path:
+        # another checkpoint the conversion reads (e.g. a text encoder); `patterns`: only those files
+        folder = fetch(name, trust_remote_code=trust_remote_code, patterns=patterns)
         _check_apart(output, folder)
         check_json_files(folder)
         return folder

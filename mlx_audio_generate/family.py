@@ -80,7 +80,8 @@ class ConvertJob:
     quantize_group_size: int
     progress: Progress | None
     options: Mapping[str, Any]  # the family's convert settings (`Family.convert_settings`), by name
-    fetch: Callable[[str], Path]  # fetch another checkpoint (repo id or folder) the conversion needs
+    # fetch another checkpoint (repo id or folder) the conversion needs; optional 2nd argument: file patterns
+    fetch: Callable[..., Path]
 
 
 @dataclass(frozen=True)

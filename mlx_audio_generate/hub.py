@@ -63,8 +63,11 @@ def is_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True) -> Path:
-    """A local folder for `model` (a folder path or a HF repo id), downloading into the HF cache if needed."""
+def fetch(
+    model: str, trust_remote_code: bool = False, allow_pickle: bool = True, patterns: list[str] | None = None
+) -> Path:
+    """A local folder for `model` (a folder path or a HF repo id), downloading into the HF cache if needed.
+    `patterns` narrows the download to the files a caller reads (default: the family's download patterns)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -80,10 +83,10 @@ def fetch(model: str, trust_remote_code: bool = False, allow_pickle: bool = True
         from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise UserError("huggingface_hub is not installed; pip install huggingface_hub") from None
-    patterns = _patterns(model)
+    patterns = list(patterns) if patterns is not None else _patterns(model)
     try:
         folder = Path(snapshot_download(model, allow_patterns=patterns))
-        has_weights = any(folder.glob("*.safetensors"))
+        has_weights = any(folder.rglob("*.safetensors"))  # subfolders too (ACE-Step: vae/, ...)
         if not has_weights and allow_pickle:
             # Some repos (e.g. musicgen-large) ship only pickle weights; they are read with
             # torch.load(weights_only=True), which never executes code.

@@ -28,6 +28,7 @@ from ..progress import eval_weights
 from ..quantize import model_weights, quantize_model
 from ..weights import Checkpoint, cast, dtype_name, read_tensors
 from .family import (
+    COMPONENT_PATTERNS,
     FAMILY,
     MAIN_REPO,
     MODEL_TYPE,
@@ -94,7 +95,8 @@ def components_folder(job: ConvertJob, src: Path, dit: Path) -> Path:
         if _has_components(folder):
             return folder
     if is_repo_id(job.source) and not Path(job.source).expanduser().exists():
-        folder = job.fetch(MAIN_REPO)
+        # only the VAE and the text encoder: not the main repo's turbo DiT (about 4.8 GB) nor its LM
+        folder = job.fetch(MAIN_REPO, COMPONENT_PATTERNS)
         if not _has_components(folder):
             raise UserError(f"{MAIN_REPO} lacks {_missing(folder)}; re-download it")
         return folder

@@ -118,10 +118,13 @@ def _detect(folder: Path) -> bool:
     return any(is_dit_folder(sub) for sub in sorted(folder.glob("acestep-v15-*")) if sub.is_dir())
 
 
+COMPONENT_PATTERNS = [f"{VAE_FOLDER}/*", f"{TEXT_ENCODER_FOLDER}/*"]  # the main repo's shared parts
+
+
 def _patterns(repo: str) -> list[str]:
     """Exactly what the converter reads: the DiT files; the main repo also holds the VAE and text encoder."""
     if repo == MAIN_REPO:
-        return [f"{TURBO_FOLDER}/{f}" for f in DIT_FILES] + [f"{VAE_FOLDER}/*", f"{TEXT_ENCODER_FOLDER}/*"]
+        return [f"{TURBO_FOLDER}/{f}" for f in DIT_FILES] + COMPONENT_PATTERNS
     return list(DIT_FILES)
 
 

@@ -183,3 +183,24 @@ def test_settings_per_variant():
 def test_not_an_ace_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     assert not F.FAMILY.detect(tmp_path)
+
+
+def test_base_by_repo_id_fetches_only_the_main_repos_components(tmp_path, monkeypatch):
+    """`ace-step-1.5-base` by repo id: its own DiT files, and from the main repo only vae/ and the text
+    encoder (not the main repo's turbo DiT, ~4.8 GB). snapshot_download is replaced by a stand-in that
+    serves the fixture folders and records the patterns it was asked for."""
+    import huggingface_hub
+
+    asked: dict[str, list[str]] = {}
+    base = shutil.copytree(FIXTURES / "acestep-v15-base", tmp_path / "hub" / "base")  # alone, as in the cache
+    served = {"ACE-Step/acestep-v15-base": base, F.MAIN_REPO: repo(tmp_path)}
+
+    def snapshot_download(repo_id, allow_patterns=None, **_):
+        asked[repo_id] = list(allow_patterns)
+        return str(served[repo_id])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    out = convert("ACE-Step/acestep-v15-base", tmp_path / "base")
+    assert asked["ACE-Step/acestep-v15-base"] == ["config.json", "model.safetensors", "silence_latent.pt"]
+    assert asked[F.MAIN_REPO] == ["vae/*", "Qwen3-Embedding-0.6B/*"]
+    assert F.variant_of(json.loads((out / "config.json").read_text())) == "base"

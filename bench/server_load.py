@@ -54,6 +54,7 @@ def start_tiny_server(model_dir: Path, output_dir: Path, log_path: Path, timeout
     from mlx_audio_generate.server.launch import serve
 
     args = ["--model", f"tiny={Path(model_dir).resolve()}", "--output-dir", str(output_dir)]
+    args += ["--data-dir", str(Path(output_dir) / "data")]  # its own history, not the user's
     return serve(args, log_path=log_path, timeout=timeout)
 
 

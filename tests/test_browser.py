@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def server(musicgen_converted, tmp_path_factory):
     shutil.copytree(musicgen_converted, broken)
     (broken / "model.safetensors").unlink()  # described from its config; fails when a job loads it
     args = ["--model", f"tiny={musicgen_converted}", "--model", f"broken={broken}", "--output-dir", str(root)]
+    args += ["--data-dir", str(root / "data")]
     with serve(args, log_path=root / "server.log") as srv:
         yield srv
 
@@ -156,4 +158,34 @@ def test_errors_are_shown(page, server):
     expect(page.get_by_test_id("current")).to_have_attribute("data-status", "failed", timeout=60_000)
     expect(page.get_by_test_id("error")).to_contain_text("model.safetensors")
     expect(page.get_by_test_id("result")).to_be_hidden()
-    expect(page.get_by_test_id("history-item")).to_have_count(0)
+    expect(page.get_by_test_id("history-item").filter(has_text="strings")).to_have_count(0)
+
+
+def test_history_after_a_server_restart(page, musicgen_converted, tmp_path):
+    """The page shows the server's history: after a restart of the server the clip is still there, and the
+    star and the search box filter it."""
+    import httpx
+    from playwright.sync_api import expect
+
+    args = ["--model", f"tiny={musicgen_converted}", "--data-dir", str(tmp_path / "data")]
+    with serve(args, log_path=tmp_path / "log1") as srv:
+        for prompt in ("rainy cello", "bright banjo"):
+            body = {"model": "tiny", "prompt": prompt, "seconds": SECONDS}
+            job_id = httpx.post(f"{srv.url}/api/jobs", json=body).json()["id"]
+        while httpx.get(f"{srv.url}/api/jobs/{job_id}").json()["status"] in ("queued", "running"):
+            time.sleep(0.1)
+    with serve(args, log_path=tmp_path / "log2") as srv:
+        page.goto(srv.url + "/")
+        items = page.get_by_test_id("history-item")
+        expect(items).to_have_count(2)
+        expect(items.first).to_contain_text("bright banjo")  # newest first
+        assert abs(audio_duration(page, "[data-testid=history-item] audio") - SECONDS) <= 1 / 32000 + 1e-6
+        items.filter(has_text="rainy cello").get_by_test_id("star").click()
+        page.get_by_test_id("history-starred").check()
+        expect(items).to_have_count(1)
+        expect(items.first).to_contain_text("rainy cello")
+        page.get_by_test_id("history-starred").uncheck()
+        page.get_by_test_id("history-search").fill("banjo")
+        expect(items).to_have_count(1)
+        expect(items.first).to_contain_text("bright banjo")
+        assert not page.problems, page.problems

@@ -60,7 +60,8 @@ def models_dir(tmp_path_factory, musicgen_converted, stable_audio_small_converte
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("server-out")
-    args = ["--models-dir", str(models_dir), "--output-dir", str(out)]
+    data = tmp_path_factory.mktemp("server-data")
+    args = ["--models-dir", str(models_dir), "--output-dir", str(out), "--data-dir", str(data)]
     with serve(args, log_path=out.parent / "server.log") as srv:
         yield SimpleNamespace(proc=srv.proc, url=srv.url, port=srv.port, output_dir=out)
 
@@ -260,6 +261,7 @@ def test_openapi_ui_and_host_check(client, server):
 
 def test_queue_full_and_cancel(musicgen_converted, tmp_path):
     args = ["--model", f"tiny={musicgen_converted}", "--max-queue", "1", "--output-dir", str(tmp_path)]
+    args += ["--data-dir", str(tmp_path / "data")]
     with serve(args, log_path=tmp_path / "log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         long = submit(c, seconds=12.0)
         wait_job(c, long, until=("running", "done", "failed"))
@@ -280,15 +282,16 @@ def test_launch_reports_a_server_that_exits(tmp_path):
     log = tmp_path / "log"
     with pytest.raises(ServerStartError, match="server exited with 2") as e:
         start_server(["--model", "tiny=/nonexistent/folder"], log_path=log, timeout=30)
-    assert "not a folder written by mlx-audio-convert" in str(e.value)
+    assert "unknown model '/nonexistent/folder'" in str(e.value)
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         ([], "no models"),
-        (["--model", "tiny"], "NAME=DIR"),
-        (["--model", "tiny=/nonexistent/folder"], "not a folder written by mlx-audio-convert"),
+        (["--model", "=x"], "[NAME=]MODEL"),
+        (["--model", "tiny"], "unknown model 'tiny'"),
+        (["--model", "tiny=/nonexistent/folder"], "unknown model '/nonexistent/folder'"),
         (["--model", "bad/name=."], "not allowed"),
         (["--model", "a=.", "--port", "70000"], "--port"),
     ],

@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,26 @@ def setup_arg_parser() -> ArgumentParser:
         "--model",
         action="append",
         default=[],
-        metavar="NAME=DIR",
-        help="serve the converted folder DIR as NAME (repeatable)",
+        metavar="[NAME=]MODEL",
+        help="serve MODEL as NAME (repeatable): a converted folder, a model name or repo id as "
+        "mlx-audio-generate takes it (downloaded and converted once), or a checkpoint folder; NAME defaults "
+        "to the model's name",
     )
     p.add_argument(
         "--models-dir",
         action="append",
         default=[],
         metavar="DIR",
-        help="serve every converted folder inside DIR, named after its folder (repeatable)",
+        help="serve every converted folder inside DIR, named after its folder (repeatable); DIR may be "
+        "mlx-audio-generate's cache (~/.cache/mlx-audio-generate)",
     )
     p.add_argument(
-        "--output-dir", default=None, help="where clips are written (default: a new temporary folder)"
+        "--data-dir",
+        default=None,
+        help="where the history (history.sqlite3) and, unless --output-dir, the clips (clips/) are kept "
+        f"(default {default_data_dir()}; survives restarts)",
     )
+    p.add_argument("--output-dir", default=None, help="where clips are written (default: DATA_DIR/clips)")
     p.add_argument(
         "--max-queue", type=int, default=16, help="jobs allowed to wait; more get HTTP 429 (default 16)"
     )
@@ -51,12 +57,24 @@ def setup_arg_parser() -> ArgumentParser:
     return p
 
 
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "mlx-audio-generate"
+
+
 def parse_models(specs: list[str]) -> dict[str, str]:
     named: dict[str, str] = {}
     for spec in specs:
         name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            raise UserError(f"--model '{spec}' must be NAME=DIR, e.g. --model small=converted/my-model")
+        if (
+            not sep
+        ):  # a bare model: named after its last path part ("facebook/musicgen-small" -> musicgen-small)
+            name, folder = Path(spec.rstrip("/")).name, spec
+        if not name or not folder:
+            raise UserError(
+                f"--model '{spec}' must be [NAME=]MODEL, e.g. --model small=musicgen-small or "
+                "--model converted/my-model"
+            )
         if name in named:
             raise UserError(f"--model name '{name}' is given twice")
         named[name] = folder
@@ -72,17 +90,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def prepare_output_dir(path: str | None) -> Path:
-    if path is None:
-        return Path(tempfile.mkdtemp(prefix="mlx-audio-server-"))
+def prepare_dir(path: str | Path, flag: str) -> Path:
     out = Path(path).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create --output-dir '{out}': {e.strerror or e}") from None
+        raise UserError(f"cannot create {flag} '{out}': {e.strerror or e}") from None
     if not out.is_dir() or not os.access(out, os.W_OK):
-        raise UserError(f"--output-dir '{out}' is not a writable folder")
+        raise UserError(f"{flag} '{out}' is not a writable folder")
     return out
+
+
+def open_history(data_dir: Path) -> Any:
+    import sqlite3
+
+    from ..server.history import History
+
+    path = data_dir / "history.sqlite3"
+    try:
+        return History(path)
+    except sqlite3.Error as e:
+        raise UserError(f"cannot open the history {path}: {e}; move it away to start a new one") from None
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -139,7 +167,7 @@ def _main(argv: list[str] | None) -> int:
     named = parse_models(args.model)
     if not named and not args.models_dir:
         raise UserError(
-            "no models: pass --model NAME=DIR or --models-dir DIR (folders written by mlx-audio-convert)"
+            "no models: pass --model [NAME=]MODEL (e.g. --model musicgen-small) or --models-dir DIR"
         )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
@@ -162,7 +190,10 @@ def _run_server(args: Any, models: dict[str, Any], sock: socket.socket) -> None:
     from ..server import create_app
     from ..server.app import LOOPBACK_HOSTS
 
-    output_dir = prepare_output_dir(args.output_dir)  # after the bind: a failed start leaves no temp folder
+    # after the bind: a failed start makes no folders
+    data_dir = prepare_dir(args.data_dir or default_data_dir(), "--data-dir")
+    output_dir = prepare_dir(args.output_dir or data_dir / "clips", "--output-dir")
+    history = open_history(data_dir)
 
     if is_loopback(args.host):
         # Only loopback names in the Host header (see create_app: no DNS rebinding).
@@ -174,12 +205,18 @@ def _run_server(args: Any, models: dict[str, Any], sock: socket.socket) -> None:
             "(there is no authentication)",
             file=sys.stderr,
         )
-    app = create_app(models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts)
+    app = create_app(
+        models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts, history=history
+    )
 
     listed = ", ".join(f"{m.name} ({m.family})" for m in models.values())
     bare = args.host.strip("[]")
     host = f"[{bare}]" if ":" in bare else bare
-    print(f"mlx-audio-server: http://{host}:{args.port}/  models: {listed}  clips: {output_dir}", flush=True)
+    print(
+        f"mlx-audio-server: http://{host}:{args.port}/  models: {listed}  clips: {output_dir}  "
+        f"history: {history.path}",
+        flush=True,
+    )
     _serve(app, sock, bare, args.port, args.debug)
 
 

@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -23,12 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import registry
 from ..errors import UserError
 from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
+from .history import MAX_TITLE_CHARS, History
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
 
 log = logging.getLogger("mlx_audio_generate.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
+SWAGGER = "/static/vendor/swagger-ui"  # shipped in the package: /docs works offline and calls no CDN
 # A job request is a few hundred bytes (prompts are at most MAX_PROMPT_CHARS): anything much larger is refused
 # before it is read in full or parsed, so no body can make the server allocate or answer megabytes.
 MAX_BODY_BYTES = 64 * 1024
@@ -121,10 +124,24 @@ class JobCreated(BaseModel):
     url: str
 
 
+class JobNotes(BaseModel):
+    """The user's notes on a job; omitted fields stay as they are."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    title: str | None = Field(
+        None, max_length=MAX_TITLE_CHARS, description='a name for the clip ("" clears it)'
+    )
+    rating: int | None = Field(None, ge=0, le=5, description="0..5 stars (0 clears it)")
+    starred: bool | None = None
+
+
 class JobInfo(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
-    stage: str | None = Field(description="while running: loading, generating or writing")
+    stage: str | None = Field(
+        description="while running: loading (first use of a model), text, generate, decode, writing"
+    )
     progress: float = Field(ge=0, le=1)
     step: int
     total: int
@@ -142,6 +159,11 @@ class JobInfo(BaseModel):
     finished: float | None
     elapsed: float | None
     download_name: str
+    eta: float | None = Field(description="estimated seconds left while running, once steps are timed")
+    stage_times: dict[str, list[float | None]] = Field(description="stage -> [start, end] (Unix time)")
+    title: str | None
+    rating: int | None
+    starred: bool
     audio_url: str | None = Field(description="the WAV, once status is done")
 
 
@@ -287,10 +309,12 @@ def create_app(
     output_dir: str | Path,
     max_queue: int = 16,
     allowed_hosts: list[str] | None = None,
+    history: History | None = None,
 ) -> FastAPI:
     """The app; its lifespan starts and stops the worker. `allowed_hosts` (Host header names) defaults to
-    loopback names only, which stops DNS-rebinding pages from reaching a server bound to 127.0.0.1."""
-    queue = JobQueue(models, output_dir, max_queue=max_queue)
+    loopback names only, which stops DNS-rebinding pages from reaching a server bound to 127.0.0.1.
+    `history`: where jobs are remembered across restarts (history.py); None keeps them in memory only."""
+    queue = JobQueue(models, output_dir, max_queue=max_queue, history=history)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -302,6 +326,8 @@ def create_app(
         title="mlx-audio-generate",
         description=f"Local text-to-audio jobs ({registry.labels()}), run one at a time.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own Swagger UI files
+        redoc_url=None,
         responses={422: {"model": ValidationErrorBody, "description": "invalid request"}},
     )
     app.state.queue = queue
@@ -364,8 +390,34 @@ def create_app(
     )(create_job)
 
     @app.get("/api/jobs", response_model=list[JobInfo], summary="This server's jobs, newest first")
-    def list_jobs() -> list[dict[str, Any]]:
-        return [_with_url(v) for v in queue.list()]
+    def list_jobs(
+        q: str | None = Query(None, max_length=200, description="only jobs whose prompt, title or model "
+                              "contains this (any case)"),
+        starred: bool = Query(False, description="only starred jobs"),
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        return [_with_url(v) for v in queue.list(q, starred)]
+
+    @app.patch("/api/jobs/{job_id}", response_model=JobInfo, summary="Rename, rate or star a job")
+    def annotate_job(job_id: uuid.UUID, notes: JobNotes) -> dict[str, Any]:
+        view = queue.annotate(str(job_id), **notes.model_dump(exclude_unset=True))
+        if view is None:
+            raise HTTPException(404, f"no job {job_id} on this server")
+        return _with_url(view)
+
+    @app.delete(
+        "/api/history/{job_id}",
+        response_model=JobInfo,
+        summary="Delete a finished job from the history, with its clip",
+        responses={409: {"description": "the job is queued or running: cancel it first"}},
+    )
+    def forget_job(job_id: uuid.UUID) -> dict[str, Any]:
+        view = queue.forget(str(job_id))
+        if view is None:
+            raise HTTPException(404, f"no job {job_id} on this server")
+        if isinstance(view, str):
+            raise HTTPException(409, view)
+        view["audio_url"] = None
+        return view
 
     # Ids are typed as UUIDs: anything else is a 422 before a handler runs, and files are only ever
     # looked up through the server's own job records, so no request can name a path.
@@ -400,6 +452,16 @@ def create_app(
         if not path.is_file():
             raise HTTPException(404, f"the audio of job {job_id} was removed from the output folder")
         return FileResponse(path, media_type="audio/wav", filename=name, content_disposition_type="inline")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+        )
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -3,6 +3,14 @@
 The worker thread is the only one that touches MLX (loading and generating): MLX streams belong to the thread
 that created them, and one device cannot run two generations faster than one after the other anyway. HTTP
 handlers only enqueue and read snapshots, under one lock; a client that goes away changes nothing here.
+
+With a `History` (history.py) every job is also a row in SQLite, written on submit and on every change of
+state, and read back when the server starts: the history and its clips outlive the process.
+
+A running job reports its stage as the model does (progress.py): "loading" (the weights, first use only),
+"text", "generate", "decode", then "writing" (the file); each stage's start and end times are kept
+(`stage_times`), and the estimate of the time left (`eta`) comes from the steps done so far plus the decode
+time of the model's last finished job, scaled by length.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 from ..audio import write_audio
 from ..errors import UserError
 from ..weights import atomic_write
+from .history import MAX_TITLE_CHARS, History
 from .models import ModelEntry
 
 log = logging.getLogger("mlx_audio_generate.server")
@@ -83,13 +92,52 @@ class Job:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: float = field(default_factory=time.time)
     status: str = "queued"
-    stage: str | None = None  # while running: "loading" (the model), "generating", "writing"
+    stage: str | None = None  # while running: "loading", "text", "generate", "decode", "writing"
     step: int = 0
     total: int = 0
     error: str | None = None
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
+    stage_times: dict[str, list[float | None]] = field(default_factory=dict)  # stage -> [start, end]
+    title: str | None = None  # the user's notes (history.py)
+    rating: int | None = None
+    starred: bool = False
+    eta_hint: float | None = None  # seconds of decode expected after the last step (JobQueue._decode_hint)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        names = set(cls.__dataclass_fields__) - {"cancel_requested", "eta_hint", "stage", "step", "total"}
+        job = cls(**{k: row[k] for k in names if k in row})
+        if job.status == "done":
+            job.step = job.total = 1
+        return job
+
+    def row(self) -> dict[str, Any]:
+        """What history.py stores."""
+        names = set(self.__dataclass_fields__) - {"cancel_requested", "eta_hint", "stage", "step", "total"}
+        return {k: getattr(self, k) for k in names}
+
+    def enter(self, stage: str, now: float | None = None) -> None:
+        """Stage `stage` starts now (the previous one ends)."""
+        now = time.time() if now is None else now
+        if self.stage is not None and self.stage in self.stage_times:
+            self.stage_times[self.stage][1] = now
+        self.stage = stage
+        self.stage_times[stage] = [now, None]
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left, once steps have been timed (module doc); None before that."""
+        if self.status != "running":
+            return None
+        decode = self.eta_hint
+        if self.stage == "decode":
+            start = self.stage_times["decode"][0]
+            return None if decode is None else max(0.0, decode - (now - start))
+        if self.stage != "generate" or not self.step or not self.total:
+            return None
+        per_step = (now - self.stage_times["generate"][0]) / self.step
+        return per_step * (self.total - self.step) + (decode or 0.0)
 
     @property
     def download_name(self) -> str:
@@ -103,7 +151,8 @@ class Job:
             progress = min(1.0, self.step / self.total)
         else:
             progress = 0.0
-        end = self.finished or time.time()
+        now = time.time()
+        end = self.finished or now
         return {
             "id": self.id,
             "status": self.status,
@@ -125,6 +174,11 @@ class Job:
             "finished": self.finished,
             "elapsed": None if self.started is None else end - self.started,
             "download_name": self.download_name,
+            "eta": self.eta(now),
+            "stage_times": {k: list(v) for k, v in self.stage_times.items()},
+            "title": self.title,
+            "rating": self.rating,
+            "starred": self.starred,
         }
 
 
@@ -137,6 +191,7 @@ class JobQueue:
         output_dir: str | Path,
         max_queue: int = 16,
         max_jobs_kept: int = 1000,
+        history: History | None = None,
     ):
         self.models = models
         self.output_dir = Path(output_dir).absolute()  # errors then name it in full, and redaction finds it
@@ -147,6 +202,10 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.history = history
+        if history is not None:
+            for row in history.load()[-max_jobs_kept:]:
+                self._jobs[row["id"]] = Job.from_row(row)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -171,6 +230,7 @@ class JobQueue:
                 raise QueueFull(f"{len(self._waiting)} jobs are already waiting; try again when one finishes")
             self._jobs[job.id] = job
             self._waiting.append(job)
+            self._remember(job)
             self._cv.notify_all()
             return self._view(job)
 
@@ -179,10 +239,50 @@ class JobQueue:
             job = self._jobs.get(job_id)
             return None if job is None else self._view(job)
 
-    def list(self) -> list[dict[str, Any]]:
-        """Newest first."""
+    def list(self, query: str | None = None, starred: bool = False) -> list[dict[str, Any]]:
+        """Newest first; `query`: only jobs whose prompt, title or model holds it (any case); `starred`:
+        only starred ones."""
+        q = (query or "").strip().casefold()
         with self._cv:
-            return [self._view(j) for j in reversed(self._jobs.values())]
+            jobs = [
+                j for j in reversed(self._jobs.values())
+                if (not starred or j.starred)
+                and (not q or any(q in (x or "").casefold() for x in (j.prompt, j.title, j.model)))
+            ]  # fmt: skip
+            return [self._view(j) for j in jobs]
+
+    def annotate(self, job_id: str, **changes: Any) -> dict[str, Any] | None:
+        """Set a job's title / rating / star (None = no change for rating and starred; a title of "" clears
+        it); the job's view, or None when there is no such job."""
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if "title" in changes:
+                title = " ".join((changes["title"] or "").split())[:MAX_TITLE_CHARS]
+                job.title = title or None
+            if changes.get("rating") is not None:
+                job.rating = int(changes["rating"]) or None  # 0 clears it
+            if changes.get("starred") is not None:
+                job.starred = bool(changes["starred"])
+            self._remember(job)
+            return self._view(job)
+
+    def forget(self, job_id: str) -> dict[str, Any] | str | None:
+        """Delete a finished job: its row, its clip and description. None: no such job; a string: why not."""
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.status not in FINISHED:
+                return f"job {job_id} is {job.status}; cancel it first"
+            del self._jobs[job_id]
+            view = self._view(job)
+        if self.history is not None:
+            self.history.delete(job_id)
+        for path in (self.output_dir / f"{job_id}.wav", self.output_dir / f"{job_id}.json"):
+            path.unlink(missing_ok=True)  # the server's own files, named by its own id
+        return view
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """A waiting job is dropped at once; a running one stops after its current step."""
@@ -229,7 +329,9 @@ class JobQueue:
                     return
                 job = self._waiting.popleft()
                 job.status, job.started = "running", time.time()
-                job.stage = "generating" if self.models[job.model].loaded else "loading"
+                job.enter("text" if self.models[job.model].loaded else "loading", job.started)
+                job.eta_hint = self._decode_hint(job)
+                self._remember(job)
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -254,24 +356,39 @@ class JobQueue:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
         self._finish(job, "failed", message)
 
+    def _decode_hint(self, job: Job) -> float | None:
+        """The decode time of this model's last finished job, scaled to this job's length."""
+        for old in reversed(self._jobs.values()):
+            times = old.stage_times.get("decode")
+            if old is not job and old.model == job.model and old.status == "done" and times and times[1]:
+                return (times[1] - times[0]) * job.seconds / max(old.seconds, 1e-9)
+        return None
+
     def _generate(self, job: Job) -> None:
         self._check_cancel(job)
         entry = self.models[job.model]
         model = entry.load()
         with self._cv:
-            job.stage = "generating"
+            if job.stage == "loading":
+                job.enter("text")
 
         def progress(done: int, total: int) -> None:
             with self._cv:
                 job.step, job.total = int(done), int(total)
             self._check_cancel(job)
 
+        def on_stage(stage: str, done: int, total: int) -> None:
+            with self._cv:
+                if stage != job.stage:
+                    job.enter(stage)
+            self._check_cancel(job)
+
         audio = model.generate(
-            job.prompt, seconds=job.seconds, seed=job.seed, progress=progress, **job.params
+            job.prompt, seconds=job.seconds, seed=job.seed, progress=progress, on_stage=on_stage, **job.params
         )
         self._check_cancel(job)
         with self._cv:
-            job.stage = "writing"
+            job.enter("writing")
         path = self.output_dir / f"{job.id}.wav"
         try:  # the folder may have been removed while the server runs: make it again
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -291,11 +408,24 @@ class JobQueue:
             if job.cancel_requested or self._stopping:
                 raise JobCancelled
 
+    def _remember(self, job: Job) -> None:
+        """Write the job's row (call under the lock); a failing disk is logged, never fatal to the job."""
+        if self.history is None:
+            return
+        try:
+            self.history.save(job.row())
+        except Exception as e:  # sqlite3.Error, OSError: the history is a convenience, the clip comes first
+            log.warning("cannot record job %s in %s: %s", job.id, self.history.path, e)
+
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         with self._cv:
-            job.status, job.error, job.stage, job.finished = status, error, None, time.time()
+            job.status, job.error, job.finished = status, error, time.time()
+            if job.stage is not None and job.stage in job.stage_times:
+                job.stage_times[job.stage][1] = job.finished
+            job.stage = None
             if status == "done":
                 job.step = job.total = max(job.total, 1)
+            self._remember(job)
             # Bound memory on a long-running server: forget the oldest finished jobs (their files stay).
             excess = len(self._jobs) - self.max_jobs_kept
             for old in [j for j in self._jobs.values() if j.status in FINISHED][: max(0, excess)]:

@@ -1,5 +1,10 @@
 """The server's models: converted folders by name, described from their config, loaded on first use.
 
+A model is given as the CLI takes it: a converted folder, a model name or repo id, or a reference checkpoint
+folder (the last two are fetched and converted once into the CLI's cache, resolve.py, before the server
+starts). A models folder may be a folder of converted folders or the CLI's cache itself
+(`<cache>/<owner--name>/<dtype>/`): each conversion in it is served under its model's short name.
+
 Describing a model (sample rate, length limit, parameters and defaults) reads only config.json, through its
 family (`Family.facts`, `Family.settings`), so the server starts at once and can validate requests before any
 weights are loaded; the worker thread loads the weights the first time a job needs them and keeps the model.
@@ -21,6 +26,13 @@ from ..settings import Setting
 log = logging.getLogger("mlx_audio_generate.server")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise UserError(
+            f"model name '{name}' is not allowed; use letters, digits, '.', '_' or '-' (at most 64)"
+        )
 
 
 class ModelEntry:
@@ -46,10 +58,7 @@ class ModelEntry:
 
     @classmethod
     def from_folder(cls, name: str, folder: str | Path) -> ModelEntry:
-        if not NAME_RE.match(name):
-            raise UserError(
-                f"model name '{name}' is not allowed; use letters, digits, '.', '_' or '-' (at most 64)"
-            )
+        check_name(name)
         folder = Path(folder).expanduser().resolve()
         if read_meta(folder) is None:
             raise UserError(f"'{folder}' is not a folder written by mlx-audio-convert")
@@ -90,6 +99,29 @@ class ModelEntry:
         }
 
 
+def open_spec(name: str, spec: str | Path, dtype: str | None = None) -> ModelEntry:
+    """`spec` as the CLI's --model takes it (module doc), served as `name`."""
+    check_name(name)  # before anything is fetched or converted
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and read_meta(folder) is not None:
+        return ModelEntry.from_folder(name, folder)
+    from ..resolve import resolve
+
+    return ModelEntry.from_folder(name, resolve(str(spec), dtype=dtype))
+
+
+def _cache_entries(child: Path) -> list[tuple[str, Path]]:
+    """(name, folder) of each conversion in a cache entry `<owner--name>/<dtype>/` (resolve.py's layout):
+    the registry's short name for the repo (else the folder's name), plus `-<dtype>` unless original."""
+    repo = child.name.replace("--", "/", 1)
+    short = {r: n for n, r in registry.short_names().items()}.get(repo, child.name)
+    found = []
+    for sub in sorted(p for p in child.iterdir() if p.is_dir() and read_meta(p) is not None):
+        dtype = sub.name.split("--", 1)[0]  # local folders' entries carry a content key after the dtype
+        found.append((short if dtype == "original" else f"{short}-{dtype}", sub))
+    return found
+
+
 def discover_models(
     named: dict[str, str | Path] | None = None, models_dirs: list[str | Path] | None = None
 ) -> dict[str, ModelEntry]:
@@ -97,13 +129,21 @@ def discover_models(
     (named after the folder; folders that are not converted models are skipped)."""
     entries: dict[str, ModelEntry] = {}
     for name, folder in (named or {}).items():
-        entries[name] = ModelEntry.from_folder(name, folder)
+        entries[name] = open_spec(name, folder)
     for d in models_dirs or []:
         root = Path(d).expanduser()
         if not root.is_dir():
             raise UserError(f"--models-dir '{root}' is not a folder")
         for child in sorted(p for p in root.iterdir() if p.is_dir()):
             if child.name in entries or not NAME_RE.match(child.name):
+                continue
+            if read_meta(child) is None and not (child / "config.json").is_file():
+                for name, sub in _cache_entries(child):  # the CLI's cache layout
+                    if name not in entries and NAME_RE.match(name):
+                        try:
+                            entries[name] = ModelEntry.from_folder(name, sub)
+                        except UserError as e:
+                            log.warning("skipping %s: %s", sub, e)
                 continue
             try:
                 entries[child.name] = ModelEntry.from_folder(child.name, child)

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const HISTORY_KEY = "mlx-audio-generate.history";
+const HISTORY_LIMIT = 50;
 const POLL_MS = 250;
 
 const state = { models: [], jobId: null, timer: null };
@@ -159,10 +159,11 @@ async function poll() {
   const job = res.data;
   renderJob(job);
   if (job.status === "queued" || job.status === "running") {
+    $("generate").textContent = job.status === "queued" ? "Queued…" : "Generating…";
     state.timer = setTimeout(poll, POLL_MS);
   } else {
     finishJob();
-    if (job.status === "done") addHistory(job);
+    if (job.status === "done") loadHistory();
   }
 }
 
@@ -211,21 +212,36 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+const STAGE_LABELS = {
+  loading: "Loading model…", text: "Encoding the prompt…", generate: "Generating…",
+  decode: "Decoding audio…", writing: "Writing file…",
+};
+
+function timing(job) {
+  const parts = [];
+  if (job.elapsed != null) parts.push(`${job.elapsed.toFixed(1)} s elapsed`);
+  if (job.eta != null) parts.push(`about ${Math.max(1, Math.round(job.eta))} s left`);
+  return parts.join(" · ");
+}
+
 function renderJob(job) {
   $("current").dataset.status = job.status;
+  $("current").dataset.stage = job.stage || "";
   if (job.status === "queued") {
-    setStatus("Queued", job.queue_position ? `position ${job.queue_position}` : "");
+    setStatus("Queued", job.queue_position ? `position ${job.queue_position} in the queue` : "");
     setProgress(0, true);
   } else if (job.status === "running") {
-    if (job.stage === "loading") {
-      setStatus("Loading model…", "first use only");
-      setProgress(0, true);
-    } else if (job.stage === "writing") {
-      setStatus("Writing file…", "");
-      setProgress(1, false);
-    } else {
-      setStatus("Generating…", job.total ? `step ${job.step} / ${job.total} · ${Math.round(job.progress * 100)}%` : "");
+    const label = STAGE_LABELS[job.stage] || "Working…";
+    if (job.stage === "generate" && job.total) {
+      const steps = `step ${job.step} / ${job.total} · ${Math.round(job.progress * 100)}%`;
+      setStatus(label, [steps, timing(job)].filter(Boolean).join(" · "));
       setProgress(job.progress, false);
+    } else if (job.stage === "decode" || job.stage === "writing") {
+      setStatus(label, timing(job));
+      setProgress(1, job.stage === "decode");
+    } else {
+      setStatus(label, job.stage === "loading" ? "first use only" : timing(job));
+      setProgress(0, true);
     }
   } else if (job.status === "done") {
     setStatus("Done", `generated in ${job.elapsed.toFixed(1)} s · seed ${job.seed}`);
@@ -251,29 +267,56 @@ function clipInfo(job) {
 }
 
 // ---------------------------------------------------------------------------------------------- history
+// The server keeps the history (SQLite in its data folder): it outlives page reloads and server restarts.
 
-function loadHistory() {
-  try { return JSON.parse(sessionStorage.getItem(HISTORY_KEY)) || []; } catch (err) { return []; }
-}
-
-function addHistory(job) {
-  const keep = ["id", "model", "prompt", "seconds", "seed", "params", "audio_url", "download_name"];
-  const entry = Object.fromEntries(keep.map((k) => [k, job[k]]));
-  const history = [entry, ...loadHistory().filter((h) => h.id !== job.id)].slice(0, 50);
-  sessionStorage.setItem(HISTORY_KEY, JSON.stringify(history));
-  renderHistory(history);
+async function loadHistory() {
+  const query = $("history-search").value.trim();
+  const params = new URLSearchParams();
+  if (query) params.set("q", query);
+  if ($("history-starred").checked) params.set("starred", "true");
+  const res = await api(`/api/jobs?${params}`);
+  if (!res.ok) return showError(errorText(res));
+  renderHistory(res.data.filter((j) => j.status === "done").slice(0, HISTORY_LIMIT));
 }
 
 function renderHistory(history) {
   $("history-empty").hidden = history.length > 0;
   $("history").replaceChildren(...history.map((h) => el("li", { dataset: { testid: "history-item", jobId: h.id } },
-    el("p", { className: "clip-prompt", textContent: h.prompt }),
-    el("audio", { controls: true, preload: "none", src: h.audio_url }),
+    el("p", { className: "clip-prompt", textContent: h.title || h.prompt, title: h.prompt }),
+    el("audio", { controls: true, preload: "metadata", src: h.audio_url }),
     el("div", { className: "clip-meta" },
       el("span", { textContent: clipInfo(h) }),
       el("span", { className: "clip-actions" },
+        el("button", {
+          type: "button", className: "link star", textContent: h.starred ? "★" : "☆",
+          title: h.starred ? "Unstar" : "Star", dataset: { testid: "star" },
+          onclick: () => annotate(h.id, { starred: !h.starred }),
+        }),
+        el("button", { type: "button", className: "link", textContent: "Rename", onclick: () => rename(h) }),
         el("button", { type: "button", className: "link", textContent: "Reuse settings", onclick: () => reuse(h) }),
-        el("a", { href: h.audio_url, download: h.download_name, textContent: "Download" }))))));
+        el("a", { href: h.audio_url, download: h.download_name, textContent: "Download" }),
+        el("button", {
+          type: "button", className: "link danger", textContent: "Delete", dataset: { testid: "delete" },
+          onclick: () => forget(h),
+        }))))));
+}
+
+async function annotate(id, notes) {
+  const res = await api(`/api/jobs/${id}`, { method: "PATCH", body: JSON.stringify(notes) });
+  if (!res.ok) return showError(errorText(res));
+  loadHistory();
+}
+
+function rename(h) {
+  const title = window.prompt("Name this clip", h.title || h.prompt);
+  if (title !== null) annotate(h.id, { title });
+}
+
+async function forget(h) {
+  if (!window.confirm(`Delete "${h.title || h.prompt}" and its file?`)) return;
+  const res = await api(`/api/history/${h.id}`, { method: "DELETE" });
+  if (!res.ok) return showError(errorText(res));
+  loadHistory();
 }
 
 function reuse(h) {
@@ -291,16 +334,6 @@ function reuse(h) {
   $("prompt").focus();
 }
 
-async function pruneHistory() {
-  // Clips of an earlier server run are gone from this one: drop them instead of showing dead players.
-  const res = await api("/api/jobs");
-  if (!res.ok) return renderHistory(loadHistory());
-  const live = new Set(res.data.filter((j) => j.status === "done").map((j) => j.id));
-  const history = loadHistory().filter((h) => live.has(h.id));
-  sessionStorage.setItem(HISTORY_KEY, JSON.stringify(history));
-  renderHistory(history);
-}
-
 // ---------------------------------------------------------------------------------------------- start
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -311,6 +344,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("generate-form").requestSubmit();
   });
+  let searchTimer = null;
+  $("history-search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(loadHistory, 200);
+  });
+  $("history-starred").addEventListener("change", loadHistory);
   loadModels();
-  pruneHistory();
+  loadHistory();
 });

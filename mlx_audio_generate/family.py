@@ -104,6 +104,7 @@ class Family:
     streams: bool = False  # generate(..., stream=True) is supported
     long_form: bool = False  # seconds may exceed the model's window (max_seconds) in the CLI, batch and API
     verb: str = "generating"  # the CLI's progress label for the "generate" stage
+    examples: tuple[str, ...] = ()  # example prompts the web UI offers (presets a user can start from)
     repos: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -47,6 +47,9 @@ class Setting:
     batch: bool = True  # a batch line may set it
     server: bool = True  # the server and the web UI offer it
     metavar: str | None = None
+    # set by selecting a region on the waveform of the file setting named first (the web UI): "start" /
+    # "end" (seconds) or "list" ("START:END,...")
+    region: tuple[str, str] | None = None
 
     @property
     def flag(self) -> str:
@@ -120,6 +123,7 @@ class Setting:
         """The description the web UI reads (GET /api/models)."""
         d = asdict(self)
         d["choices"] = list(self.choices) if self.choices is not None else None
+        d["region"] = None if self.region is None else {"of": self.region[0], "role": self.region[1]}
         for key in ("batch", "server", "metavar", "exclusive_minimum", "exclusive_maximum", "note"):
             d.pop(key)
         return d

@@ -125,8 +125,8 @@ def test_generate_play_download_history(page, server, tmp_path):
     item = page.get_by_test_id("history-item")
     expect(item).to_have_count(1)
     expect(item).to_contain_text("gentle lofi piano")
-    expect(item.locator("a[download]")).to_have_attribute(
-        "href", page.get_by_test_id("player").get_attribute("src")
+    expect(item.locator("a[download]")).to_have_attribute(  # the same clip as the result's download
+        "href", page.get_by_test_id("download").get_attribute("href")
     )
     assert abs(audio_duration(page, "[data-testid=history-item] audio") - SECONDS) <= 1 / 32000 + 1e-6
     job = page.request.get(f"{server.url}/api/jobs/{item.get_attribute('data-job-id')}").json()

@@ -85,6 +85,7 @@ def test_models(client):
         "top_k": 250,
         "top_p": 0.0,
         "guidance_coef": 3.0,
+        "audio_prompt": None,  # an upload's id (test_server_uploads.py); no melody: not a melody model
     }
     sa = models["sa"]
     assert sa["family"] == "stable_audio" and sa["sample_rate"] == 44100 and 0 < sa["max_seconds"] < 1

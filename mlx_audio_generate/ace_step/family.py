@@ -171,4 +171,10 @@ FAMILY = Family(
     extra_repos=frozenset({MAIN_REPO}),
     convert_settings=CONVERT_SETTINGS,
     verb="denoising",
+    examples=(
+        "upbeat pop, bright synths, catchy female vocals, 120 BPM",
+        "melancholic indie folk, acoustic guitar, soft male vocals",
+        "energetic rock anthem, distorted guitars, big drums, gang vocals",
+        "lofi hip hop, mellow Rhodes, dusty drums, instrumental",
+    ),
 )

@@ -53,6 +53,12 @@ def setup_arg_parser() -> ArgumentParser:
     p.add_argument(
         "--max-queue", type=int, default=16, help="jobs allowed to wait; more get HTTP 429 (default 16)"
     )
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=64,
+        help="largest audio file a client may upload (melody, init / inpaint audio; default 64)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks and log every request")
     return p
 
@@ -60,6 +66,12 @@ def setup_arg_parser() -> ArgumentParser:
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "mlx-audio-generate"
+
+
+def _example() -> str:
+    from .. import registry
+
+    return next(iter(registry.families().values())).example
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -71,10 +83,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
         ):  # a bare model: named after its last path part ("facebook/musicgen-small" -> musicgen-small)
             name, folder = Path(spec.rstrip("/")).name, spec
         if not name or not folder:
-            raise UserError(
-                f"--model '{spec}' must be [NAME=]MODEL, e.g. --model small=musicgen-small or "
-                "--model converted/my-model"
-            )
+            raise UserError(f"--model '{spec}' must be [NAME=]MODEL, e.g. --model {_example()}")
         if name in named:
             raise UserError(f"--model name '{name}' is given twice")
         named[name] = folder
@@ -164,10 +173,12 @@ def _main(argv: list[str] | None) -> int:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     if args.max_queue < 1:
         raise UserError(f"--max-queue must be >= 1, got {args.max_queue}")
+    if not 1 <= args.max_upload_mb <= 4096:
+        raise UserError(f"--max-upload-mb must be in 1..4096, got {args.max_upload_mb}")
     named = parse_models(args.model)
     if not named and not args.models_dir:
         raise UserError(
-            "no models: pass --model [NAME=]MODEL (e.g. --model musicgen-small) or --models-dir DIR"
+            f"no models: pass --model [NAME=]MODEL (e.g. --model {_example()}) or --models-dir DIR"
         )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
@@ -206,8 +217,9 @@ def _run_server(args: Any, models: dict[str, Any], sock: socket.socket) -> None:
             file=sys.stderr,
         )
     app = create_app(
-        models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts, history=history
-    )
+        models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts, history=history,
+        uploads_dir=data_dir / "uploads", max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+    )  # fmt: skip
 
     listed = ", ".join(f"{m.name} ({m.family})" for m in models.values())
     bare = args.host.strip("[]")

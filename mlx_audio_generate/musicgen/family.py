@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,6 @@ SETTINGS = [
         "Melody",
         "melody to follow (melody checkpoints)",
         batch=False,
-        server=False,
         metavar="FILE",
     ),  # fmt: skip
     Setting(
@@ -57,7 +57,6 @@ SETTINGS = [
         "Audio prompt",
         "audio to continue; --seconds is the total length",
         batch=False,
-        server=False,
         metavar="FILE",
     ),  # fmt: skip
     Setting(
@@ -102,6 +101,14 @@ def _facts(config: dict[str, Any]) -> ModelFacts:
     return ModelFacts(int(config["audio_encoder"]["sampling_rate"]), channels, DEFAULT_WINDOW)
 
 
+def settings(config: dict[str, Any] | None) -> list[Setting]:
+    """The settings; with a converted config that is not a melody model's, the melody input is not offered
+    by the server and the UI (the CLI keeps the flag, to say why it does not apply)."""
+    if config is None or config.get("model_type") == "musicgen_melody":
+        return list(SETTINGS)
+    return [replace(st, server=False) if st.name == "melody" else st for st in SETTINGS]
+
+
 FAMILY = Family(
     name="musicgen",
     label="MusicGen",
@@ -111,9 +118,15 @@ FAMILY = Family(
     convert=_convert,
     load=_load,
     facts=_facts,
-    settings=lambda config: list(SETTINGS),
+    settings=settings,
     quantize=QuantizeSpec("lm", frozenset({"enc_to_dec_proj", "audio_enc_to_dec_proj"}), (), "LM"),
     streams=True,
     long_form=True,
     verb="generating",
+    examples=(
+        "lofi hip hop beat with warm piano chords and vinyl crackle, 80 BPM",
+        "80s synthwave, driving bassline, gated drums",
+        "acoustic folk guitar, fingerpicked, warm and intimate",
+        "epic orchestral trailer music, big brass and taiko drums",
+    ),
 )

@@ -27,6 +27,7 @@ from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
 from .history import MAX_TITLE_CHARS, History
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
+from .uploads import MAX_UPLOAD_BYTES, UploadError, Uploads
 
 log = logging.getLogger("mlx_audio_generate.server")
 
@@ -41,8 +42,11 @@ MAX_MESSAGE_CHARS = 1000
 MAX_ITEM_CHARS = 200
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 # The UI loads nothing from elsewhere; the policy makes that a guarantee (and blocks injected scripts).
+# Inline styles are allowed: wavesurfer.js styles its shadow DOM with a <style> element (scripts stay
+# 'self' only); blob: lets it draw and play from memory.
 UI_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 
@@ -72,6 +76,9 @@ class JobRequestBase(BaseModel):
 
 def _field(st: Setting, families: str) -> tuple[Any, Any]:
     """A request field for a setting: its JSON type and the schema's bounds (checked again per model)."""
+    if st.kind == "file":  # never a path: the id of an upload or of a finished job (uploads.py)
+        desc = f"{families}: {st.help} (the id of an upload, POST /api/uploads, or of a finished job)"
+        return str | None, Field(None, max_length=36, description=desc)
     if st.kind in ("float", "int"):
         bounds: dict[str, Any] = {}
         if st.minimum is not None:
@@ -96,9 +103,14 @@ def request_model() -> type[BaseModel]:
     return create_model("JobRequest", __base__=JobRequestBase, **fields)
 
 
+class RegionInfo(BaseModel):
+    of: str = Field(description="the file setting whose waveform the region is selected on")
+    role: Literal["start", "end", "list"]
+
+
 class ParamInfo(BaseModel):
     name: str
-    kind: Literal["float", "int", "choice", "text"]
+    kind: Literal["float", "int", "choice", "text", "file"]
     default: Any
     label: str
     help: str
@@ -106,6 +118,18 @@ class ParamInfo(BaseModel):
     maximum: int | float | None = None
     choices: list[str] | None = None
     max_length: int | None = None
+    region: RegionInfo | None = None
+
+
+class UploadInfo(BaseModel):
+    id: str
+    name: str
+    format: str
+    sample_rate: int
+    channels: int
+    seconds: float
+    bytes: int
+    audio_url: str
 
 
 class ModelInfo(BaseModel):
@@ -116,6 +140,7 @@ class ModelInfo(BaseModel):
     max_seconds: float
     loaded: bool = Field(description="weights are in memory (the first job of a model loads them)")
     params: list[ParamInfo]
+    examples: list[str] = Field(description="example prompts of the model's family")
 
 
 class JobCreated(BaseModel):
@@ -181,6 +206,27 @@ class ValidationErrorBody(BaseModel):
 
 # ----------------------------------------------------------------------------------------------- helpers
 
+AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
+
+
+def _transcoded(wav: Path, fmt: str) -> Path:
+    """`wav` as `fmt` beside it (`<job id>.<fmt>`), made on the first request (atomically) and kept."""
+    from ..audio import _available_formats, read_audio, write_audio
+
+    target = wav.with_suffix(f".{fmt}")
+    if target.is_file():
+        return target
+    if f".{fmt}" not in _available_formats():
+        raise HTTPException(415, f"this machine's libsndfile cannot write {fmt}; download the WAV")
+    import soundfile as sf
+
+    sample_rate = sf.info(str(wav)).samplerate
+    try:
+        write_audio(target, read_audio(wav), sample_rate, sidecar=False)
+    except UserError as e:
+        raise HTTPException(500, str(e)) from None
+    return target
+
 
 def _invalid(field: str, msg: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}])
@@ -217,8 +263,11 @@ def _validation_response(errors: list[dict[str, Any]], redact: Callable[[str], s
     return JSONResponse(body, status_code=422)
 
 
-def _too_large() -> JSONResponse:
-    msg = f"request body is larger than {MAX_BODY_BYTES} bytes; a job request is a small JSON object"
+def _too_large(limit: int = MAX_BODY_BYTES) -> JSONResponse:
+    if limit == MAX_BODY_BYTES:
+        msg = f"request body is larger than {limit} bytes; a job request is a small JSON object"
+    else:
+        msg = f"the file is larger than {limit // (1024 * 1024)} MB"
     return JSONResponse({"message": msg, "detail": msg}, status_code=413)
 
 
@@ -229,21 +278,22 @@ class BodyLimit:
     to the limit here and then handed on, so at most `limit` bytes are ever held. (The server discards the
     rest of a refused body, and the connection stays usable.)"""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, larger: dict[str, int] | None = None):
+        self.app, self.default, self.larger = app, limit, larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.default)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:  # the HTTP server holds the body to exactly this length
             try:
                 declared = int(length)
             except ValueError:  # uvicorn refuses these itself; another server might not
-                declared = self.limit + 1
-            if declared > self.limit:
-                await _too_large()(scope, receive, send)
+                declared = limit + 1
+            if declared > limit:
+                await _too_large(limit)(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -254,8 +304,8 @@ class BodyLimit:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.limit:
-                await _too_large()(scope, receive, send)
+            if size > limit:
+                await _too_large(limit)(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -271,8 +321,21 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def build_job(req: BaseModel, models: dict[str, ModelEntry]) -> Job:
-    """Check a request against its model and fill in the defaults: a queued job never fails on its input."""
+AudioFinder = Callable[[str], "tuple[Path, float] | None"]
+
+
+def _check_region(name: str, spec: Setting, value: Any, seconds: float) -> None:
+    """A region value selected on a waveform lies inside the requested clip (list values: the family's
+    generate parses them and says what is wrong)."""
+    if spec.region is None or spec.region[1] == "list" or value is None:
+        return
+    if value > seconds + 1e-9:
+        raise _invalid(name, f"{name} {value:g} s is outside the clip (seconds {seconds:g})")
+
+
+def build_job(req: BaseModel, models: dict[str, ModelEntry], find_audio: AudioFinder | None = None) -> Job:
+    """Check a request against its model and fill in the defaults: a queued job never fails on its input.
+    File settings name an upload or a finished job by id; `find_audio(id)` gives (path, seconds) or None."""
     entry = models.get(req.model)
     if entry is None:
         raise _invalid("model", f"unknown model '{req.model}'; available: {', '.join(models) or 'none'}")
@@ -285,15 +348,24 @@ def build_job(req: BaseModel, models: dict[str, ModelEntry]) -> Job:
     for name in given:
         if name not in entry.params:
             raise _invalid(name, f"{name} does not apply to {entry.family} models like '{entry.name}'")
-    params = {}
+    params, inputs = {}, {}
     for name, spec in entry.params.items():
         try:  # this checkpoint's schema (e.g. its sampler names)
             value = spec.check(given.get(name))
         except UserError as e:
             raise _invalid(name, str(e)) from None
-        params[name] = spec.default if value is None else value
+        if spec.kind == "file" and value is not None:
+            found = find_audio(value) if find_audio is not None else None
+            if found is None:
+                raise _invalid(name, f"{name}: no upload or finished job '{value}' on this server")
+            inputs[name] = str(found[0])
+        _check_region(name, spec, value, req.seconds)
+        if value is not None or spec.default is not None:  # None: off / the checkpoint decides
+            params[name] = spec.default if value is None else value
     seed = req.seed if req.seed is not None else random_seed()
-    return Job(req.model, entry.family, req.prompt, req.seconds, seed, params, entry.sample_rate)
+    job = Job(req.model, entry.family, req.prompt, req.seconds, seed, params, entry.sample_rate)
+    job.inputs = inputs
+    return job
 
 
 def _with_url(view: dict[str, Any]) -> dict[str, Any]:
@@ -310,11 +382,26 @@ def create_app(
     max_queue: int = 16,
     allowed_hosts: list[str] | None = None,
     history: History | None = None,
+    uploads_dir: str | Path | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The app; its lifespan starts and stops the worker. `allowed_hosts` (Host header names) defaults to
     loopback names only, which stops DNS-rebinding pages from reaching a server bound to 127.0.0.1.
-    `history`: where jobs are remembered across restarts (history.py); None keeps them in memory only."""
+    `history`: where jobs are remembered across restarts (history.py); None keeps them in memory only.
+    `uploads_dir`: where uploaded audio is kept (default `output_dir/uploads`)."""
     queue = JobQueue(models, output_dir, max_queue=max_queue, history=history)
+    uploads = Uploads(Path(output_dir) / "uploads" if uploads_dir is None else uploads_dir, max_upload_bytes)
+
+    def find_audio(ref: str) -> tuple[Path, float] | None:
+        """An upload, else a finished job's clip ("send to init / inpaint")."""
+        found = uploads.get(ref)
+        if found is not None:
+            return found[1], found[0].seconds
+        clip = queue.audio_file(ref)
+        view = queue.get(ref)
+        if clip is None or view is None or not clip[0].is_file():
+            return None
+        return clip[0], float(view["seconds"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -332,7 +419,7 @@ def create_app(
     )
     app.state.queue = queue
     # Added first, so it runs after the Host check: a refused host never has its body read.
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger={"/api/uploads": max_upload_bytes})
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
 
     # Every error body goes through queue.redact: clients learn file names, never server folders.
@@ -368,7 +455,7 @@ def create_app(
         return [m.info() for m in models.values()]
 
     def create_job(req: BaseModel, response: Response) -> dict[str, Any]:
-        job = build_job(req, models)
+        job = build_job(req, models, find_audio)
         try:
             view = queue.submit(job)
         except QueueFull as e:
@@ -438,10 +525,12 @@ def create_app(
     @app.get(
         "/api/jobs/{job_id}/audio",
         response_class=FileResponse,
-        responses={200: {"content": {"audio/wav": {}}, "description": "the WAV file"}},
-        summary="A finished job's audio",
+        responses={200: {"content": {f"audio/{f}": {} for f in AUDIO_TYPES}, "description": "the clip"}},
+        summary="A finished job's audio (WAV as generated, or FLAC / MP3 / OGG made from it once)",
     )
-    def get_audio(job_id: uuid.UUID) -> FileResponse:
+    def get_audio(
+        job_id: uuid.UUID, format: Literal["wav", "flac", "mp3", "ogg"] = Query("wav")
+    ) -> FileResponse:
         found = queue.audio_file(str(job_id))
         if found is None:
             view = queue.get(str(job_id))
@@ -451,7 +540,42 @@ def create_app(
         path, name = found
         if not path.is_file():
             raise HTTPException(404, f"the audio of job {job_id} was removed from the output folder")
-        return FileResponse(path, media_type="audio/wav", filename=name, content_disposition_type="inline")
+        if format != "wav":
+            path = _transcoded(path, format)
+            name = str(Path(name).with_suffix(f".{format}"))
+        return FileResponse(
+            path, media_type=AUDIO_TYPES[format], filename=name, content_disposition_type="inline"
+        )
+
+    @app.post(
+        "/api/uploads",
+        status_code=201,
+        response_model=UploadInfo,
+        summary="Upload audio for a file setting (melody, init / inpaint audio, audio prompt)",
+        responses={413: {"description": "the file is too large"}, 415: {"description": "not audio"}},
+        openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+    )
+    async def upload(
+        request: Request, name: str = Query("audio", max_length=255, description="the file's name")
+    ) -> dict[str, Any]:
+        data = await request.body()  # bounded by BodyLimit
+        try:
+            up = uploads.add(data, name)
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+        return uploads.describe(up)
+
+    @app.get(
+        "/api/uploads/{upload_id}/audio",
+        response_class=FileResponse,
+        summary="An uploaded file, as it was uploaded",
+    )
+    def get_upload(upload_id: uuid.UUID) -> FileResponse:
+        found = uploads.get(str(upload_id))
+        if found is None:
+            raise HTTPException(404, f"no upload {upload_id} on this server")
+        up, path = found
+        return FileResponse(path, filename=up.name, content_disposition_type="inline")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:

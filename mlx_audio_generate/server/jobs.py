@@ -80,6 +80,9 @@ class JobCancelled(Exception):
     """Raised from the progress callback to stop a generation between two steps."""
 
 
+TRANSIENT = {"cancel_requested", "eta_hint", "stage", "step", "total", "inputs"}  # not in the history
+
+
 @dataclass
 class Job:
     model: str
@@ -104,10 +107,11 @@ class Job:
     rating: int | None = None
     starred: bool = False
     eta_hint: float | None = None  # seconds of decode expected after the last step (JobQueue._decode_hint)
+    inputs: dict[str, str] = field(default_factory=dict)  # file settings -> server paths, never shown
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
-        names = set(cls.__dataclass_fields__) - {"cancel_requested", "eta_hint", "stage", "step", "total"}
+        names = set(cls.__dataclass_fields__) - TRANSIENT
         job = cls(**{k: row[k] for k in names if k in row})
         if job.status == "done":
             job.step = job.total = 1
@@ -115,7 +119,7 @@ class Job:
 
     def row(self) -> dict[str, Any]:
         """What history.py stores."""
-        names = set(self.__dataclass_fields__) - {"cancel_requested", "eta_hint", "stage", "step", "total"}
+        names = set(self.__dataclass_fields__) - TRANSIENT
         return {k: getattr(self, k) for k in names}
 
     def enter(self, stage: str, now: float | None = None) -> None:
@@ -280,8 +284,8 @@ class JobQueue:
             view = self._view(job)
         if self.history is not None:
             self.history.delete(job_id)
-        for path in (self.output_dir / f"{job_id}.wav", self.output_dir / f"{job_id}.json"):
-            path.unlink(missing_ok=True)  # the server's own files, named by its own id
+        for ext in (".wav", ".json", ".flac", ".mp3", ".ogg"):  # the clip, its description, its transcodes
+            (self.output_dir / f"{job_id}{ext}").unlink(missing_ok=True)  # named by the server's own id
         return view
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -384,8 +388,9 @@ class JobQueue:
             self._check_cancel(job)
 
         audio = model.generate(
-            job.prompt, seconds=job.seconds, seed=job.seed, progress=progress, on_stage=on_stage, **job.params
-        )
+            job.prompt, seconds=job.seconds, seed=job.seed, progress=progress, on_stage=on_stage,
+            **{**job.params, **job.inputs},
+        )  # fmt: skip
         self._check_cancel(job)
         with self._cv:
             job.enter("writing")

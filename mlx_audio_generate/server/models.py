@@ -96,6 +96,7 @@ class ModelEntry:
             "max_seconds": self.max_seconds,
             "loaded": self.loaded,
             "params": [p.info() for p in self.params.values()],
+            "examples": list(registry.get(self.family).examples),
         }
 
 

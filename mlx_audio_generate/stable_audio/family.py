@@ -56,7 +56,7 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
     objective = None if config is None else objective_of(config)
     d = DEFAULTS.get(objective) if objective is not None else None
     choices = None if objective is None else tuple(sampler_names(objective))
-    audio = dict(batch=False, server=False)
+    audio = dict(batch=False)  # audio inputs: the server takes an upload's id (server/uploads.py)
     return [
         Setting(
             "steps",
@@ -124,11 +124,20 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
             "inpainting region start",
             0.0,
             metavar="SECONDS",
+            region=("inpaint_audio", "start"),
             **audio,
         ),  # fmt: skip
         Setting(
-            "mask_end", "float", None, "Mask end", "inpainting region end", 0.0, metavar="SECONDS", **audio
-        ),
+            "mask_end",
+            "float",
+            None,
+            "Mask end",
+            "inpainting region end",
+            0.0,
+            metavar="SECONDS",
+            region=("inpaint_audio", "end"),
+            **audio,
+        ),  # fmt: skip
     ]
 
 
@@ -206,4 +215,10 @@ FAMILY = Family(
         ),  # fmt: skip
     ),
     verb="denoising",
+    examples=(
+        "drum loop, 120 BPM, tight kick and crisp hi-hats",
+        "ambient pad, slow evolving, warm analog synth",
+        "foley: footsteps on gravel, close mic",
+        "rain on a tin roof with distant thunder",
+    ),
 )

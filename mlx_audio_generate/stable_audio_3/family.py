@@ -48,7 +48,7 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
     """The generation settings; with a converted config, its objective's defaults."""
     objective = None if config is None else objective_of(config)
     d = DEFAULTS.get(objective) if objective is not None else None
-    audio = dict(batch=False, server=False)
+    audio = dict(batch=False)  # audio inputs: the server takes an upload's id (server/uploads.py)
     return [
         Setting("steps", "int", d and d.steps, "Steps",
                 "Diffusion steps; more is slower and usually cleaner.", 1, 1000),
@@ -67,12 +67,14 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "keep this audio outside --inpaint-regions (inpainting; continuation past its end)", **audio),
         Setting("inpaint_regions", "text", None, "Inpaint regions",
                 "regions of --inpaint-audio to regenerate, in seconds: START:END[,START:END...] "
-                "(END may be left out: to the end)", metavar="START:END,...", max_length=1000, **audio),
+                "(END may be left out: to the end)", metavar="START:END,...", max_length=1000,
+                region=("inpaint_audio", "list"), **audio),
         # LoRA files are read from this machine: the CLI and the Python API take them, not batch lines or
         # the server (whose clients must not name server paths)
         Setting("lora", "text", None, "LoRA",
                 "LoRA adapters applied for this run, stacked in order: PATH[:STRENGTH][,PATH[:STRENGTH]...] "
-                "(.safetensors with lora_config metadata)", metavar="PATH[:S],...", max_length=4000, **audio),
+                "(.safetensors with lora_config metadata)", metavar="PATH[:S],...", max_length=4000,
+                batch=False, server=False),
     ]  # fmt: skip
 
 
@@ -148,4 +150,10 @@ FAMILY = Family(
     ),
     download_patterns=_patterns,
     verb="denoising",
+    examples=(
+        "drum loop 120 BPM, punchy kick, shuffled hi-hats",
+        "ambient pad, slow evolving, shimmering reverb",
+        "foley: footsteps on a wooden floor",
+        "cinematic riser with a deep impact at the end",
+    ),
 )

@@ -182,3 +182,9 @@ def test_the_check_finds_a_family_name(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text('"""Docstrings may cite MusicGen."""\nfrom .musicgen import x\nname = "stable_audio"\n')
     assert [w for _, w in _code_words(probe) if FAMILY_WORDS.search(w)] == ["musicgen", "stable_audio"]
+
+
+def test_every_family_offers_example_prompts():
+    """The web UI's presets come from each family's declaration (Family.examples), none hand-written there."""
+    for fam in registry.families().values():
+        assert len(fam.examples) >= 3 and all(e.strip() for e in fam.examples), fam.name

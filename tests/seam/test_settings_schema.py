@@ -98,13 +98,20 @@ def test_defaults_agree(musicgen_converted, tmp_path, capsys):
     from mlx_audio_generate import batch as B
 
     fam = registry.get("musicgen")
-    schema = {st.name: st.default for st in fam.settings(None) if st.server}
+    schema = {st.name: st.default for st in fam.settings(None) if st.server and st.kind != "file"}
     assert schema == {"temperature": 1.0, "top_k": 250, "top_p": 0.0, "guidance_coef": 3.0}
+    # audio inputs: the server takes uploads (not a melody model: no melody input)
+    assert [st.name for st in fam.settings(None) if st.server and st.kind == "file"] == [
+        "melody",
+        "audio_prompt",
+    ]
     assert {k: v for k, v in B.family_defaults(fam, {}).items() if k != "seconds"} == schema
     from mlx_audio_generate.server import discover_models
 
     (entry,) = discover_models({"m": musicgen_converted}).values()
-    assert {p["name"]: p["default"] for p in entry.info()["params"]} == schema
+    params = entry.info()["params"]
+    assert {p["name"]: p["default"] for p in params if p["kind"] != "file"} == schema
+    assert [p["name"] for p in params if p["kind"] == "file"] == ["audio_prompt"]
     out = tmp_path / "d.wav"
     code, err = cli(
         ["--model", musicgen_converted, "--prompt", "x", "--seconds", "0.1", "--seed", 1, "--output", out],

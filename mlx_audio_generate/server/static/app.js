@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 const HISTORY_LIMIT = 50;
 const POLL_MS = 250;
 
-const state = { models: [], jobId: null, timer: null };
+const state = { models: [], jobId: null, timer: null, takes: [] }; // takes: the ids of this submission
 
 // ---------------------------------------------------------------------------------------------- helpers
 
@@ -66,10 +66,17 @@ function onModelChange() {
   $("seconds-hint").textContent = `up to ${max} s`;
   if (Number($("seconds").value) > max) $("seconds").value = String(max);
   renderParams(m);
+  $("examples").replaceChildren(...(m.examples || []).map((text) => el("button", {
+    type: "button", className: "chip", textContent: text, dataset: { testid: "example" },
+    onclick: () => { $("prompt").value = text; $("prompt").focus(); },
+  })));
+  loadHistory(); // its "Use as …" buttons follow the model's audio inputs
 }
 
 function renderParams(m) {
+  studio.inputs.clear();
   const fields = m.params.map((p) => {
+    if (p.kind === "file") return fileField(p, m);
     const id = `param-${p.name}`;
     let input;
     if (p.kind === "choice") {
@@ -108,6 +115,10 @@ function collectRequest() {
     const kind = input.dataset.kind;
     if (kind === "int" || kind === "float") {
       if (input.value.trim() !== "") body[input.name] = Number(input.value);
+    } else if (kind === "file") {
+      if (input.value) body[input.name] = input.value;
+    } else if (kind === "text" && input.dataset.default === "" && input.value === "") {
+      // an optional text left empty is "off", as omitting it
     } else {
       body[input.name] = input.value;
     }
@@ -135,15 +146,28 @@ async function submit(event) {
   setBusy(true);
   showPanel();
   setStatus("Submitting…", "");
-  const res = await api("/api/jobs", { method: "POST", body: JSON.stringify(collectRequest()) });
-  if (!res.ok) {
-    markInvalid(res);
-    setBusy(false);
-    $("status-line").hidden = true;
-    $("progress").hidden = true;
-    return showError(errorText(res));
+  const body = collectRequest();
+  const takes = Math.max(1, Math.min(8, Number($("variations").value) || 1));
+  if (takes > 1 && body.seed === undefined) body.seed = crypto.getRandomValues(new Uint32Array(1))[0];
+  state.takes = [];
+  for (let i = 0; i < takes; i++) {
+    // variations: the same settings with seeds seed, seed + 1, ... (wrapping as the CLI's --n does)
+    const take = takes > 1 ? { ...body, seed: (body.seed + i) % 4294967296 } : body;
+    const res = await api("/api/jobs", { method: "POST", body: JSON.stringify(take) });
+    if (!res.ok) {
+      markInvalid(res);
+      if (!state.takes.length) {
+        setBusy(false);
+        $("status-line").hidden = true;
+        $("progress").hidden = true;
+        return showError(errorText(res));
+      }
+      showError(errorText(res));
+      break;
+    }
+    state.takes.push(res.data.id);
   }
-  state.jobId = res.data.id;
+  state.jobId = state.takes[0];
   poll();
 }
 
@@ -157,9 +181,15 @@ async function poll() {
     return showError(errorText(res));
   }
   const job = res.data;
-  renderJob(job);
+  const k = state.takes.indexOf(id);
+  const more = k >= 0 && k + 1 < state.takes.length;
+  renderJob(job, state.takes.length > 1 ? `take ${k + 1} of ${state.takes.length} · ` : "");
   if (job.status === "queued" || job.status === "running") {
     $("generate").textContent = job.status === "queued" ? "Queued…" : "Generating…";
+    state.timer = setTimeout(poll, POLL_MS);
+  } else if (more && job.status !== "failed") {
+    loadHistory();
+    state.jobId = state.takes[k + 1];
     state.timer = setTimeout(poll, POLL_MS);
   } else {
     finishJob();
@@ -174,7 +204,8 @@ function finishJob() {
 }
 
 async function cancel() {
-  if (state.jobId) await api(`/api/jobs/${state.jobId}`, { method: "DELETE" });
+  const ids = state.takes.length ? state.takes : [state.jobId];
+  for (const id of ids) if (id) await api(`/api/jobs/${id}`, { method: "DELETE" });
 }
 
 // ---------------------------------------------------------------------------------------------- view
@@ -224,17 +255,17 @@ function timing(job) {
   return parts.join(" · ");
 }
 
-function renderJob(job) {
+function renderJob(job, prefix = "") {
   $("current").dataset.status = job.status;
   $("current").dataset.stage = job.stage || "";
   if (job.status === "queued") {
-    setStatus("Queued", job.queue_position ? `position ${job.queue_position} in the queue` : "");
+    setStatus("Queued", prefix + (job.queue_position ? `position ${job.queue_position} in the queue` : ""));
     setProgress(0, true);
   } else if (job.status === "running") {
     const label = STAGE_LABELS[job.stage] || "Working…";
     if (job.stage === "generate" && job.total) {
       const steps = `step ${job.step} / ${job.total} · ${Math.round(job.progress * 100)}%`;
-      setStatus(label, [steps, timing(job)].filter(Boolean).join(" · "));
+      setStatus(label, prefix + [steps, timing(job)].filter(Boolean).join(" · "));
       setProgress(job.progress, false);
     } else if (job.stage === "decode" || job.stage === "writing") {
       setStatus(label, timing(job));
@@ -247,9 +278,17 @@ function renderJob(job) {
     setStatus("Done", `generated in ${job.elapsed.toFixed(1)} s · seed ${job.seed}`);
     setProgress(1, false);
     $("result-prompt").textContent = job.prompt;
-    $("player").src = job.audio_url;
+    if ($("player").getAttribute("src") !== job.audio_url) {
+      $("player").src = job.audio_url;
+      attachWave($("player"), $("player-wave"));
+      toggleSpectrogram($("player"), $("spectrogram").checked);
+    }
     $("download").href = job.audio_url;
     $("download").download = job.download_name;
+    for (const fmt of ["flac", "mp3"]) {
+      $(`download-${fmt}`).href = `${job.audio_url}?format=${fmt}`;
+      $(`download-${fmt}`).download = job.download_name.replace(/\.wav$/, `.${fmt}`);
+    }
     $("result-info").textContent = clipInfo(job);
     $("result").hidden = false;
   } else if (job.status === "failed") {
@@ -281,12 +320,27 @@ async function loadHistory() {
 
 function renderHistory(history) {
   $("history-empty").hidden = history.length > 0;
-  $("history").replaceChildren(...history.map((h) => el("li", { dataset: { testid: "history-item", jobId: h.id } },
+  $("history").replaceChildren(...history.map(historyItem));
+}
+
+function historyItem(h) {
+  const audio = el("audio", { controls: true, preload: "metadata", src: h.audio_url });
+  const wave = el("div", { className: "wave" });
+  const uses = fileParams().map((p) => el("button", {
+    type: "button", className: "link", textContent: `Use as ${p.label.toLowerCase()}`,
+    dataset: { testid: `use-${p.name}` }, onclick: () => useClipAs(p.name, h),
+  }));
+  const item = el("li", { dataset: { testid: "history-item", jobId: h.id } },
     el("p", { className: "clip-prompt", textContent: h.title || h.prompt, title: h.prompt }),
-    el("audio", { controls: true, preload: "metadata", src: h.audio_url }),
+    audio, wave,
     el("div", { className: "clip-meta" },
       el("span", { textContent: clipInfo(h) }),
       el("span", { className: "clip-actions" },
+        el("button", { type: "button", className: "link", textContent: "A", title: "compare: set as A",
+          dataset: { testid: "ab-set-a" }, onclick: () => setAB("a", h, audio) }),
+        el("button", { type: "button", className: "link", textContent: "B", title: "compare: set as B",
+          dataset: { testid: "ab-set-b" }, onclick: () => setAB("b", h, audio) }),
+        ...uses,
         el("button", {
           type: "button", className: "link star", textContent: h.starred ? "★" : "☆",
           title: h.starred ? "Unstar" : "Star", dataset: { testid: "star" },
@@ -298,7 +352,9 @@ function renderHistory(history) {
         el("button", {
           type: "button", className: "link danger", textContent: "Delete", dataset: { testid: "delete" },
           onclick: () => forget(h),
-        }))))));
+        }))));
+  queueMicrotask(() => attachWave(audio, wave));
+  return item;
 }
 
 async function annotate(id, notes) {
@@ -350,6 +406,9 @@ document.addEventListener("DOMContentLoaded", () => {
     searchTimer = setTimeout(loadHistory, 200);
   });
   $("history-starred").addEventListener("change", loadHistory);
+  $("loop").addEventListener("change", () => { $("player").loop = $("loop").checked; });
+  $("spectrogram").addEventListener("change", () => toggleSpectrogram($("player"), $("spectrogram").checked));
+  $("ab-switch").addEventListener("click", switchAB);
   loadModels();
   loadHistory();
 });

@@ -162,6 +162,15 @@ class AceStep:
             return mx.stack([mx.random.normal(shape[1:], key=mx.random.key(int(s))) for s in seed])
         return mx.random.normal(shape, key=mx.random.key(seed))
 
+    def draw_step_noise(self, seed: int | list[int], shape: tuple[int, int, int], steps: int) -> S.StepNoise:
+        """SDE's fresh noise: step i -> (B, T, C), from keys split off each seed (a row's draws depend on its
+        seed only, as its initial noise). The tests replace this to feed the reference's torch draws."""
+        seeds = [int(s) for s in seed] if isinstance(seed, list | tuple) else [int(seed)]
+        keys = [mx.random.split(mx.random.key(s), steps) for s in seeds]
+        if not isinstance(seed, list | tuple):
+            return lambda i: mx.random.normal(shape, key=keys[0][i])
+        return lambda i: mx.stack([mx.random.normal(shape[1:], key=k[i]) for k in keys])
+
     def decode(self, latents: mx.array) -> mx.array:
         """Latents (B, T, C) -> audio (B, channels, T * ratio), float32, tiled (module doc, 5.)."""
         z = latents.astype(mx.float32).transpose(0, 2, 1)
@@ -184,6 +193,7 @@ class AceStep:
                 raise UserError("cfg_interval_start / cfg_interval_end do not apply to a turbo checkpoint")
         elif start > end:
             raise UserError(f"cfg_interval_start {start:g} must not exceed cfg_interval_end {end:g}")
+        values["sampler"] = S.sampler_options(values, self.model.is_turbo)
         return values
 
     def generate(
@@ -204,6 +214,14 @@ class AceStep:
         guidance_scale: float | None = None,
         cfg_interval_start: float | None = None,
         cfg_interval_end: float | None = None,
+        guidance_method: str | None = None,
+        infer_method: str | None = None,
+        sampler_mode: str | None = None,
+        velocity_norm_threshold: float | None = None,
+        velocity_ema_factor: float | None = None,
+        dcw: str | None = None,
+        dcw_scaler: float | None = None,
+        dcw_high_scaler: float | None = None,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
@@ -217,7 +235,10 @@ class AceStep:
         v = self._values(
             lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
             steps=steps, shift=shift, guidance_scale=guidance_scale, cfg_interval_start=cfg_interval_start,
-            cfg_interval_end=cfg_interval_end,
+            cfg_interval_end=cfg_interval_end, guidance_method=guidance_method, infer_method=infer_method,
+            sampler_mode=sampler_mode, velocity_norm_threshold=velocity_norm_threshold,
+            velocity_ema_factor=velocity_ema_factor, dcw=dcw, dcw_scaler=dcw_scaler,
+            dcw_high_scaler=dcw_high_scaler,
         )  # fmt: skip
         seed = resolve_seed(seed, len(prompts))
         metas = {
@@ -240,6 +261,8 @@ class AceStep:
             groups.setdefault(p, []).append(i)
 
         noise = self.draw_noise(seed, (b, frames, c))
+        opts = v.pop("sampler")
+        fresh = self.draw_step_noise(seed, (b, frames, c), n_steps) if opts.infer_method == "sde" else None
         report_stage(on_stage, "text", 0, 1)
         conds = {
             p: self.condition(text_prompt(p, metas), lyric, frames, len(rows)) for p, rows in groups.items()
@@ -256,6 +279,9 @@ class AceStep:
             enc, context = conds[p]
             x0 = noise[mx.array(rows)] if len(groups) > 1 else noise
 
+            def step_noise(i: int, r: list[int] = rows) -> mx.array:  # SDE: this group's rows
+                return fresh(i)[mx.array(r)] if len(groups) > 1 else fresh(i)
+
             def on_step(i: int, t: float, base: int = done) -> None:
                 if progress is not None:
                     progress(base + i + 1, total)
@@ -263,11 +289,14 @@ class AceStep:
 
             dit = self.model.dit
             if turbo:
-                lat = S.sample_turbo(dit, x0, context, enc, sched, on_step)
+                lat = S.sample_turbo(
+                    dit, x0, context, enc, sched, on_step, opts, step_noise if fresh else None
+                )
             else:
                 lat = S.sample_base(
                     dit, x0, context, enc, self.model.conditioning.null_condition_emb, sched,
                     v["guidance_scale"], (v["cfg_interval_start"], v["cfg_interval_end"]), on_step,
+                    opts, step_noise if fresh else None,
                 )  # fmt: skip
             done += n_steps
             for j, r in enumerate(rows):

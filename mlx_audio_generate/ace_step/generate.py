@@ -19,10 +19,12 @@ One generation is the reference pipeline's text2music (acestep/core/generation/h
    inject the reference's noise through `draw_noise`); a list of seeds has one per prompt.
 4. sampling (schedule.py): turbo's Euler loop (`infer_steps` passed, as the handler always does: shift
    mapped s = 1 - i/n, the last step x - v t), base / SFT's with CFG + APG against `null_condition_emb`
-   when guidance_scale > 1, inside [cfg_interval_start, cfg_interval_end]. DCW is off: upstream enables it
-   by default, but it is a no-op (one logged warning) unless the optional `pytorch_wavelets` is installed
-   (reference README §2.7), and the UI turns it off for base models; the parity tests pass
-   `dcw_enabled=False`.
+   when guidance_scale > 1 (ADG with guidance_method "adg"), inside [cfg_interval_start, cfg_interval_end].
+   The sampler options (schedule.py): infer_method ode / sde (SDE's fresh noise of step i comes from keys
+   split off the seed, `draw_step_noise`; the parity tests inject the reference's torch draws), sampler_mode
+   euler / heun, velocity clamp / EMA, DCW. DCW is off by default: upstream enables it, but it is a no-op
+   (one logged warning) unless the optional `pytorch_wavelets` is installed (reference README §2.7), and
+   the UI turns it off for base models; `dcw` turns it on (Haar, ported to MLX).
 5. decode (vae_decode_chunks.py): the Oobleck VAE in float32, tiled as the reference's MLX path decodes
    (windows of 512 latents, 64 latents of overlap on each side discarded; one piece when it fits), then the
    reference's normalisation: a row whose peak exceeds 1 is divided by its peak; the result is cut to
@@ -33,7 +35,7 @@ prompt lengths would change each other through padding. Rows with the same promp
 reference's batch of one caption does); different prompts run one after the other, so a row always equals its
 prompt generated alone with its seed.
 Not ported here: reference audio (timbre), cover / repaint / lego / extract, LM codes, the 5 Hz LM planner,
-SDE / Heun, ADG, retake variance.
+retake variance, custom timestep lists, DCW bases other than Haar.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Bounds and defaults are the reference's (acestep/, upstream 6d467e4):
   own word for "no vocals": GenerationParams' empty lyrics would be an empty lyric block);
 - the sampler options of `generate_audio` (schedule.py), each at upstream's default: infer_method "ode",
   sampler_mode "euler", APG (use_adg False; ADG is a base / SFT CFG option), velocity clamp and EMA off
-  (0; upstream's hints: "try 2.0" / "try 0.1"), DCW mode "double" with scalers 0.05 / 0.02, Haar only.
+  (0; upstream's hints: "try 2.0" / "try 0.1"), DCW mode "double" with scalers 0.05 / 0.02 and the Haar
+  basis (the UI's other bases too: db2, db4, sym4, sym8, coif2).
   DCW is OFF by default here, unlike upstream's `dcw_enabled=True`: upstream's default silently does
   nothing unless the optional `pytorch_wavelets` is installed (reference README §2.7), so its usual
   output is the uncorrected one, and its UI turns DCW off for base / SFT.
@@ -63,6 +64,7 @@ SHIFT = 3.0
 GUIDANCE = 7.0
 DCW_CHOICES = ("off", "low", "high", "double", "pix")
 DCW_SCALER, DCW_HIGH_SCALER = 0.05, 0.02
+DCW_WAVELETS = ("haar", "db2", "db4", "sym4", "sym8", "coif2")  # diffusion/wavelet_correction.WAVELETS
 
 
 def variant_of(config: dict[str, Any] | None) -> str | None:
@@ -118,12 +120,14 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "Blend this much of the previous step's velocity into each step's (0 = off; try 0.1).",
                 0.0, 1.0, exclusive_maximum=True),
         Setting("dcw", "choice", "off", "DCW",
-                "Wavelet-domain correction after each step (Haar): off, low, high, double (both bands) or "
-                "pix (no transform).", choices=DCW_CHOICES),
+                "Wavelet-domain correction after each step: off, low, high, double (both bands) or pix "
+                "(no transform).", choices=DCW_CHOICES),
         Setting("dcw_scaler", "float", DCW_SCALER, "DCW strength",
                 "DCW's low-band strength (the single one for high and pix); needs dcw.", 0.0, 1.0),
         Setting("dcw_high_scaler", "float", DCW_HIGH_SCALER, "DCW high-band strength",
                 "DCW's high-band strength in double mode; needs dcw double.", 0.0, 1.0),
+        Setting("dcw_wavelet", "choice", "haar", "DCW wavelet", "DCW's wavelet basis; needs dcw low / "
+                "high / double.", choices=DCW_WAVELETS),
     ]  # fmt: skip
 
 

@@ -24,7 +24,7 @@ One generation is the reference pipeline's text2music (acestep/core/generation/h
    split off the seed, `draw_step_noise`; the parity tests inject the reference's torch draws), sampler_mode
    euler / heun, velocity clamp / EMA, DCW. DCW is off by default: upstream enables it, but it is a no-op
    (one logged warning) unless the optional `pytorch_wavelets` is installed (reference README §2.7), and
-   the UI turns it off for base models; `dcw` turns it on (Haar, ported to MLX).
+   the UI turns it off for base models; `dcw` turns it on (ported to MLX, every basis the UI offers).
 5. decode (vae_decode_chunks.py): the Oobleck VAE in float32, tiled as the reference's MLX path decodes
    (windows of 512 latents, 64 latents of overlap on each side discarded; one piece when it fits), then the
    reference's normalisation: a row whose peak exceeds 1 is divided by its peak; the result is cut to
@@ -35,7 +35,7 @@ prompt lengths would change each other through padding. Rows with the same promp
 reference's batch of one caption does); different prompts run one after the other, so a row always equals its
 prompt generated alone with its seed.
 Not ported here: reference audio (timbre), cover / repaint / lego / extract, LM codes, the 5 Hz LM planner,
-retake variance, custom timestep lists, DCW bases other than Haar.
+retake variance, custom timestep lists.
 """
 
 from __future__ import annotations
@@ -224,6 +224,7 @@ class AceStep:
         dcw: str | None = None,
         dcw_scaler: float | None = None,
         dcw_high_scaler: float | None = None,
+        dcw_wavelet: str | None = None,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
@@ -240,7 +241,7 @@ class AceStep:
             cfg_interval_end=cfg_interval_end, guidance_method=guidance_method, infer_method=infer_method,
             sampler_mode=sampler_mode, velocity_norm_threshold=velocity_norm_threshold,
             velocity_ema_factor=velocity_ema_factor, dcw=dcw, dcw_scaler=dcw_scaler,
-            dcw_high_scaler=dcw_high_scaler,
+            dcw_high_scaler=dcw_high_scaler, dcw_wavelet=dcw_wavelet,
         )  # fmt: skip
         seed = resolve_seed(seed, len(prompts))
         metas = {

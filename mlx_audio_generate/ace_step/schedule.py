@@ -156,7 +156,8 @@ class SamplerOptions:
 def sampler_options(values: dict, turbo: bool) -> SamplerOptions:
     """SamplerOptions from `generate`'s checked settings (family.py names, defaults filled), refusing what
     does not apply: ADG on turbo (no CFG there) or without guidance, Heun with SDE, a DCW strength changed
-    from its default (upstream's, DCW's own) without DCW (the high band's outside "double")."""
+    from its default (upstream's, DCW's own) without DCW (the high band's outside "double", a basis with
+    "pix")."""
     adg_on = values.get("guidance_method") == "adg"
     if adg_on and turbo:
         raise UserError(
@@ -165,10 +166,14 @@ def sampler_options(values: dict, turbo: bool) -> SamplerOptions:
     if adg_on and not (values.get("guidance_scale") or 1.0) > 1.0:
         raise UserError("guidance_method adg needs guidance_scale > 1 (it is a CFG guidance)")
     mode = values.get("dcw") or "off"
-    for name, needs in (("dcw_scaler", DCW_MODES), ("dcw_high_scaler", ("double",))):
-        if values.get(name, getattr(DCW, name[4:])) != getattr(DCW, name[4:]) and mode not in needs:
-            raise UserError(f"{name} needs dcw {' / '.join(needs)} (dcw is {mode})")
-    dcw = None if mode == "off" else DCW(mode, values["dcw_scaler"], values["dcw_high_scaler"])
+    needs = (("scaler", DCW_MODES), ("high_scaler", ("double",)), ("wavelet", ("low", "high", "double")))
+    for name, modes in needs:
+        key = f"dcw_{name}"
+        if values.get(key, getattr(DCW, name)) != getattr(DCW, name) and mode not in modes:
+            raise UserError(f"{key} needs dcw {' / '.join(modes)} (dcw is {mode})")
+    dcw = None
+    if mode != "off":
+        dcw = DCW(mode, values["dcw_scaler"], values["dcw_high_scaler"], values.get("dcw_wavelet") or "haar")
     return SamplerOptions(
         values.get("infer_method") or "ode", values.get("sampler_mode") or "euler", adg_on,
         values.get("velocity_norm_threshold") or 0.0, values.get("velocity_ema_factor") or 0.0, dcw,

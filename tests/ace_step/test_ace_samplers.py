@@ -31,7 +31,7 @@ from mlx_audio_generate.diffusion.wavelet_correction import DCW, haar_dwt, haar_
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import ace, ace_samplers
-from tests.reference.ace_samplers import ADG_CASES, DCW_LENGTHS, RUNS, Run
+from tests.reference.ace_samplers import ADG_CASES, DCW_LENGTHS, RUNS, WAVELETS, Run
 from tests.reference.parity import rel_err
 
 TOL = 1e-4
@@ -65,7 +65,7 @@ def dits() -> dict[str, AceStepDiTModel]:
 
 
 def _options(run: Run) -> S.SamplerOptions:
-    dcw = None if run.dcw == "off" else DCW(run.dcw, run.dcw_scaler, run.dcw_high_scaler)
+    dcw = None if run.dcw == "off" else DCW(run.dcw, run.dcw_scaler, run.dcw_high_scaler, run.wavelet)
     return S.SamplerOptions(run.infer_method, run.sampler_mode, run.use_adg, run.clamp, run.ema, dcw)
 
 
@@ -112,6 +112,7 @@ def test_sampler_parity(ref, dits, variant, run):
     "variant, name, change",
     [
         ("turbo", "ode_euler_dcw", dict(dcw=None)),  # DCW changes the result: the on case tests it
+        ("turbo", "ode_heun_dcw_db4", dict(dcw=DCW("double", 0.05, 0.02, "haar"))),  # the basis matters
         ("base", "ode_euler_adg", dict(use_adg=False)),
         ("turbo", "ode_heun", dict(sampler_mode="euler")),
         ("base", "sde_euler_apg", dict(infer_method="ode")),
@@ -158,6 +159,8 @@ def test_dcw_parity(ref, n):
         "double_low_only": DCW("double", 0.3, 0.0).apply(x, y, 1.0),
         "pix": DCW("pix", 0.3).apply(x, y, 0.7),
     }
+    for w in WAVELETS:
+        cases[f"{w}.double"] = DCW("double", 0.6, 0.4, w).apply(x, y, 0.5)
     for mode, out in cases.items():
         err = rel_err(out, a[p + mode])
         assert out.shape == x.shape and err <= TOL, (mode, err)
@@ -173,6 +176,20 @@ def test_haar_round_trip_and_zero_strength():
     assert DCW("double", 0.0, 0.0).apply(x, y, 0.4) is x
     with pytest.raises(ValueError):
         DCW("wide")
+    with pytest.raises(ValueError):
+        DCW("low", wavelet="db3")
+
+
+def test_wavelet_tables():
+    """The bases the family offers are the transform's; the DWT of a basis keeps its length rule."""
+    from mlx_audio_generate.ace_step.family import DCW_WAVELETS
+    from mlx_audio_generate.diffusion.wavelet_correction import WAVELETS as TABLE
+    from mlx_audio_generate.diffusion.wavelet_correction import dwt
+
+    assert DCW_WAVELETS == tuple(TABLE) == WAVELETS
+    for w, taps in TABLE.items():
+        assert abs(sum(taps) - 2**0.5) < 1e-12 and abs(sum(t * t for t in taps) - 1) < 1e-12  # orthonormal
+        assert dwt(mx.zeros((1, 21, 2)), w)[0].shape[1] == (21 + len(taps) - 1) // 2
 
 
 # ------------------------------------------------------------------------------------- settings, CLI
@@ -196,6 +213,9 @@ def converted(tmp_path_factory):
         ("turbo", {"dcw_scaler": 0.1}, "dcw_scaler needs dcw"),
         ("turbo", {"dcw": "low", "dcw_high_scaler": 0.1}, "dcw_high_scaler needs dcw double"),
         ("turbo", {"dcw": "double", "dcw_scaler": 1.5}, "dcw_scaler"),
+        ("turbo", {"dcw_wavelet": "db4"}, "dcw_wavelet needs dcw low / high / double"),
+        ("turbo", {"dcw": "pix", "dcw_wavelet": "db4"}, "dcw_wavelet needs dcw"),
+        ("turbo", {"dcw": "low", "dcw_wavelet": "db3"}, "dcw_wavelet"),
         ("turbo", {"velocity_ema_factor": 1.0}, "velocity_ema_factor"),
         ("turbo", {"velocity_norm_threshold": -1.0}, "velocity_norm_threshold"),
     ],
@@ -235,6 +255,7 @@ FLAGS = [
     ("turbo", ["--velocity-norm-threshold", "2"], "velocity_norm_threshold", 2.0),
     ("turbo", ["--velocity-ema-factor", "0.1"], "velocity_ema_factor", 0.1),
     ("turbo", ["--dcw", "low"], "dcw", DCW("low", 0.05, 0.02)),
+    ("turbo", ["--dcw", "high", "--dcw-wavelet", "sym8"], "dcw", DCW("high", 0.05, 0.02, "sym8")),
     ("turbo", ["--dcw", "pix", "--dcw-scaler", "0.3"], "dcw", DCW("pix", 0.3, 0.02)),
     ("base", ["--dcw", "double", "--dcw-high-scaler", "0.1"], "dcw", DCW("double", 0.05, 0.1)),
 ]

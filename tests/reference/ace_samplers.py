@@ -3,15 +3,16 @@ the committed tiny checkpoints (tests/fixtures/ace/acestep-v15-{turbo,base}), fo
 tests/ace_step/test_ace_samplers.py.
 
 - `{turbo,base}.safetensors`: the model file's `generate_audio` for each RUNS entry (infer_method ode / sde,
-  sampler_mode euler / heun, APG / ADG on base, DCW off / each mode, the velocity clamp and EMA), on the
+  sampler_mode euler / heun, APG / ADG on base, DCW off / each mode / several bases, the velocity clamp and
+  EMA), on the
   fixed condition of tests/reference/ace_dit.py (`prepare_condition` replaced: the condition encoder is
   another module's; 21 frames, an odd length, so DCW's wavelet transform pads). Per run `<name>.`: `noise`
   (the seeded `prepare_noise`), `draws` (every fresh noise the SDE's `renoise` drew from torch's global
   generator, seeded per run; (k, B, T, C), empty for ODE) and `out` (target_latents); `in.enc`,
   `in.context` the condition; `null` the learned null condition (base).
 - `parts.safetensors`: `adg_forward` on fixed tensors (several guidance scales, sigmas, a nearly parallel
-  pair, angles below and above the clip) and the DCW primitives (`dcw_low` / `high` / `double` / `pix`,
-  Haar) on odd and even lengths.
+  pair, angles below and above the clip) and the DCW primitives (`dcw_low` / `high` / `double` / `pix`
+  with Haar, `dcw_double` with every basis of WAVELETS) on odd and even lengths.
 
 DCW needs `pytorch_wavelets` (tests/requirements-reference.txt). Without it upstream's DCW is a silent
 no-op, so `make` refuses to run instead of writing uncorrected outputs as DCW's. `pytorch_wavelets` imports
@@ -49,6 +50,7 @@ class Run(NamedTuple):
     ema: float = 0.0  # velocity_ema_factor
     dcw_scaler: float = 0.05
     dcw_high_scaler: float = 0.02
+    wavelet: str = "haar"
 
 
 RUNS = {
@@ -64,6 +66,9 @@ RUNS = {
         Run("dcw_pix", 39, 5, 3.0, dcw="pix", dcw_scaler=0.1),
         Run("clamp_ema", 40, 6, 3.0, clamp=0.9, ema=0.3),
         Run("heun_clamp_ema", 41, 5, 3.0, sampler_mode="heun", clamp=0.9, ema=0.3),
+        Run("ode_heun_dcw_db4", 42, 5, 3.0, sampler_mode="heun", dcw="double", wavelet="db4"),
+        Run("dcw_low_sym8", 43, 5, 3.0, dcw="low", dcw_scaler=0.2, wavelet="sym8"),
+        Run("dcw_high_sym4", 44, 5, 3.0, dcw="high", dcw_scaler=0.2, wavelet="sym4"),
     ],
     "base": [
         Run("ode_euler_apg", 51, 6, 3.0, guidance=7.0),
@@ -81,6 +86,9 @@ RUNS = {
         Run("sde_euler_adg_dcw", 63, 6, 3.0, "sde", dcw="double", guidance=7.0, use_adg=True),
         Run("heun_adg_clamp_ema", 64, 5, 3.0, sampler_mode="heun", guidance=7.0, use_adg=True, clamp=0.9,
             ema=0.3),
+        Run("ode_euler_apg_dcw_db2", 65, 6, 3.0, dcw="double", guidance=7.0, wavelet="db2"),
+        Run("sde_euler_adg_dcw_coif2", 66, 6, 3.0, "sde", dcw="double", guidance=7.0, use_adg=True,
+            wavelet="coif2"),
     ],
 }  # fmt: skip
 # adg_forward cases: (guidance, sigma, spread of uncond around cond, frames)
@@ -92,6 +100,7 @@ ADG_CASES = {
     "g1": (1.0, 0.9, 1.0, 21),  # weight 0 -> 1e-3
 }
 DCW_LENGTHS = (20, 21)
+WAVELETS = ("haar", "db2", "db4", "sym4", "sym8", "coif2")  # the bases upstream's UI offers
 
 
 def import_wavelets():
@@ -143,7 +152,7 @@ def _generate(model, variant: str, inp: dict, run: Run) -> dict:
         seed=run.seed, shift=run.shift, infer_steps=run.steps, infer_method=run.infer_method,
         sampler_mode=run.sampler_mode, velocity_norm_threshold=run.clamp, velocity_ema_factor=run.ema,
         dcw_enabled=run.dcw != "off", dcw_mode="double" if run.dcw == "off" else run.dcw,
-        dcw_scaler=run.dcw_scaler, dcw_high_scaler=run.dcw_high_scaler, dcw_wavelet="haar",
+        dcw_scaler=run.dcw_scaler, dcw_high_scaler=run.dcw_high_scaler, dcw_wavelet=run.wavelet,
     )  # fmt: skip
     if variant == "base":
         kwargs |= dict(
@@ -212,6 +221,8 @@ def make_parts(seed: int = 3) -> dict:
         out[p + "double"] = dcw_double(x, y, 0.3, 0.2)
         out[p + "double_low_only"] = dcw_double(x, y, 0.3, 0.0)
         out[p + "pix"] = dcw_pix(x, y, 0.3)
+        for w in WAVELETS:
+            out[f"{p}{w}.double"] = dcw_double(x, y, 0.3, 0.2, w)
     return {k: v.contiguous().numpy() for k, v in out.items()}
 
 

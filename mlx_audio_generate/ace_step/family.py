@@ -11,7 +11,14 @@ Bounds and defaults are the reference's (acestep/, upstream 6d467e4):
   `generate_audio` ignores CFG: a turbo checkpoint takes no guidance setting other than 1 (refused, not
   silently dropped); cfg_interval [0, 1];
 - the vocal language defaults to "unknown" (GenerationParams), lyrics to "[Instrumental]" (the reference's
-  own word for "no vocals": GenerationParams' empty lyrics would be an empty lyric block).
+  own word for "no vocals": GenerationParams' empty lyrics would be an empty lyric block);
+- the sampler options of `generate_audio` (schedule.py), each at upstream's default: infer_method "ode",
+  sampler_mode "euler", APG (use_adg False; ADG is a base / SFT CFG option), velocity clamp and EMA off
+  (0; upstream's hints: "try 2.0" / "try 0.1"), DCW mode "double" with scalers 0.05 / 0.02 and the Haar
+  basis (the UI's other bases too: db2, db4, sym4, sym8, coif2).
+  DCW is OFF by default here, unlike upstream's `dcw_enabled=True`: upstream's default silently does
+  nothing unless the optional `pytorch_wavelets` is installed (reference README §2.7), so its usual
+  output is the uncorrected one, and its UI turns DCW off for base / SFT.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ MAX_LYRICS_CHARS = 4096  # GenerationParams: "Lyrics ... < 4096 characters"
 STEPS = {"turbo": (8, 20), "base": (32, 200), "sft": (50, 200)}
 SHIFT = 3.0
 GUIDANCE = 7.0
+DCW_CHOICES = ("off", "low", "high", "double", "pix")
+DCW_SCALER, DCW_HIGH_SCALER = 0.05, 0.02
+DCW_WAVELETS = ("haar", "db2", "db4", "sym4", "sym8", "coif2")  # diffusion/wavelet_correction.WAVELETS
 
 
 def variant_of(config: dict[str, Any] | None) -> str | None:
@@ -94,6 +104,30 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "Guidance only at times t >= this (base / SFT).", 0.0, 1.0),
         Setting("cfg_interval_end", "float", 1.0, "CFG end",
                 "Guidance only at times t <= this (base / SFT).", 0.0, 1.0),
+        Setting("guidance_method", "choice", "apg", "Guidance method",
+                "CFG guidance with guidance_scale > 1 (base / SFT): apg (adaptive projected) or adg "
+                "(angle-based dynamic).", choices=("apg", "adg")),
+        Setting("infer_method", "choice", "ode", "Sampling method",
+                "ode (deterministic) or sde (each step re-noises the predicted clean latents with fresh "
+                "noise from the seed).", choices=("ode", "sde")),
+        Setting("sampler_mode", "choice", "euler", "Sampler",
+                "euler, or heun (second order: two model calls a step; ode only).",
+                choices=("euler", "heun")),
+        Setting("velocity_norm_threshold", "float", 0.0, "Velocity clamp",
+                "Scale each step's velocity down to at most this times the latents' norm (0 = off; try 2).",
+                0.0, 10.0),
+        Setting("velocity_ema_factor", "float", 0.0, "Velocity EMA",
+                "Blend this much of the previous step's velocity into each step's (0 = off; try 0.1).",
+                0.0, 1.0, exclusive_maximum=True),
+        Setting("dcw", "choice", "off", "DCW",
+                "Wavelet-domain correction after each step: off, low, high, double (both bands) or pix "
+                "(no transform).", choices=DCW_CHOICES),
+        Setting("dcw_scaler", "float", DCW_SCALER, "DCW strength",
+                "DCW's low-band strength (the single one for high and pix); needs dcw.", 0.0, 1.0),
+        Setting("dcw_high_scaler", "float", DCW_HIGH_SCALER, "DCW high-band strength",
+                "DCW's high-band strength in double mode; needs dcw double.", 0.0, 1.0),
+        Setting("dcw_wavelet", "choice", "haar", "DCW wavelet", "DCW's wavelet basis; needs dcw low / "
+                "high / double.", choices=DCW_WAVELETS),
     ]  # fmt: skip
 
 

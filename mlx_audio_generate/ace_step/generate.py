@@ -19,10 +19,12 @@ One generation is the reference pipeline's text2music (acestep/core/generation/h
    inject the reference's noise through `draw_noise`); a list of seeds has one per prompt.
 4. sampling (schedule.py): turbo's Euler loop (`infer_steps` passed, as the handler always does: shift
    mapped s = 1 - i/n, the last step x - v t), base / SFT's with CFG + APG against `null_condition_emb`
-   when guidance_scale > 1, inside [cfg_interval_start, cfg_interval_end]. DCW is off: upstream enables it
-   by default, but it is a no-op (one logged warning) unless the optional `pytorch_wavelets` is installed
-   (reference README §2.7), and the UI turns it off for base models; the parity tests pass
-   `dcw_enabled=False`.
+   when guidance_scale > 1 (ADG with guidance_method "adg"), inside [cfg_interval_start, cfg_interval_end].
+   The sampler options (schedule.py): infer_method ode / sde (SDE's fresh noise of step i comes from keys
+   split off the seed, `draw_step_noise`; the parity tests inject the reference's torch draws), sampler_mode
+   euler / heun, velocity clamp / EMA, DCW. DCW is off by default: upstream enables it, but it is a no-op
+   (one logged warning) unless the optional `pytorch_wavelets` is installed (reference README §2.7), and
+   the UI turns it off for base models; `dcw` turns it on (ported to MLX, every basis the UI offers).
 5. decode (vae_decode_chunks.py): the Oobleck VAE in float32, tiled as the reference's MLX path decodes
    (windows of 512 latents, 64 latents of overlap on each side discarded; one piece when it fits), then the
    reference's normalisation: a row whose peak exceeds 1 is divided by its peak; the result is cut to
@@ -33,7 +35,7 @@ prompt lengths would change each other through padding. Rows with the same promp
 reference's batch of one caption does); different prompts run one after the other, so a row always equals its
 prompt generated alone with its seed.
 Not ported here: reference audio (timbre), cover / repaint / lego / extract, LM codes, the 5 Hz LM planner,
-SDE / Heun, ADG, retake variance.
+retake variance, custom timestep lists.
 """
 
 from __future__ import annotations
@@ -162,6 +164,15 @@ class AceStep:
             return mx.stack([mx.random.normal(shape[1:], key=mx.random.key(int(s))) for s in seed])
         return mx.random.normal(shape, key=mx.random.key(seed))
 
+    def draw_step_noise(self, seed: int | list[int], shape: tuple[int, int, int], steps: int) -> S.StepNoise:
+        """SDE's fresh noise: step i -> (B, T, C), from keys split off each seed (a row's draws depend on its
+        seed only, as its initial noise). The tests replace this to feed the reference's torch draws."""
+        seeds = [int(s) for s in seed] if isinstance(seed, list | tuple) else [int(seed)]
+        keys = [mx.random.split(mx.random.key(s), steps) for s in seeds]
+        if not isinstance(seed, list | tuple):
+            return lambda i: mx.random.normal(shape, key=keys[0][i])
+        return lambda i: mx.stack([mx.random.normal(shape[1:], key=k[i]) for k in keys])
+
     def decode(self, latents: mx.array) -> mx.array:
         """Latents (B, T, C) -> audio (B, channels, T * ratio), float32, tiled (module doc, 5.)."""
         z = latents.astype(mx.float32).transpose(0, 2, 1)
@@ -184,6 +195,7 @@ class AceStep:
                 raise UserError("cfg_interval_start / cfg_interval_end do not apply to a turbo checkpoint")
         elif start > end:
             raise UserError(f"cfg_interval_start {start:g} must not exceed cfg_interval_end {end:g}")
+        values["sampler"] = S.sampler_options(values, self.model.is_turbo)
         return values
 
     def generate(
@@ -204,6 +216,15 @@ class AceStep:
         guidance_scale: float | None = None,
         cfg_interval_start: float | None = None,
         cfg_interval_end: float | None = None,
+        guidance_method: str | None = None,
+        infer_method: str | None = None,
+        sampler_mode: str | None = None,
+        velocity_norm_threshold: float | None = None,
+        velocity_ema_factor: float | None = None,
+        dcw: str | None = None,
+        dcw_scaler: float | None = None,
+        dcw_high_scaler: float | None = None,
+        dcw_wavelet: str | None = None,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
@@ -217,7 +238,10 @@ class AceStep:
         v = self._values(
             lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
             steps=steps, shift=shift, guidance_scale=guidance_scale, cfg_interval_start=cfg_interval_start,
-            cfg_interval_end=cfg_interval_end,
+            cfg_interval_end=cfg_interval_end, guidance_method=guidance_method, infer_method=infer_method,
+            sampler_mode=sampler_mode, velocity_norm_threshold=velocity_norm_threshold,
+            velocity_ema_factor=velocity_ema_factor, dcw=dcw, dcw_scaler=dcw_scaler,
+            dcw_high_scaler=dcw_high_scaler, dcw_wavelet=dcw_wavelet,
         )  # fmt: skip
         seed = resolve_seed(seed, len(prompts))
         metas = {
@@ -240,6 +264,8 @@ class AceStep:
             groups.setdefault(p, []).append(i)
 
         noise = self.draw_noise(seed, (b, frames, c))
+        opts = v.pop("sampler")
+        fresh = self.draw_step_noise(seed, (b, frames, c), n_steps) if opts.infer_method == "sde" else None
         report_stage(on_stage, "text", 0, 1)
         conds = {
             p: self.condition(text_prompt(p, metas), lyric, frames, len(rows)) for p, rows in groups.items()
@@ -256,6 +282,9 @@ class AceStep:
             enc, context = conds[p]
             x0 = noise[mx.array(rows)] if len(groups) > 1 else noise
 
+            def step_noise(i: int, r: list[int] = rows) -> mx.array:  # SDE: this group's rows
+                return fresh(i)[mx.array(r)] if len(groups) > 1 else fresh(i)
+
             def on_step(i: int, t: float, base: int = done) -> None:
                 if progress is not None:
                     progress(base + i + 1, total)
@@ -263,11 +292,14 @@ class AceStep:
 
             dit = self.model.dit
             if turbo:
-                lat = S.sample_turbo(dit, x0, context, enc, sched, on_step)
+                lat = S.sample_turbo(
+                    dit, x0, context, enc, sched, on_step, opts, step_noise if fresh else None
+                )
             else:
                 lat = S.sample_base(
                     dit, x0, context, enc, self.model.conditioning.null_condition_emb, sched,
                     v["guidance_scale"], (v["cfg_interval_start"], v["cfg_interval_end"]), on_step,
+                    opts, step_noise if fresh else None,
                 )  # fmt: skip
             done += n_steps
             for j, r in enumerate(rows):

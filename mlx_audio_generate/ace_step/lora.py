@@ -22,7 +22,7 @@ Strength: the handler's scale, which it clamps to [0, 1]; values outside are ref
 adapters at once add their deltas (PEFT's forward with several active adapters sums them; the handler
 activates one PEFT adapter at a time and allows a LoKr only first, so stacking goes beyond it with the
 same arithmetic). Unmerged (a wrapper adds each delta at every call, as PEFT / LyCORIS forward) or merged
-into the weights (mx_audio_generate/adapters.py). Safetensors only: a .bin / .pt adapter is refused (a
+into the weights (mlx_audio_generate/adapters.py). Safetensors only: a .bin / .pt adapter is refused (a
 pickle is never executed). Stricter than the reference where it would drop tensors silently: a tensor for a
 module the DiT does not have, or one the config does not target, is refused.
 """

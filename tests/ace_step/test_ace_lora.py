@@ -240,7 +240,7 @@ def test_cli_lora_flag(weights, model, tmp_path, capsys):
     audio, _ = sf.read(tmp_path / "a.wav", dtype="float32", always_2d=True)
     api = model.generate(["upbeat pop"], seconds=4, seed=[7], steps=3, lora=spec)[0]
     plain = model.generate(["upbeat pop"], seconds=4, seed=[7], steps=3)[0]
-    np.testing.assert_allclose(audio.T, api, atol=1e-4)  # the file is 16-bit-free float, written as given
+    np.testing.assert_allclose(audio.T, api, atol=1e-4)  # the written file is the API's audio
     assert np.abs(api - plain).max() > 1e-3  # the adapters are applied
 
     code, err = _cli(weights, tmp_path / "b.wav", capsys, "--lora", str(tmp_path / "missing"))

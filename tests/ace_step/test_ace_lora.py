@@ -247,3 +247,13 @@ def test_cli_lora_flag(weights, model, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "b.wav").exists()
+
+
+def test_quantized_dit_refused(weights):
+    """As the handler refuses LoRA on a quantized model: a quantized DiT layer is not adapted."""
+    import mlx.nn as nn
+
+    quantized = AceStep.from_pretrained(weights)
+    nn.quantize(quantized.model.dit, group_size=32, bits=4)
+    with pytest.raises(UserError, match="unquantized"):
+        apply_loras(quantized.model.dit, [(str(COMMITTED / "peft_a"), 1.0)])

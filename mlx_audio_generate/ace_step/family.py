@@ -128,6 +128,13 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "DCW's high-band strength in double mode; needs dcw double.", 0.0, 1.0),
         Setting("dcw_wavelet", "choice", "haar", "DCW wavelet", "DCW's wavelet basis; needs dcw low / "
                 "high / double.", choices=DCW_WAVELETS),
+        # adapters are read from this machine: the CLI and the Python API take them, not batch lines or the
+        # server (whose clients must not name server paths)
+        Setting("lora", "text", None, "LoRA",
+                "DiT adapters applied for this run, stacked: PATH[:STRENGTH][,PATH[:STRENGTH]...], PATH a "
+                "PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) or a LoKr "
+                "lokr_weights.safetensors (or its folder); STRENGTH in [0, 1], default 1",
+                metavar="PATH[:S],...", max_length=4000, batch=False, server=False),
     ]  # fmt: skip
 
 

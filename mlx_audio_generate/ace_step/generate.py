@@ -34,6 +34,8 @@ Rows: the DiT attends its whole packed condition (padding included, README §2.6
 prompt lengths would change each other through padding. Rows with the same prompts run as one batch (as the
 reference's batch of one caption does); different prompts run one after the other, so a row always equals its
 prompt generated alone with its seed.
+Adapters (`lora`): PEFT LoRA / LyCORIS LoKr on the DiT (lora.py), merged into its weights for the call and
+removed after it; applied before the conditioning, whose cross-attention K/V the DiT computes.
 Not ported here: reference audio (timbre), cover / repaint / lego / extract, LM codes, the 5 Hz LM planner,
 retake variance, custom timestep lists.
 """
@@ -41,8 +43,10 @@ retake variance, custom timestep lists.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -56,6 +60,7 @@ from . import schedule as S
 from .conditioning import lyric_prompt, text_prompt, tokenize_prompts
 from .family import FAMILY, MAX_SECONDS, settings
 from .full_model import TIMBRE_FRAMES, AceStepModel
+from .lora import apply_loras
 
 Progress = Callable[[int, int], None]
 MIN_FRAMES = 128  # _prepare_target_latents_and_wavs: max(128, max_latent_length)
@@ -225,11 +230,13 @@ class AceStep:
         dcw_scaler: float | None = None,
         dcw_high_scaler: float | None = None,
         dcw_wavelet: str | None = None,
+        lora: str | Sequence[Any] | None = None,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
-        None = this checkpoint's defaults (family.py). `progress(done, total)` after each step;
-        `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py)."""
+        None = this checkpoint's defaults (family.py). lora: DiT adapters for this call ("PATH[:STRENGTH],..."
+        or paths, (path, strength) pairs or lora.AdapterSpec; lora.py). `progress(done, total)` after each
+        step; `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py)."""
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
         seconds = check_seconds(30.0 if seconds is None else seconds, self.max_seconds)
         n_out = round(seconds * self.sample_rate)
@@ -266,48 +273,51 @@ class AceStep:
         noise = self.draw_noise(seed, (b, frames, c))
         opts = v.pop("sampler")
         fresh = self.draw_step_noise(seed, (b, frames, c), n_steps) if opts.infer_method == "sde" else None
-        report_stage(on_stage, "text", 0, 1)
-        conds = {
-            p: self.condition(text_prompt(p, metas), lyric, frames, len(rows)) for p, rows in groups.items()
-        }
-        if on_stage is not None:  # the stage's real time
-            mx.eval([x for pair in conds.values() for x in pair])
-        report_stage(on_stage, "text", 1, 1)
+        # adapters before the conditioning (its cross-attention K/V), removed after the call
+        with apply_loras(self.model.dit, lora) if lora else nullcontext():
+            report_stage(on_stage, "text", 0, 1)
+            conds = {
+                p: self.condition(text_prompt(p, metas), lyric, frames, len(rows))
+                for p, rows in groups.items()
+            }
+            if on_stage is not None:  # the stage's real time
+                mx.eval([x for pair in conds.values() for x in pair])
+            report_stage(on_stage, "text", 1, 1)
 
-        total = n_steps * len(groups)
-        report_stage(on_stage, "generate", 0, total)
-        done = 0
-        out = [None] * b
-        for p, rows in groups.items():
-            enc, context = conds[p]
-            x0 = noise[mx.array(rows)] if len(groups) > 1 else noise
+            total = n_steps * len(groups)
+            report_stage(on_stage, "generate", 0, total)
+            done = 0
+            out = [None] * b
+            for p, rows in groups.items():
+                enc, context = conds[p]
+                x0 = noise[mx.array(rows)] if len(groups) > 1 else noise
 
-            def step_noise(i: int, r: list[int] = rows) -> mx.array:  # SDE: this group's rows
-                return fresh(i)[mx.array(r)] if len(groups) > 1 else fresh(i)
+                def step_noise(i: int, r: list[int] = rows) -> mx.array:  # SDE: this group's rows
+                    return fresh(i)[mx.array(r)] if len(groups) > 1 else fresh(i)
 
-            def on_step(i: int, t: float, base: int = done) -> None:
-                if progress is not None:
-                    progress(base + i + 1, total)
-                report_stage(on_stage, "generate", base + i + 1, total)
+                def on_step(i: int, t: float, base: int = done) -> None:
+                    if progress is not None:
+                        progress(base + i + 1, total)
+                    report_stage(on_stage, "generate", base + i + 1, total)
 
-            dit = self.model.dit
-            if turbo:
-                lat = S.sample_turbo(
-                    dit, x0, context, enc, sched, on_step, opts, step_noise if fresh else None
-                )
-            else:
-                lat = S.sample_base(
-                    dit, x0, context, enc, self.model.conditioning.null_condition_emb, sched,
-                    v["guidance_scale"], (v["cfg_interval_start"], v["cfg_interval_end"]), on_step,
-                    opts, step_noise if fresh else None,
-                )  # fmt: skip
-            done += n_steps
-            for j, r in enumerate(rows):
-                out[r] = lat[j]
-        latents = mx.stack(out)
+                dit = self.model.dit
+                if turbo:
+                    lat = S.sample_turbo(
+                        dit, x0, context, enc, sched, on_step, opts, step_noise if fresh else None
+                    )
+                else:
+                    lat = S.sample_base(
+                        dit, x0, context, enc, self.model.conditioning.null_condition_emb, sched,
+                        v["guidance_scale"], (v["cfg_interval_start"], v["cfg_interval_end"]), on_step,
+                        opts, step_noise if fresh else None,
+                    )  # fmt: skip
+                done += n_steps
+                for j, r in enumerate(rows):
+                    out[r] = lat[j]
+            latents = mx.stack(out)
 
-        report_stage(on_stage, "decode", 0, 1)
-        audio = np.array(self.decode(latents).astype(mx.float32))[..., :n_out]
-        result = np.ascontiguousarray(peak_normalize(audio), dtype=np.float32)
-        report_stage(on_stage, "decode", 1, 1)
-        return result
+            report_stage(on_stage, "decode", 0, 1)
+            audio = np.array(self.decode(latents).astype(mx.float32))[..., :n_out]
+            result = np.ascontiguousarray(peak_normalize(audio), dtype=np.float32)
+            report_stage(on_stage, "decode", 1, 1)
+            return result

@@ -42,6 +42,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..adapters import parse_adapter_list
 from ..errors import UserError
 from ..weights import torch_load
 from .lora_xs import ADAPTER_TYPES, PARAMS, adapt, adapter_params, read_svd_bases
@@ -384,19 +385,7 @@ def parse_loras(value: Any) -> list:
     (path, strength) pairs or LoRASpec (the Python API), in stacking order."""
     if not isinstance(value, str):
         return list(value)
-    specs = []
-    for part in (p.strip() for p in value.split(",")):
-        if not part:
-            raise UserError(f"--lora {value!r} has an empty entry; write PATH[:STRENGTH][,PATH[:STRENGTH]]")
-        path, sep, strength = part.rpartition(":")
-        if sep and path:
-            try:
-                specs.append(LoRASpec(path, float(strength)))
-                continue
-            except ValueError:
-                pass  # a colon inside the path: no strength given
-        specs.append(LoRASpec(part))
-    return specs
+    return [LoRASpec(p) if s is None else LoRASpec(p, s) for p, s in parse_adapter_list(value)]
 
 
 def apply_loras(

@@ -48,7 +48,7 @@ import numpy as np
 from ..converted import Converted, load_weights, open_folder
 from ..errors import UserError
 from ..progress import OnStage, report_stage
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
 from ..text.qwen3 import Qwen3Tokenizer
 from . import schedule as S
 from .conditioning import lyric_prompt, text_prompt, tokenize_prompts
@@ -177,13 +177,18 @@ class AceStep:
         if self.model.is_turbo:
             if guidance is not None and guidance != 1.0:
                 raise UserError(
-                    f"guidance_scale {guidance:g} does not apply to a turbo checkpoint (guidance-distilled: "
-                    "one pass); use ace-step-1.5-base or -sft for guidance"
+                    f"{named('guidance_scale')} = {guidance:g} does not apply to a turbo checkpoint "
+                    "(guidance-distilled: one pass); use ace-step-1.5-base or -sft for guidance"
                 )
             if (start, end) != (0.0, 1.0):
-                raise UserError("cfg_interval_start / cfg_interval_end do not apply to a turbo checkpoint")
+                raise UserError(
+                    f"{named('cfg_interval_start', 'cfg_interval_end')} do not apply to a turbo checkpoint"
+                )
         elif start > end:
-            raise UserError(f"cfg_interval_start {start:g} must not exceed cfg_interval_end {end:g}")
+            raise UserError(
+                f"{named('cfg_interval_start')} = {start:g} must not exceed "
+                f"{named('cfg_interval_end')} = {end:g}"
+            )
         return values
 
     def generate(

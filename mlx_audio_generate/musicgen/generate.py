@@ -24,7 +24,7 @@ from ..audio import match_channels, read_audio
 from ..converted import Converted, load_weights, open_folder
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
 from ..text.t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
@@ -227,7 +227,7 @@ class MusicGen:
         temperature, top_k, top_p, guidance_coef = (s[k] for k in given)
         seed = resolve_seed(seed, len(prompts))
         if melody is not None and not self.is_melody:
-            raise UserError("melody conditioning needs a melody checkpoint (facebook/musicgen-melody*)")
+            raise UserError(f"{named('melody')} needs a melody checkpoint (facebook/musicgen-melody*)")
         options = SamplingOptions(
             temperature=temperature, top_k=top_k, top_p=top_p or None, guidance_scale=guidance_coef
         )
@@ -272,12 +272,12 @@ class MusicGen:
             )
             if audio.shape[1] >= samples:
                 raise UserError(
-                    f"the audio prompt ({length}) must be shorter than seconds ({seconds:g} s), "
+                    f"{named('audio_prompt')} ({length}) must be shorter than --seconds ({seconds:g} s), "
                     "the total length of the result"
                 )
             if math.ceil(audio.shape[1] / hop) >= window:
                 raise UserError(
-                    f"the audio prompt ({length}) must be shorter than the {window_seconds:g} s window"
+                    f"{named('audio_prompt')} ({length}) must be shorter than the {window_seconds:g} s window"
                 )
             codes = self.encode_audio(audio)
             codes = mx.broadcast_to(codes, (len(prompts), *codes.shape[1:]))
@@ -377,7 +377,9 @@ class MusicGen:
             decode); see progress.py."""
         if stream:
             if extend_stride is not None or window_seconds is not None:
-                raise UserError("streaming covers one window; extend_stride / window_seconds do not apply")
+                raise UserError(
+                    f"streaming covers one window; {named('extend_stride', 'window_seconds')} do not apply"
+                )
             return self.stream(
                 prompt,
                 seconds,

@@ -43,7 +43,7 @@ from ..diffusion import samplers as S
 from ..errors import UserError
 from ..memory import stored_itemsize
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import by_name, check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import by_name, check_prompts, check_seconds, check_settings, named, resolve_seed
 from ..text.t5 import T5Tokenizer, load_tokenizer
 from .conditioners import Conditioning
 from .family import DEFAULTS, FAMILY, Defaults, settings
@@ -96,20 +96,22 @@ def resolve_init_noise_level(
     Needs only the objective (config.json's model_config), so a CLI can check it before loading weights."""
     rf = S.objective_family(objective) == "rf"
     if init_noise_level is not None and init_strength is not None:
-        raise UserError("give init_noise_level or init_strength, not both")
+        raise UserError(f"give {named('init_noise_level')} or {named('init_strength')}, not both")
     if init_strength is not None:
         if not _real(init_strength) or not 0 < init_strength <= 1:
-            raise UserError(f"init_strength must be in (0, 1], got {init_strength!r}")
+            raise UserError(f"{named('init_strength')} must be in (0, 1], got {init_strength!r}")
         return strength_to_noise_level(objective, init_strength)
     lo, hi = (0.0, 1.0) if rf else (S.V_SIGMA_MIN, S.V_SIGMA_MAX)
     what = "t (rectified flow)" if rf else "sigma (v objective)"
     if init_noise_level is None:
         raise UserError(
-            f"init_audio needs init_noise_level, a {what} in ({lo:g}, {hi:g}], or init_strength in (0, 1]"
+            f"{named('init_audio')} needs {named('init_noise_level')}, a {what} in ({lo:g}, {hi:g}], "
+            f"or {named('init_strength')} in (0, 1]"
         )
     if not _real(init_noise_level) or not lo < init_noise_level <= hi:
         raise UserError(
-            f"init_noise_level must be a {what} in ({lo:g}, {hi:g}] for this model, got {init_noise_level!r}"
+            f"{named('init_noise_level')} must be a {what} in ({lo:g}, {hi:g}] for this model, "
+            f"got {init_noise_level!r}"
         )
     return float(init_noise_level)
 
@@ -375,12 +377,21 @@ class StableAudio:
     ) -> AudioInput | None:
         """Cheap checks of how the audio-to-audio arguments combine (before any file is read)."""
         if init_audio is not None and inpaint_audio is not None:
-            raise UserError("give init_audio (variation) or inpaint_audio (inpainting), not both")
-        if init_audio is None and (init_noise_level is not None or init_strength is not None):
-            raise UserError("init_noise_level / init_strength need init_audio")
+            raise UserError(
+                f"give {named('init_audio')} for a variation or {named('inpaint_audio')} for inpainting, "
+                "not both"
+            )
+        levels = {"init_noise_level": init_noise_level, "init_strength": init_strength}
+        if init_audio is None and any(v is not None for v in levels.values()):
+            given = [k for k, v in levels.items() if v is not None]
+            raise UserError(f"{named(*given)} need {named('init_audio')}")
         start, end, soft_l, soft_r, marination = mask_args
-        if inpaint_audio is None and (start is not None or end is not None or soft_l or soft_r or marination):
-            raise UserError("mask_start / mask_end / mask softness / marination need inpaint_audio")
+        masks = {"mask_start": start, "mask_end": end, "mask_softness_left": soft_l or None,
+                 "mask_softness_right": soft_r or None, "marination": marination or None}  # fmt: skip
+        if inpaint_audio is None and any(v is not None for v in masks.values()):
+            # only the options given, by their flags (softness / marination are Python-API keywords only)
+            given = [k for k, v in masks.items() if v is not None]
+            raise UserError(f"{named(*given)} need {named('inpaint_audio')}")
         if inpaint_audio is not None:
             S.check_inpaint(self.model.objective)
         return init_audio if init_audio is not None else inpaint_audio

@@ -60,7 +60,7 @@ from ..diffusion import flow
 from ..diffusion import samplers as S
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
 from .conditioners import TextTokenizers, conditioning_inputs
 from .family import DEFAULTS, FAMILY, INIT_NOISE_LEVEL, Defaults, settings
 from .full_model import SA3Model
@@ -341,12 +341,12 @@ class StableAudio3:
         """Cheap checks of how the audio inputs combine (before any file is read); the parsed regions."""
         schema = {s.name: s for s in self.settings}
         if init_audio is None and init_noise_level is not None:
-            raise UserError("init_noise_level needs init_audio")
+            raise UserError(f"{named('init_noise_level')} needs {named('init_audio')}")
         schema["init_noise_level"].check(init_noise_level)
         if inpaint_audio is None and inpaint_regions is not None:
-            raise UserError("inpaint_regions need inpaint_audio (the audio to keep outside them)")
+            raise UserError(f"{named('inpaint_regions')} need {named('inpaint_audio')} (the audio to keep)")
         if inpaint_audio is not None and inpaint_regions is None:
-            raise UserError("inpaint_audio needs inpaint_regions (START:END seconds to regenerate)")
+            raise UserError(f"{named('inpaint_audio')} needs {named('inpaint_regions')} (START:END seconds)")
         if inpaint_audio is not None and not self.model.inpaints:
             raise UserError("this checkpoint takes no inpainting conditioning (no local_add_cond_ids)")
         if isinstance(inpaint_regions, str):

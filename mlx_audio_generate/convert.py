@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import registry
-from .converted import malformed_files, read_meta
+from .converted import is_converted, malformed_files, read_meta
 from .errors import UserError
 from .family import ConvertJob
 from .hub import check_json_files, fetch
@@ -74,8 +75,9 @@ def convert(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
-    src = fetch(model, trust_remote_code=trust_remote_code)
+    src = _fetch_announced(model, trust_remote_code, quiet)
     _check_apart(output, src)
+    _refuse_converted(model, src)
     family = registry.detect(src)
     known = {st.name for st in family.convert_settings}
     unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
@@ -84,12 +86,14 @@ def convert(
     check_json_files(src)
 
     def fetch_more(name: str) -> Path:  # another checkpoint the conversion reads (e.g. a text encoder)
-        folder = fetch(name, trust_remote_code=trust_remote_code)
+        folder = _fetch_announced(name, trust_remote_code, quiet)
         _check_apart(output, folder)
         check_json_files(folder)
         return folder
 
     remove_stale_partials(parent, output.name)
+    if not quiet:
+        print(f"converting {model} for MLX...", file=sys.stderr)
     try:
         # the pid in the name lets a later run remove what a killed conversion left (remove_stale_partials)
         tmp = make_temp_dir(parent, f"{output.name}.{os.getpid()}")
@@ -125,6 +129,26 @@ def convert(
         if old.exists() and output.exists():
             shutil.rmtree(old, ignore_errors=True)
     return output
+
+
+def _fetch_announced(model: str, trust_remote_code: bool, quiet: bool) -> Path:
+    """`hub.fetch`, saying "downloading..." first when it goes to the hub (a download is most of the wait
+    on first use; the "converting..." line comes after it)."""
+    if not quiet and not Path(model).expanduser().is_dir():
+        print(f"downloading {model} (Hugging Face cache; resumes if interrupted)...", file=sys.stderr)
+    return fetch(model, trust_remote_code=trust_remote_code)
+
+
+def _refuse_converted(model: str, src: Path) -> None:
+    """A folder this tool already wrote is not a checkpoint to convert again: say how to use it."""
+    if not is_converted(src):
+        return
+    family = read_meta(src)[1]["family"]  # type: ignore[index]
+    raise UserError(
+        f"'{model}' is already converted for MLX (a {registry.get(family).label} folder written by "
+        f"mlx-audio-convert); use it directly: mlx-audio-generate --model '{model}' (or --model {family} "
+        f"--weights-dir '{model}')"
+    )
 
 
 def _pid_alive(pid: int) -> bool:

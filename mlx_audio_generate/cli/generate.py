@@ -22,7 +22,7 @@ from .common import ArgumentParser, interruptible_imports, run_main
 
 with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co load: one line, exit 130
     from .. import registry
-    from ..audio import check_output_path, loudness_normalize, write_audio
+    from ..audio import check_output_path, loudness_normalize, loudness_report, write_audio
     from ..errors import UserError
     from ..family import Family
     from ..progress import tqdm_stages
@@ -368,6 +368,8 @@ def _write_clip(args, path: Path, prompt: str, seed: int, clip, fam: Family, sr:
     }
     if args.normalize is not None:
         clip, meta["loudness"] = loudness_normalize(clip, sr, target_lufs=args.normalize)
+        if not args.quiet:  # the result can fall short of the target: say so, not only in the metadata
+            print(f"{_shown(path)}: {loudness_report(meta['loudness'])}", file=sys.stderr)
     write_audio(path, clip, sr, metadata=meta, sidecar=args.metadata_json)
     return clip
 

@@ -14,7 +14,7 @@ from . import registry
 from .converted import is_converted, malformed_files, read_meta
 from .errors import UserError
 from .family import ConvertJob
-from .hub import check_json_files, fetch
+from .hub import check_json_files, fetch, is_repo_id
 from .progress import tqdm_bar
 from .quantize import check_options
 from .weights import make_temp_dir
@@ -92,8 +92,6 @@ def convert(
         return folder
 
     remove_stale_partials(parent, output.name)
-    if not quiet:
-        print(f"converting {model} for MLX...", file=sys.stderr)
     try:
         # the pid in the name lets a later run remove what a killed conversion left (remove_stale_partials)
         tmp = make_temp_dir(parent, f"{output.name}.{os.getpid()}")
@@ -106,7 +104,7 @@ def convert(
         source=str(model),
         quantize_bits=quantize_bits,
         quantize_group_size=quantize_group_size,
-        progress=tqdm_bar(f"converting {Path(str(model)).name}", quiet, unit="tensor"),
+        progress=tqdm_bar(f"converting {_shown_source(model)}", quiet, unit="tensor"),
         options=options,
         fetch=fetch_more,
     )
@@ -133,10 +131,15 @@ def convert(
 
 def _fetch_announced(model: str, trust_remote_code: bool, quiet: bool) -> Path:
     """`hub.fetch`, saying "downloading..." first when it goes to the hub (a download is most of the wait
-    on first use; the "converting..." line comes after it)."""
-    if not quiet and not Path(model).expanduser().is_dir():
-        print(f"downloading {model} (Hugging Face cache; resumes if interrupted)...", file=sys.stderr)
+    on first use; the "converting" bar comes after it)."""
+    if not quiet and is_repo_id(model) and not Path(model).expanduser().is_dir():
+        print(f"downloading {model} (or reusing the Hugging Face cache)...", file=sys.stderr, flush=True)
     return fetch(model, trust_remote_code=trust_remote_code)
+
+
+def _shown_source(model: str) -> str:
+    """A repo id as itself, a local folder by its name (the bar's label)."""
+    return model if is_repo_id(model) and not Path(model).expanduser().is_dir() else Path(model).name
 
 
 def _refuse_converted(model: str, src: Path) -> None:

@@ -140,7 +140,7 @@ def resolve(
     from .convert import convert, remove_stale_partials
 
     if not quiet:
-        print(f"first use of {repo}: preparing it for MLX once (cached in {target})", file=sys.stderr)
+        print(f"first use of {repo}: converting it for MLX once (cached in {target})", file=sys.stderr)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -80,11 +80,12 @@ def _examples() -> str:
     lines = ["examples:"]
     for fam in registry.families().values():
         lines.append(f"  mlx-audio-generate --model {fam.example} --prompt 'lofi piano, warm' --seconds 10")
+    first = next(iter(registry.families().values()))
+    run = f"  mlx-audio-generate --model {first.example}"
     lines += [
-        "  mlx-audio-generate --model musicgen-small --prompt 'jazz trio' --n 4 --seed 7 --output jazz.flac",
-        "  mlx-audio-generate --model stable_audio --weights-dir ./sa-small --prompt 'rain on a tin roof'",
-        "  mlx-audio-generate --model musicgen-small --prompts-file jobs.jsonl --output-dir out/ "
-        "--format flac",
+        f"{run} --prompt 'jazz trio' --n 4 --seed 7 --output jazz.flac",
+        f"  mlx-audio-generate --model {first.name} --weights-dir ./converted --prompt 'rain on a tin roof'",
+        f"{run} --prompts-file jobs.jsonl --output-dir out/ --format flac",
         "",
         "Models are downloaded and converted on first use (cached in ~/.cache/mlx-audio-generate, or",
         "$MLX_AUDIO_GENERATE_CACHE). Python: import mlx_audio_generate as mag; mag.load(...), mag.save(...).",
@@ -378,7 +379,8 @@ def _main(argv: list[str] | None) -> int:
     conv = _resolve(args)
     fam = registry.get(conv.family)
     opts = family_options(args, fam, conv.config)
-    if not args.quiet:  # reading (and for MusicGen compiling) the weights takes a while: say so
+    if not args.quiet and sys.stderr.isatty():  # reading the weights takes a while: tell the one waiting
+        # (a terminal only: in a log, a failing run stays the one line of its error)
         print(f"loading {label} ({fam.label})...", file=sys.stderr, flush=True)
     model = load_model(conv)  # malformed files: a one-line error naming the folder
     written = 0

@@ -41,11 +41,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
 from ..converted import Converted, load_weights, open_folder
+from ..diffusion.latents_io import given_latents, with_latents
 from ..errors import UserError
 from ..progress import OnStage, report_stage
 from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
@@ -209,11 +211,15 @@ class AceStep:
         guidance_scale: float | None = None,
         cfg_interval_start: float | None = None,
         cfg_interval_end: float | None = None,
+        latents: Any = None,
+        return_latents: bool = False,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
         None = this checkpoint's defaults (family.py). `progress(done, total)` after each step;
-        `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py)."""
+        `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py). Python API only
+        (diffusion/latents_io.py): latents, the initial noise (B, T, C) instead of draw_noise's;
+        return_latents: (audio, final latents), which `decode` + peak normalisation turn into that audio."""
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
         seconds = check_seconds(30.0 if seconds is None else seconds, self.max_seconds)
         n_out = round(seconds * self.sample_rate)
@@ -244,7 +250,11 @@ class AceStep:
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
 
-        noise = self.draw_noise(seed, (b, frames, c))
+        noise = (
+            self.draw_noise(seed, (b, frames, c))
+            if latents is None
+            else given_latents(latents, (b, frames, c))
+        )
         report_stage(on_stage, "text", 0, 1)
         conds = {
             p: self.condition(text_prompt(p, metas), lyric, frames, len(rows)) for p, rows in groups.items()
@@ -283,4 +293,4 @@ class AceStep:
         audio = np.array(self.decode(latents).astype(mx.float32))[..., :n_out]
         result = np.ascontiguousarray(peak_normalize(audio), dtype=np.float32)
         report_stage(on_stage, "decode", 1, 1)
-        return result
+        return with_latents(result, latents, return_latents)

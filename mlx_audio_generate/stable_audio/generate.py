@@ -32,6 +32,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -40,6 +41,7 @@ from ..audio import load_clip
 from ..converted import Converted, load_weights, open_folder
 from ..diffusion import inpaint
 from ..diffusion import samplers as S
+from ..diffusion.latents_io import given_latents, with_latents
 from ..errors import UserError
 from ..memory import stored_itemsize
 from ..progress import OnStage, report_stage, step_reporter
@@ -235,6 +237,9 @@ class StableAudio:
         mask_softness_right: float = 0.0,
         marination: float = 0.0,
         on_stage: OnStage | None = None,
+        seconds_total: float | None = None,
+        latents: Any = None,
+        return_latents: bool = False,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
@@ -250,6 +255,11 @@ class StableAudio:
         on_stage: `on_stage(stage, done, total)` for each stage in order: "text" (T5 + conditioning, 0/1 and
         1/1), "generate" (0/steps, then after each sampler step) and "decode" (the VAE, 0/1 and 1/1: one
         piece); see progress.py.
+
+        Python API only (diffusion/latents_io.py): seconds_total, the DiT's "seconds_total" conditioning
+        (default: seconds; the result is still `seconds` long); latents, the initial noise (batch,
+        io_channels, latent frames) instead of the seed's; return_latents: (audio, final latents), which the
+        VAE decodes (then trimmed to `seconds`) into that audio.
         """
         if not isinstance(prompt, str | list | tuple):
             raise UserError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
@@ -271,6 +281,9 @@ class StableAudio:
         cfg = d.cfg_scale if cfg_scale is None else cfg_scale
         sampler = sampler or d.sampler
         samples = self._check(prompts, seconds, steps, sampler, cfg, seed)
+        cond_seconds = (
+            seconds if seconds_total is None else check_seconds(seconds_total, None, "seconds_total")
+        )
         negative_prompt = by_name(self.settings)["negative_prompt"].check(negative_prompt)
         steps, cfg = int(steps), float(cfg)
         dit = self.model.dit
@@ -291,8 +304,8 @@ class StableAudio:
             )  # fmt: skip
 
         report_stage(on_stage, "text", 0, 1)
-        cond = self.condition(prompts, seconds)
-        neg = self.condition([negative_prompt] * len(prompts), seconds) if negative_prompt else None
+        cond = self.condition(prompts, cond_seconds)
+        neg = self.condition([negative_prompt] * len(prompts), cond_seconds) if negative_prompt else None
         if on_stage is not None:  # the stage's real time (the same values as evaluated with the first step)
             conds = [c for c in (cond, neg) if c is not None]
             parts = [v for c in conds for v in (c.cross_attn_cond, c.cross_attn_mask, c.global_cond)]
@@ -319,6 +332,8 @@ class StableAudio:
             rows, keys = None, noise_keys(seed)
             # The sampler state stays float32 whatever the DiT's dtype (the DiT casts its input itself).
             noise = mx.random.normal(shape, key=keys.initial)
+        if latents is not None:
+            noise = given_latents(latents, shape)
         init = mask = None
         if clip is not None:
             prepared = self.prepare_audio(clip)
@@ -365,7 +380,7 @@ class StableAudio:
         audio = self.model.vae.decode(latents.astype(mx.float32))[..., :samples]
         audio = np.array(audio.astype(mx.float32))
         report_stage(on_stage, "decode", 1, 1)
-        return audio
+        return with_latents(audio, latents, return_latents)
 
     def _check_a2a(
         self,

@@ -4,8 +4,8 @@ Generation reports through two optional callbacks of `generate`:
 - `progress(done, total)`: the per-step callback (MusicGen decoder steps / diffusion steps), unchanged;
 - `on_stage(stage, done, total)`: every stage in order, each from `(stage, 0, total)` up to
   `(stage, total, total)` with `done` increasing: "text" (the T5 encoder, 0/1 -> 1/1), "generate" (one
-  call per step) and "decode" (the codec: MusicGen decodes one chunk per audio channel, Stable Audio's VAE
-  decodes in one piece, 0/1 -> 1/1).
+  call per step) and "decode" (the codec: MusicGen reports each EnCodec decoder layer of each audio
+  channel, Stable Audio's VAE decodes in one piece, 0/1 -> 1/1).
 
 `tqdm_bar` / `tqdm_stages` turn them into tqdm bars on stderr (a separate bar per stage); when stderr is not
 a terminal (a log file, a pipe) the same meter text is written as whole lines instead, without the carriage

@@ -139,17 +139,18 @@ class MusicGen:
         """Codes (B, K, F) -> audio (B, C, F*hop). Stereo codebooks are interleaved: the even ones are the
         left channel and the odd ones the right, each decoded by the same mono EnCodec (as transformers).
 
-        `progress(done, total)`: one chunk per channel, each evaluated before it is reported (0/C first)."""
+        `progress(done, total)`: a chunk per EnCodec decoder layer of each channel (total = C x layers),
+        each evaluated before it is reported (0/total first), so a long clip's decode shows its progress;
+        the audio is the same with or without it."""
         codec = self.model.audio_encoder
         channels = self.audio_channels
+        per = len(codec.decoder.layers)
         if progress is not None:
-            progress(0, channels)
+            progress(0, channels * per)
         pieces = []
         for c in range(channels):
-            pieces.append(codec.decode(codes if channels == 1 else codes[:, c::channels]))
-            if progress is not None:
-                mx.eval(pieces[-1])
-                progress(c + 1, channels)
+            step = None if progress is None else (lambda i, c=c: progress(c * per + i, channels * per))
+            pieces.append(codec.decode(codes if channels == 1 else codes[:, c::channels], step))
         return pieces[0] if channels == 1 else mx.concatenate(pieces, axis=1)
 
     # -- audio inputs -------------------------------------------------------------------------------------
@@ -373,8 +374,8 @@ class MusicGen:
         stream: return an iterator of audio chunks instead (see `stream`; one window at most).
         progress: `progress(done, total)` after each decoder step (all windows together).
         on_stage: `on_stage(stage, done, total)` for each stage in order, "text" (0/1, 1/1), "generate"
-            (0/total, then after each decoder step) and "decode" (0/C, then after each channel's EnCodec
-            decode); see progress.py."""
+            (0/total, then after each decoder step) and "decode" (0/C*L, then after each of the L EnCodec
+            decoder layers of each of the C channels); see progress.py."""
         if stream:
             if extend_stride is not None or window_seconds is not None:
                 raise UserError(

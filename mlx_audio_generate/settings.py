@@ -149,8 +149,8 @@ def named(*names: str) -> str:
     keywords, so they must name the flag a user typed, not only the Python argument."""
     from . import registry  # registry imports this module
 
-    known = registry.all_settings()
-    return " / ".join(known[n][0].shown if n in known else n for n in names)
+    known = {SECONDS.name: SECONDS, **{n: st for n, (st, _) in registry.all_settings().items()}}
+    return " / ".join(known[n].shown if n in known else n for n in names)
 
 
 # -- settings every family has ----------------------------------------------------------------------------

@@ -101,3 +101,8 @@ def test_stable_audio_3_message_names_flags(tmp_path):
         model.generate("x", seconds=0.1, init_noise_level=0.5)
     with pytest.raises(UserError, match=r"^--inpaint-regions \(inpaint_regions\) need --inpaint-audio"):
         model.generate("x", seconds=0.1, inpaint_regions="0:0.05")
+    clip = np.zeros((2, 4410), np.float32)
+    with pytest.raises(UserError, match=r"^--inpaint-regions \(inpaint_regions\): 'a' is not a number"):
+        model.generate("x", seconds=0.1, inpaint_audio=clip, inpaint_regions="a:b")
+    with pytest.raises(UserError, match=r"^--seconds \(seconds\) = 1e-06 is shorter than one sample"):
+        model.generate("x", seconds=1e-6)

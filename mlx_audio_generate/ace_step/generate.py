@@ -224,7 +224,7 @@ class AceStep:
         seconds = check_seconds(30.0 if seconds is None else seconds, self.max_seconds)
         n_out = round(seconds * self.sample_rate)
         if n_out < 1:
-            raise UserError(f"seconds {seconds:g} is shorter than one sample")
+            raise UserError(f"{named('seconds')} = {seconds:g} is shorter than one sample")
         v = self._values(
             lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
             steps=steps, shift=shift, guidance_scale=guidance_scale, cfg_interval_start=cfg_interval_start,

@@ -186,7 +186,7 @@ class StableAudio:
         seconds = check_seconds(seconds, self.max_seconds)
         samples = round(seconds * self.sample_rate)
         if samples < 1:
-            raise UserError(f"seconds {seconds:g} is shorter than one sample")
+            raise UserError(f"{named('seconds')} = {seconds:g} is shorter than one sample")
         schema = [s for s in self.settings if s.name in ("steps", "cfg_scale", "sampler")]
         check_settings(schema, {"steps": steps, "cfg_scale": cfg, "sampler": sampler})
         resolve_seed(seed, len(prompts))

@@ -246,7 +246,7 @@ class StableAudio3:
             raise UserError(f"headroom_seconds must be a number in [0, 60], got {headroom_seconds!r}")
         n_out = round(seconds * self.sample_rate)
         if n_out < 1:
-            raise UserError(f"seconds {seconds:g} is shorter than one sample")
+            raise UserError(f"{named('seconds')} = {seconds:g} is shorter than one sample")
         d = self.defaults
         values = check_settings(
             [s for s in self.settings if s.name in ("steps", "cfg_scale", "apg_scale", "sampler")],

@@ -140,7 +140,11 @@ def resolve(
     from .convert import convert, remove_stale_partials
 
     if not quiet:
-        print(f"first use of {repo}: converting it for MLX once (cached in {target})", file=sys.stderr)
+        # the announcement of what is coming; convert() then says "downloading..." and draws the "converting"
+        # bar, each when it starts
+        print(
+            f"first use of {repo}: fetched and converted for MLX once (cached in {target})", file=sys.stderr
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

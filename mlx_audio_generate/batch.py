@@ -36,6 +36,7 @@ import numpy as np
 from . import registry
 from .errors import UserError
 from .family import Family
+from .progress import is_terminal
 from .settings import SECONDS, Setting, check_prompts, check_seconds, check_seed
 
 ITEM_KEYS = ("prompt", "id", "seed")
@@ -298,7 +299,8 @@ class Generator:
         self.quiet = quiet
         self.rank = rank
         self.list_seeds: bool | None = None  # unknown until a batch of several has been tried
-        self.bars = not quiet and _takes(model.generate, "on_stage")
+        # a per-step bar on a terminal; a log already gets one line per finished item
+        self.bars = not quiet and is_terminal(sys.stderr) and _takes(model.generate, "on_stage")
 
     def _stages(self, batch: list[Item]) -> dict[str, Any]:
         """A per-step bar for this call (the models report steps through `on_stage`, see progress.py)."""
@@ -377,7 +379,8 @@ def run_shard(
         print(f"[rank {rank}] {len(rows)} item(s) already done, {len(todo)} to generate", file=sys.stderr)
     if not todo:
         return rows
-    if not quiet:  # loading takes seconds to minutes (weights read, compiled): say what is happening
+    if not quiet and is_terminal(sys.stderr):  # loading takes a while: tell the one waiting (a log keeps
+        # its lines to the items)
         print(f"[rank {rank}] loading {model_name}...", file=sys.stderr, flush=True)
     model = load()
     check(model)

@@ -56,7 +56,7 @@ def tqdm_bar(desc: str, quiet: bool = False, unit: str = "step") -> Progress | N
     `done >= total`); None when `quiet`."""
     if quiet:
         return None
-    if not _terminal(sys.stderr):
+    if not is_terminal(sys.stderr):
         return _line_bar(desc, unit)
     from tqdm import tqdm
 
@@ -74,7 +74,8 @@ def tqdm_bar(desc: str, quiet: bool = False, unit: str = "step") -> Progress | N
     return callback
 
 
-def _terminal(stream: object) -> bool:
+def is_terminal(stream: object) -> bool:
+    """Whether `stream` is an interactive terminal (bars redraw there; elsewhere they are lines)."""
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())

@@ -97,7 +97,7 @@ class Terminal(io.StringIO):
 def test_loading_line_and_batch_per_step_bar(musicgen_converted, tmp_path, capsys, monkeypatch):
     args = ["--model", "musicgen", "--weights-dir", musicgen_converted, "--prompt", "x", "--seconds", "0.3"]
     code, _, err = run(generate_cli.main, [*args, "--output", tmp_path / "log.wav"], capsys)
-    assert code == 0 and "loading" not in err  # a log: no status line (an error stays one line)
+    assert code == 0 and "loading musicgen" not in err  # a log: no status line (an error stays one line)
     tty = Terminal()
     monkeypatch.setattr(sys, "stderr", tty)  # a terminal: the one waiting is told
     with pytest.raises(SystemExit):
@@ -110,8 +110,19 @@ def test_loading_line_and_batch_per_step_bar(musicgen_converted, tmp_path, capsy
     args = ["--weights-dir", musicgen_converted, "--prompts-file", jobs, "--output-dir", out]
     code, _, err = run(batch_cli.main, [*args, "--batch-size", "2"], capsys)
     assert code == 0, err
-    assert "[rank 0] loading " in err and "\r" not in err
+    # a log: one line per finished item, no status or bar lines
+    assert [line.split(" ")[2] for line in err.splitlines()[:3]] == [
+        str(out / f"0000{i}.wav") for i in range(3)
+    ]
+    assert "[rank 0] loading " not in err and "100%" not in err
+    tty = Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)  # a terminal: the loading line and a per-step bar per call
+    with pytest.raises(SystemExit):
+        batch_cli.main([str(a) for a in args[:-1]] + [str(tmp_path / "tty"), "--batch-size", "2"])
+    monkeypatch.undo()
+    err = tty.getvalue()
+    assert "[rank 0] loading " in err
     assert "[rank 0] 00000..00001: 100%" in err and "[rank 0] 00002: 100%" in err, err
-    assert "step" in err.split("[rank 0] 00002: 100%", 1)[1].splitlines()[0]
+    assert "step" in err.split("[rank 0] 00002: 100%", 1)[1].split("]", 1)[0]
     code, _, err = run(batch_cli.main, [*args, "--output-dir", tmp_path / "q", "--quiet"], capsys)
     assert code == 0 and err == ""

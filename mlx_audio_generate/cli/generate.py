@@ -27,7 +27,7 @@ with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co loa
     from ..batch import FORMATS as BATCH_FORMATS
     from ..errors import UserError
     from ..family import Family
-    from ..progress import tqdm_stages
+    from ..progress import is_terminal, tqdm_stages
     from ..settings import Setting, check_prompts, check_seconds, check_seed, random_seed, variation_seeds
     from ..weights import remove_stale_temps
 
@@ -379,7 +379,7 @@ def _main(argv: list[str] | None) -> int:
     conv = _resolve(args)
     fam = registry.get(conv.family)
     opts = family_options(args, fam, conv.config)
-    if not args.quiet and sys.stderr.isatty():  # reading the weights takes a while: tell the one waiting
+    if not args.quiet and is_terminal(sys.stderr):  # reading the weights takes a while: tell the one waiting
         # (a terminal only: in a log, a failing run stays the one line of its error)
         print(f"loading {label} ({fam.label})...", file=sys.stderr, flush=True)
     model = load_model(conv)  # malformed files: a one-line error naming the folder

@@ -7,7 +7,7 @@ from ._blas import load_blas as _load_blas  # noqa: E402
 
 _load_blas()  # optimised BLAS before MLX on Linux; MLX_AUDIO_GENERATE_BLAS=off disables, =/path forces one
 
-__all__ = ["load", "__version__"]
+__all__ = ["load", "save", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .api import load
 
         return load
+    if name == "save":
+        from .saving import save
+
+        return save
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

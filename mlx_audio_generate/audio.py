@@ -129,7 +129,8 @@ def write_audio(
             if metadata:
                 # UTF-8 tags: text that cannot be encoded (a lone surrogate) is replaced, never a crash
                 title = str(metadata.get("prompt", ""))[:1000].encode("utf-8", "replace").decode()
-                f.title = title
+                if title:  # libsndfile refuses an empty string ("bad string"): metadata without a prompt
+                    f.title = title
                 f.software = "mlx-audio-generate"
                 f.comment = json.dumps(metadata, sort_keys=True)[:4000]
             f.write(audio.T)
@@ -169,11 +170,12 @@ def loudness_normalize(
         raise UserError("--normalize needs at least 0.4 s of audio (the BS.1770 gating block)")
     loudness = meter.integrated_loudness(audio.T)
     if not np.isfinite(loudness):  # digital silence: nothing to normalise
-        return audio.astype(np.float32), {"loudness_lufs": None, "gain_db": 0.0}
+        return audio.astype(np.float32), {"loudness_lufs": None, "gain_db": 0.0, "target_lufs": target_lufs}
     gain_db = target_lufs - loudness
     peak = true_peak(audio, sample_rate) * 10 ** (gain_db / 20)
     limit = 10 ** (max_true_peak_db / 20)
-    if peak > limit:
+    limited = bool(peak > limit)
+    if limited:
         gain_db -= 20 * np.log10(peak / limit)
     out = audio * 10 ** (gain_db / 20)
     info = {
@@ -182,8 +184,24 @@ def loudness_normalize(
         "gain_db": round(float(gain_db), 2),
         "output_lufs": round(float(meter.integrated_loudness(out.T)), 2),
         "true_peak_dbtp": round(float(20 * np.log10(max(true_peak(out, sample_rate), 1e-12))), 2),
+        "max_true_peak_dbtp": max_true_peak_db,
+        "peak_limited": limited,  # the gain was lowered to keep the true peak under the ceiling
     }
     return out.astype(np.float32), info
+
+
+def loudness_report(info: dict) -> str:
+    """One line saying what `loudness_normalize` achieved, and why when it is short of the target."""
+    if info.get("loudness_lufs", 0) is None:
+        return "loudness: the clip is silent; left as it is"
+    got, target = info["output_lufs"], info["target_lufs"]
+    if info.get("peak_limited"):
+        return (
+            f"loudness: {got:g} LUFS, not {target:g}: reaching {target:g} would push the true peak over "
+            f"the {info['max_true_peak_dbtp']:g} dBTP ceiling (gain {info['gain_db']:+g} dB, peak "
+            f"{info['true_peak_dbtp']:g} dBTP)"
+        )
+    return f"loudness: {got:g} LUFS (target {target:g}; gain {info['gain_db']:+g} dB)"
 
 
 def read_audio(

@@ -36,6 +36,7 @@ import numpy as np
 from . import registry
 from .errors import UserError
 from .family import Family
+from .progress import is_terminal
 from .settings import SECONDS, Setting, check_prompts, check_seconds, check_seed
 
 ITEM_KEYS = ("prompt", "id", "seed")
@@ -293,17 +294,34 @@ class Generator:
     """Calls `model.generate` for a batch; one list of per-row seeds when the model takes it, else one item
     at a time (a row's audio depends only on its own seed either way)."""
 
-    def __init__(self, model: Any, quiet: bool):
+    def __init__(self, model: Any, quiet: bool, rank: int = 0):
         self.model = model
         self.quiet = quiet
+        self.rank = rank
         self.list_seeds: bool | None = None  # unknown until a batch of several has been tried
+        # a per-step bar on a terminal; a log already gets one line per finished item
+        self.bars = not quiet and is_terminal(sys.stderr) and _takes(model.generate, "on_stage")
+
+    def _stages(self, batch: list[Item]) -> dict[str, Any]:
+        """A per-step bar for this call (the models report steps through `on_stage`, see progress.py)."""
+        if not self.bars:
+            return {}
+        from .progress import tqdm_stages
+
+        names = batch[0].name if len(batch) == 1 else f"{batch[0].name}..{batch[-1].name}"
+        return {"on_stage": tqdm_stages({"generate": f"[rank {self.rank}] {names}"})}
 
     def __call__(self, batch: list[Item]) -> list[np.ndarray]:
         kwargs = dict(batch[0].settings)
         if len(batch) == 1 or self.list_seeds is False:
-            return [self.model.generate(it.prompt, seed=it.seed, **kwargs)[0] for it in batch]
+            return [
+                self.model.generate(it.prompt, seed=it.seed, **kwargs, **self._stages([it]))[0]
+                for it in batch
+            ]
         try:
-            audio = self.model.generate([it.prompt for it in batch], seed=[it.seed for it in batch], **kwargs)
+            audio = self.model.generate(
+                [it.prompt for it in batch], seed=[it.seed for it in batch], **kwargs, **self._stages(batch)
+            )
         except (TypeError, ValueError, UserError) as e:
             if self.list_seeds:
                 raise
@@ -317,6 +335,17 @@ class Generator:
         if len(audio) != len(batch):
             raise RuntimeError(f"generate returned {len(audio)} rows for {len(batch)} prompts")
         return list(audio)
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether `fn` accepts the keyword `name` (a plug-in family's generate may not report stages)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def run_shard(
@@ -350,9 +379,12 @@ def run_shard(
         print(f"[rank {rank}] {len(rows)} item(s) already done, {len(todo)} to generate", file=sys.stderr)
     if not todo:
         return rows
+    if not quiet and is_terminal(sys.stderr):  # loading takes a while: tell the one waiting (a log keeps
+        # its lines to the items)
+        print(f"[rank {rank}] loading {model_name}...", file=sys.stderr, flush=True)
     model = load()
     check(model)
-    generate = Generator(model, quiet)
+    generate = Generator(model, quiet, rank)
     sr = model.sample_rate
     host = socket.gethostname()
     try:

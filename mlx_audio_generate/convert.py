@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import registry
-from .converted import malformed_files, read_meta
+from .converted import is_converted, malformed_files, read_meta
 from .errors import UserError
 from .family import ConvertJob
-from .hub import check_json_files, fetch
+from .hub import check_json_files, fetch, is_repo_id
 from .progress import tqdm_bar
 from .quantize import check_options
 from .weights import make_temp_dir
@@ -74,8 +75,9 @@ def convert(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
-    src = fetch(model, trust_remote_code=trust_remote_code)
+    src = _fetch_announced(model, trust_remote_code, quiet)
     _check_apart(output, src)
+    _refuse_converted(model, src)
     family = registry.detect(src)
     known = {st.name for st in family.convert_settings}
     unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
@@ -85,7 +87,7 @@ def convert(
 
     def fetch_more(name: str, patterns: list[str] | None = None) -> Path:
         # another checkpoint the conversion reads (e.g. a text encoder); `patterns`: only those files
-        folder = fetch(name, trust_remote_code=trust_remote_code, patterns=patterns)
+        folder = _fetch_announced(name, trust_remote_code, quiet, patterns)
         _check_apart(output, folder)
         check_json_files(folder)
         return folder
@@ -103,7 +105,7 @@ def convert(
         source=str(model),
         quantize_bits=quantize_bits,
         quantize_group_size=quantize_group_size,
-        progress=tqdm_bar(f"converting {Path(str(model)).name}", quiet, unit="tensor"),
+        progress=tqdm_bar(f"converting {_shown_source(model)}", quiet, unit="tensor"),
         options=options,
         fetch=fetch_more,
     )
@@ -126,6 +128,33 @@ def convert(
         if old.exists() and output.exists():
             shutil.rmtree(old, ignore_errors=True)
     return output
+
+
+def _fetch_announced(
+    model: str, trust_remote_code: bool, quiet: bool, patterns: list[str] | None = None
+) -> Path:
+    """`hub.fetch`, saying "downloading..." first when it goes to the hub (a download is most of the wait
+    on first use; the "converting" bar comes after it)."""
+    if not quiet and is_repo_id(model) and not Path(model).expanduser().is_dir():
+        print(f"downloading {model} (or reusing the Hugging Face cache)...", file=sys.stderr, flush=True)
+    return fetch(model, trust_remote_code=trust_remote_code, patterns=patterns)
+
+
+def _shown_source(model: str) -> str:
+    """A repo id as itself, a local folder by its name (the bar's label)."""
+    return model if is_repo_id(model) and not Path(model).expanduser().is_dir() else Path(model).name
+
+
+def _refuse_converted(model: str, src: Path) -> None:
+    """A folder this tool already wrote is not a checkpoint to convert again: say how to use it."""
+    if not is_converted(src):
+        return
+    family = read_meta(src)[1]["family"]  # type: ignore[index]
+    raise UserError(
+        f"'{model}' is already converted for MLX (a {registry.get(family).label} folder written by "
+        f"mlx-audio-convert); use it directly: mlx-audio-generate --model '{model}' (or --model {family} "
+        f"--weights-dir '{model}')"
+    )
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ fetching only the files a converter reads (each family says which: `Family.downl
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,19 @@ def is_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+def did_you_mean(name: str) -> str:
+    """ "did you mean facebook/musicgen-small?" for a near miss of a known model name or repo id (a typo),
+    else ""."""
+    known = sorted(set(registry.short_names()) | registry.known_repos())
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if not close:  # "musicgen-smal" against "facebook/musicgen-small": compare the names after the owner
+        tails = {k.split("/")[-1]: k for k in known}
+        close = [
+            tails[t] for t in difflib.get_close_matches(name.split("/")[-1], list(tails), n=1, cutoff=0.8)
+        ]
+    return f"did you mean {close[0]}?" if close else ""
+
+
 def fetch(
     model: str, trust_remote_code: bool = False, allow_pickle: bool = True, patterns: list[str] | None = None
 ) -> Path:
@@ -74,6 +88,12 @@ def fetch(
     if not is_repo_id(model):
         raise UserError(f"'{model}' is neither an existing folder nor a Hugging Face repo id (owner/name)")
     if model not in registry.known_repos() and not trust_remote_code:
+        guess = did_you_mean(model)
+        if guess:
+            raise UserError(
+                f"'{model}' is not a known {registry.labels()} repo; {guess} "
+                "(--trust-remote-code converts an unlisted repo anyway)"
+            )
         raise UserError(
             f"'{model}' is not a known {registry.labels()} repo; "
             "pass --trust-remote-code to convert it anyway"

@@ -4,16 +4,19 @@ Generation reports through two optional callbacks of `generate`:
 - `progress(done, total)`: the per-step callback (MusicGen decoder steps / diffusion steps), unchanged;
 - `on_stage(stage, done, total)`: every stage in order, each from `(stage, 0, total)` up to
   `(stage, total, total)` with `done` increasing: "text" (the T5 encoder, 0/1 -> 1/1), "generate" (one
-  call per step) and "decode" (the codec: MusicGen decodes one chunk per audio channel, Stable Audio's VAE
-  decodes in one piece, 0/1 -> 1/1).
+  call per step) and "decode" (the codec: MusicGen reports each EnCodec decoder layer of each audio
+  channel, Stable Audio's VAE decodes in one piece, 0/1 -> 1/1).
 
-`tqdm_bar` / `tqdm_stages` turn them into tqdm bars on stderr (a separate bar per stage); `eval_weights`
+`tqdm_bar` / `tqdm_stages` turn them into tqdm bars on stderr (a separate bar per stage); when stderr is not
+a terminal (a log file, a pipe) the same meter text is written as whole lines instead, without the carriage
+returns of a redrawn bar: at most one every LOG_EVERY_SECONDS, and the completed one; `eval_weights`
 evaluates a converted weight dict tensor by tensor, reporting `(done, total)` to a bar.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 OnStage = Callable[[str, int, int], None]
 STAGES = ("text", "generate", "decode")
+LOG_EVERY_SECONDS = 10.0
 
 
 def report_stage(on_stage: OnStage | None, stage: str, done: int, total: int) -> None:
@@ -52,6 +56,8 @@ def tqdm_bar(desc: str, quiet: bool = False, unit: str = "step") -> Progress | N
     `done >= total`); None when `quiet`."""
     if quiet:
         return None
+    if not is_terminal(sys.stderr):
+        return _line_bar(desc, unit)
     from tqdm import tqdm
 
     bar = None
@@ -64,6 +70,37 @@ def tqdm_bar(desc: str, quiet: bool = False, unit: str = "step") -> Progress | N
         if done >= total:
             bar.refresh()  # show the completed bar even when the last updates came within tqdm's interval
             bar.close()
+
+    return callback
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether `stream` is an interactive terminal (bars redraw there; elsewhere they are lines)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def _line_bar(desc: str, unit: str) -> Progress:
+    """`tqdm_bar` for a log: tqdm's meter text ("decoding: 100%|##########| 4/4 [00:01<00:00, 3.2chunk/s]")
+    as whole lines, when LOG_EVERY_SECONDS have passed since the last one and when the bar completes."""
+    from tqdm import tqdm
+
+    start = last = None
+
+    def callback(done: int, total: int) -> None:
+        nonlocal start, last
+        now = time.monotonic()
+        if start is None:  # a new run of this stage
+            start = last = now
+        if done >= total or now - last >= LOG_EVERY_SECONDS:
+            line = tqdm.format_meter(done, total, now - start, prefix=desc, unit=unit, ascii=True)
+            print(line, file=sys.stderr, flush=True)
+            last = now
+        if done >= total:
+            start = None
 
     return callback
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import registry
 from .converted import FORMAT_VERSION, is_converted, read_meta
 from .errors import UserError
-from .hub import is_repo_id
+from .hub import did_you_mean, is_repo_id
 
 # content_key's bounds: a checkpoint is a handful of files a few folders deep; a huge tree (someone's home
 # folder named by mistake) is fingerprinted on its first files, breadth-first, so the top-level configs and
@@ -128,6 +128,9 @@ def resolve(
     if path.is_dir() and is_converted(path):
         return path
     if not path.is_dir() and not is_repo_id(repo):
+        guess = did_you_mean(model)
+        if guess:
+            raise UserError(f"unknown model '{model}'; {guess} (or a HF repo id, or a folder)")
         raise UserError(f"unknown model '{model}': use one of {', '.join(names)}, a HF repo id, or a folder")
     target = cache_dir(repo, dtype)
     if _usable(target):
@@ -137,7 +140,11 @@ def resolve(
     from .convert import convert, remove_stale_partials
 
     if not quiet:
-        print(f"converting {repo} for MLX (once; cached in {target})", file=sys.stderr)
+        # the announcement of what is coming; convert() then says "downloading..." and draws the "converting"
+        # bar, each when it starts
+        print(
+            f"first use of {repo}: fetched and converted for MLX once (cached in {target})", file=sys.stderr
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

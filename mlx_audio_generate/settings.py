@@ -55,6 +55,12 @@ class Setting:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def shown(self) -> str:
+        """How a message names this setting: the flag a CLI user typed, with the Python keyword beside it
+        for API users: "--mask-end (mask_end)"."""
+        return f"{self.flag} ({self.name})"
+
     def requirement(self) -> str:
         """What a valid value is, as error messages say it ("an integer >= 1 and <= 2048", ...)."""
         if self.kind == "choice":
@@ -137,6 +143,18 @@ def _show(value: Any) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def named(*names: str) -> str:
+    """The settings `names` as a message names them: each known setting (any family's schema, see
+    registry.all_settings) by `Setting.shown`, an API-only keyword as itself; joined with " / ".
+
+    Cross-setting checks inside a model ("give A or B, not both") run after the CLI has turned flags into
+    keywords, so they must name the flag a user typed, not only the Python argument."""
+    from . import registry  # registry imports this module
+
+    known = {SECONDS.name: SECONDS, **{n: st for n, (st, _) in registry.all_settings().items()}}
+    return " / ".join(known[n].shown if n in known else n for n in names)
 
 
 # -- settings every family has ----------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_bad_inputs_one_line_exit_2(musicgen_converted, melody_converted, tmp_pa
         "unreadable melody": ([*base, *mel, "--melody", "notaudio.wav"], "--melody"),
         "missing melody": ([*base, *mel, "--melody", "nope.wav"], "does not exist"),
         "melody on a plain checkpoint": ([*base, *mg, "--melody", str(ok)], "melody checkpoint"),
-        "prompt longer than seconds": ([*base, *mg, "--audio-prompt", str(long)], "shorter than seconds"),
+        "prompt longer than seconds": ([*base, *mg, "--audio-prompt", str(long)], "shorter than --seconds"),
         "unreadable audio prompt": ([*base, *mg, "--audio-prompt", "notaudio.wav"], "--audio-prompt"),
         "stride zero": ([*base, *mg, "--extend-stride", "0"], "--extend-stride"),
         "stride negative": ([*base, *mg, "--extend-stride", "-3"], "--extend-stride"),

@@ -124,7 +124,7 @@ def test_prompt_files_are_resampled_and_downmixed(musicgen_converted, tmp_path):
 
 def test_prompt_length_is_checked(musicgen_converted, musicgen_stereo_converted):
     ours = MusicGen.from_pretrained(musicgen_converted)
-    with pytest.raises(UserError, match="shorter than seconds"):
+    with pytest.raises(UserError, match="shorter than --seconds"):
         ours.generate("x", seconds=0.2, audio_prompt=prompt_audio(1, 6400))  # 0.2 s: nothing left
     with pytest.raises(UserError, match="shorter than the 0.3 s window"):
         ours.generate("x", seconds=1.0, audio_prompt=prompt_audio(1, 9600), window_seconds=0.3)

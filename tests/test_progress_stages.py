@@ -44,17 +44,19 @@ def test_musicgen_stages_and_unchanged_audio(musicgen):
         on_stage=lambda *e: events.append(e),
     )
     dones = check_stages(events, ["text", "generate", "decode"])
-    assert dones["text"] == [0, 1] and dones["decode"] == [0, 1]  # mono: one EnCodec decode
+    layers = len(musicgen.model.audio_encoder.decoder.layers)
+    assert dones["text"] == [0, 1] and dones["decode"] == list(range(layers + 1))  # mono: each decoder layer
     # the per-step callback is unchanged (the server's progress), and mirrored by the "generate" stage
     assert steps == [(d, steps[-1][1]) for d in dones["generate"][1:]] and steps[-1][0] == steps[-1][1]
     assert np.array_equal(audio, musicgen.generate(["lofi", "rain"], **kw))
 
 
-def test_musicgen_stereo_decodes_one_chunk_per_channel(musicgen_stereo_converted):
+def test_musicgen_stereo_decodes_one_chunk_per_channel_and_layer(musicgen_stereo_converted):
     model = MusicGen.from_pretrained(musicgen_stereo_converted)
     events = []
     audio = model.generate("jazz", seconds=0.2, seed=1, on_stage=lambda *e: events.append(e))
-    assert check_stages(events, ["text", "generate", "decode"])["decode"] == [0, 1, 2]
+    layers = len(model.model.audio_encoder.decoder.layers)
+    assert check_stages(events, ["text", "generate", "decode"])["decode"] == list(range(2 * layers + 1))
     assert np.array_equal(audio, model.generate("jazz", seconds=0.2, seed=1))
 
 
@@ -101,6 +103,10 @@ def test_stable_audio_stages_and_unchanged_audio(request, fixture):
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
+def open_folder_model(weights) -> MusicGen:
+    return MusicGen.from_pretrained(weights)
+
+
 def run(main, args, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as e:
         main(args)
@@ -133,7 +139,8 @@ def test_cli_shows_a_bar_per_stage_and_none_when_quiet(request, tmp_path, capsys
     assert code == 0, err
     # tqdm's own rendering, "<label>: 100%|███| n/n [00:00<00:00, 9.1unit/s]": both bars shown complete
     # (refreshed before closing)
-    n = 2 if family == "musicgen" else 1  # stereo MusicGen: one EnCodec decode per channel
+    # stereo MusicGen: each EnCodec decoder layer of each channel; Stable Audio's VAE: one piece
+    n = 2 * len(open_folder_model(weights).model.audio_encoder.decoder.layers) if family == "musicgen" else 1
     assert re.search(rf"{bar}: 100%\|[^|]*\| (\d+)/\1 \[[^\]]*step[^\]]*\]", err), err
     assert re.search(rf"decoding: 100%\|[^|]*\| {n}/{n} \[[^\]]*chunk[^\]]*\]", err), err
     assert err.index(f"{bar}: ") < err.index("decoding: ")

@@ -335,13 +335,13 @@ def test_bad_input_is_a_user_error(stable_audio_small_converted, stable_audio_1_
         (big, {**ok, "mask_end": 0.6, "seconds": 0.5}, "outside the clip"),
         (big, {**ok, "mask_end": 0.1}, "must be after"),
         (big, {**ok, "mask_end": 0.2}, "must be after"),
-        (big, {**ok, "mask_end": None}, "needs mask_start and mask_end"),
-        (big, {**ok, "mask_start": float("nan")}, "mask_start must be a number"),
+        (big, {**ok, "mask_end": None}, "needs --mask-start"),
+        (big, {**ok, "mask_start": float("nan")}, r"--mask-start \(mask_start\) must be a number"),
         (big, {**ok, "mask_softness_left": 0.2, "mask_softness_right": 0.2}, "longer than the mask"),
         (big, {**ok, "mask_softness_left": -0.1}, ">= 0"),
         (big, {**ok, "marination": 1.5}, "marination"),
-        (big, dict(mask_start=0.2, mask_end=0.5), "need inpaint_audio"),
-        (big, {**ok, "init_noise_level": 3.0}, "need init_audio"),
+        (big, dict(mask_start=0.2, mask_end=0.5), "need --inpaint-audio"),
+        (big, {**ok, "init_noise_level": 3.0}, "need --init-audio"),
     ]
     for model, kw, match in bad:
         with pytest.raises(UserError, match=match) as e:

@@ -318,7 +318,7 @@ def test_bad_input_is_a_user_error(stable_audio_small_converted, stable_audio_1_
     bad = [
         (small, dict(init_audio=str(tmp_path / "missing.wav"), init_noise_level=0.5), "does not exist"),
         (small, dict(init_audio=str(junk), init_noise_level=0.5), "cannot read"),
-        (small, dict(init_audio=audio), "needs init_noise_level"),
+        (small, dict(init_audio=audio), "needs --init-noise-level"),
         (small, dict(init_audio=audio, init_noise_level=0.0), r"in \(0, 1\]"),
         (small, dict(init_audio=audio, init_noise_level=1.5), r"in \(0, 1\]"),
         (small, dict(init_audio=audio, init_noise_level=float("nan")), r"in \(0, 1\]"),
@@ -327,7 +327,7 @@ def test_bad_input_is_a_user_error(stable_audio_small_converted, stable_audio_1_
         (big, dict(init_audio=audio, init_strength=0.0), "init_strength"),
         (small, dict(init_audio=audio, init_strength=1.2), "init_strength"),
         (small, dict(init_audio=audio, init_strength=0.5, init_noise_level=0.5), "not both"),
-        (small, dict(init_noise_level=0.5), "need init_audio"),
+        (small, dict(init_noise_level=0.5), "need --init-audio"),
         (small, dict(init_audio=audio, inpaint_audio=audio, init_noise_level=0.5), "not both"),
         (small, dict(init_audio=audio.T, init_noise_level=0.5), "transpose"),
         (small, dict(init_audio=np.zeros((2, 0), np.float32), init_noise_level=0.5), "array"),

@@ -52,9 +52,10 @@ import mlx.core as mx
 import numpy as np
 
 from ..converted import Converted, load_weights, open_folder
+from ..diffusion.latents_io import given_latents, with_latents
 from ..errors import UserError
 from ..progress import OnStage, report_stage
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
 from ..text.qwen3 import Qwen3Tokenizer
 from . import schedule as S
 from .conditioning import lyric_prompt, text_prompt, tokenize_prompts
@@ -193,13 +194,18 @@ class AceStep:
         if self.model.is_turbo:
             if guidance is not None and guidance != 1.0:
                 raise UserError(
-                    f"guidance_scale {guidance:g} does not apply to a turbo checkpoint (guidance-distilled: "
-                    "one pass); use ace-step-1.5-base or -sft for guidance"
+                    f"{named('guidance_scale')} = {guidance:g} does not apply to a turbo checkpoint "
+                    "(guidance-distilled: one pass); use ace-step-1.5-base or -sft for guidance"
                 )
             if (start, end) != (0.0, 1.0):
-                raise UserError("cfg_interval_start / cfg_interval_end do not apply to a turbo checkpoint")
+                raise UserError(
+                    f"{named('cfg_interval_start', 'cfg_interval_end')} do not apply to a turbo checkpoint"
+                )
         elif start > end:
-            raise UserError(f"cfg_interval_start {start:g} must not exceed cfg_interval_end {end:g}")
+            raise UserError(
+                f"{named('cfg_interval_start')} = {start:g} must not exceed "
+                f"{named('cfg_interval_end')} = {end:g}"
+            )
         values["sampler"] = S.sampler_options(values, self.model.is_turbo)
         return values
 
@@ -231,17 +237,21 @@ class AceStep:
         dcw_high_scaler: float | None = None,
         dcw_wavelet: str | None = None,
         lora: str | Sequence[Any] | None = None,
+        latents: Any = None,
+        return_latents: bool = False,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
         None = this checkpoint's defaults (family.py). lora: DiT adapters for this call ("PATH[:STRENGTH],..."
         or paths, (path, strength) pairs or lora.AdapterSpec; lora.py). `progress(done, total)` after each
-        step; `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py)."""
+        step; `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py). Python API
+        only (diffusion/latents_io.py): latents, the initial noise (B, T, C) instead of draw_noise's;
+        return_latents: (audio, final latents), which `decode` + peak normalisation turn into that audio."""
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
         seconds = check_seconds(30.0 if seconds is None else seconds, self.max_seconds)
         n_out = round(seconds * self.sample_rate)
         if n_out < 1:
-            raise UserError(f"seconds {seconds:g} is shorter than one sample")
+            raise UserError(f"{named('seconds')} = {seconds:g} is shorter than one sample")
         v = self._values(
             lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
             steps=steps, shift=shift, guidance_scale=guidance_scale, cfg_interval_start=cfg_interval_start,
@@ -270,7 +280,11 @@ class AceStep:
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
 
-        noise = self.draw_noise(seed, (b, frames, c))
+        noise = (
+            self.draw_noise(seed, (b, frames, c))
+            if latents is None
+            else given_latents(latents, (b, frames, c))
+        )
         opts = v.pop("sampler")
         fresh = self.draw_step_noise(seed, (b, frames, c), n_steps) if opts.infer_method == "sde" else None
         # adapters before the conditioning (its cross-attention K/V), removed after the call
@@ -320,4 +334,4 @@ class AceStep:
             audio = np.array(self.decode(latents).astype(mx.float32))[..., :n_out]
             result = np.ascontiguousarray(peak_normalize(audio), dtype=np.float32)
             report_stage(on_stage, "decode", 1, 1)
-            return result
+            return with_latents(result, latents, return_latents)

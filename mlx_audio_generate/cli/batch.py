@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import ArgumentParser, interruptible_imports, run_main
+from .common import ArgumentParser, add_version_flag, interruptible_imports, run_main
 
 with interruptible_imports("mlx-audio-generate"):  # `python -m` (mlx.launch) starts here
     from .. import batch as B
@@ -26,6 +26,7 @@ def setup_arg_parser() -> ArgumentParser:
         prog="mlx-audio-generate",
         description="Generate one file per line of a JSONL prompts file; shards over ranks under mlx.launch.",
     )
+    add_version_flag(p)
     p.add_argument("--prompts-file", required=True, metavar="JSONL", help="one JSON object per line (--help)")
     p.add_argument("--output-dir", required=True, help="folder for the files and manifest.jsonl (created)")
     p.add_argument("--model", default=None, help="short name, HF repo id or converted folder")

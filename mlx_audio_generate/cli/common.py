@@ -73,6 +73,13 @@ def _ignore_more_signals() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def add_version_flag(p: argparse.ArgumentParser) -> None:
+    """`--version`: the package version (read from the package, not from installed metadata)."""
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports bad arguments on one line (exit 2) instead of usage + error."""
 

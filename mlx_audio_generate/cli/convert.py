@@ -8,7 +8,7 @@ from .. import registry
 from ..convert import convert
 from ..errors import UserError
 from ..weights import DTYPES
-from .common import ArgumentParser, run_main
+from .common import ArgumentParser, add_version_flag, run_main
 
 
 def setup_arg_parser() -> ArgumentParser:
@@ -16,6 +16,7 @@ def setup_arg_parser() -> ArgumentParser:
         prog="mlx-audio-convert",
         description=f"Convert a {registry.labels()} checkpoint to MLX safetensors.",
     )
+    add_version_flag(p)
     example = next(iter(next(iter(registry.families().values())).models.values()))
     p.add_argument("--model", required=True, help=f"HF repo id (e.g. {example}) or local folder")
     p.add_argument("--output", required=True, help="folder to write the converted model into")

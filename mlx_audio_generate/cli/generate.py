@@ -11,6 +11,7 @@ schema (settings.py), which also checks them.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -18,14 +19,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import ArgumentParser, interruptible_imports, run_main
+from .common import ArgumentParser, add_version_flag, interruptible_imports, run_main
 
 with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co load: one line, exit 130
     from .. import registry
-    from ..audio import check_output_path, loudness_normalize, write_audio
+    from ..audio import check_output_path, loudness_normalize, loudness_report, write_audio
+    from ..batch import FORMATS as BATCH_FORMATS
     from ..errors import UserError
     from ..family import Family
-    from ..progress import tqdm_stages
+    from ..progress import is_terminal, tqdm_stages
     from ..settings import Setting, check_prompts, check_seconds, check_seed, random_seed, variation_seeds
     from ..weights import remove_stale_temps
 
@@ -36,7 +38,10 @@ if TYPE_CHECKING:
 MAX_FILES = 10_000  # files one run may name up front (a bigger --n is a typo, and would take ages to list)
 
 
-def flag_help(st: Setting) -> str:
+def flag_help(st: Setting, choices: tuple[str, ...] | None = None) -> str:
+    choices = choices or st.choices
+    if st.kind == "choice" and choices and len(choices) <= 30:  # a long list (languages) stays in the docs
+        st = st.for_checkpoint(help=f"{st.help} One of: {', '.join(choices)}.")
     if st.kind == "file" or st.name.endswith("_prompt") and st.kind == "text":
         return st.help
     default = (
@@ -59,15 +64,45 @@ def add_family_flags(p: ArgumentParser, scope: str | None = None, heading: str =
         label = " / ".join(f.label for f in fams)
         if label not in groups:
             groups[label] = p.add_argument_group(heading.format(label=label))
-        groups[label].add_argument(
-            st.flag, type=_ARG_TYPES[st.kind], default=None, metavar=st.metavar, help=flag_help(st)
+        # a flag several families share lists every family's choices (each checks its own once loaded)
+        choices = tuple(
+            dict.fromkeys(
+                c for f in fams for s in f.settings(None) if s.name == st.name for c in s.choices or ()
+            )
         )
+        groups[label].add_argument(
+            st.flag, type=_ARG_TYPES[st.kind], default=None, metavar=st.metavar, help=flag_help(st, choices)
+        )
+
+
+def _examples() -> str:
+    """The --help epilog: one runnable line per family, then the other modes."""
+    lines = ["examples:"]
+    for fam in registry.families().values():
+        lines.append(f"  mlx-audio-generate --model {fam.example} --prompt 'lofi piano, warm' --seconds 10")
+    first = next(iter(registry.families().values()))
+    run = f"  mlx-audio-generate --model {first.example}"
+    lines += [
+        f"{run} --prompt 'jazz trio' --n 4 --seed 7 --output jazz.flac",
+        f"  mlx-audio-generate --model {first.name} --weights-dir ./converted --prompt 'rain on a tin roof'",
+        f"{run} --prompts-file jobs.jsonl --output-dir out/ --format flac",
+        "",
+        "Models are downloaded and converted on first use (cached in ~/.cache/mlx-audio-generate, or",
+        "$MLX_AUDIO_GENERATE_CACHE). Python: import mlx_audio_generate as mag; mag.load(...), mag.save(...).",
+    ]
+    return "\n".join(lines)
 
 
 def setup_arg_parser() -> ArgumentParser:
     examples = ", ".join(f.example for f in registry.families().values())
     names = " / ".join(registry.families())
-    p = ArgumentParser(prog="mlx-audio-generate", description="Generate audio from text on your own machine.")
+    p = ArgumentParser(
+        prog="mlx-audio-generate",
+        description="Generate audio from text on your own machine.",
+        epilog=_examples(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the examples keep their lines
+    )
+    add_version_flag(p)
     p.add_argument(
         "--model",
         required=True,
@@ -88,7 +123,10 @@ def setup_arg_parser() -> ArgumentParser:
         "--output", default=None, help="output file (.wav/.flac/.ogg/.mp3); default: auto-named .wav"
     )
     p.add_argument(
-        "--seed", type=int, default=None, help="random seed; variation i uses seed + i (default random)"
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed; variation i uses seed + i (default random; 0 with --prompts-file)",
     )
     p.add_argument("--weights-dir", default=None, help="folder written by mlx-audio-convert")
     p.add_argument(
@@ -99,7 +137,10 @@ def setup_arg_parser() -> ArgumentParser:
     )
     p.add_argument("--trust-remote-code", action="store_true", help="allow repos outside the supported list")
     p.add_argument(
-        "--batch-size", type=int, default=4, help="clips generated together on the device (default 4)"
+        "--batch-size",
+        type=int,
+        default=4,
+        help="clips generated together on the device (default 4; 1 with --prompts-file)",
     )
     p.add_argument(
         "--normalize",
@@ -111,6 +152,14 @@ def setup_arg_parser() -> ArgumentParser:
         help="normalise loudness (ITU-R BS.1770) to LUFS (default -14), true-peak safe",
     )
     p.add_argument("--metadata-json", action="store_true", help="also write <file>.json with the settings")
+    # batch mode's own flags, shown here too (its parser, cli/batch.py, reads them: see _main)
+    batch = p.add_argument_group("batch mode (with --prompts-file; --prompts-file X --help for all)")
+    batch.add_argument(
+        "--output-dir", default=None, help="folder for the files and manifest.jsonl (required)"
+    )
+    batch.add_argument(
+        "--format", choices=BATCH_FORMATS, default=None, help="audio file format of a batch job (default wav)"
+    )
     add_family_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -121,6 +170,15 @@ def _check_generic(args) -> list[str]:
     """Checks that need no model; returns the prompts."""
     if not args.prompt:
         raise UserError("--prompt is required; describe the audio you want, e.g. --prompt 'lofi piano'")
+    batch_only = [
+        flag for flag, value in (("--output-dir", args.output_dir), ("--format", args.format)) if value
+    ]
+    if batch_only:
+        raise UserError(
+            f"{' / '.join(batch_only)} {'apply' if len(batch_only) > 1 else 'applies'} only to a batch job "
+            "(--prompts-file); for one run give --output "
+            "(its extension picks the format)"
+        )
     prompts = check_prompts(args.prompt, "--prompt")
     check_seconds(args.seconds, where="--seconds")
     if args.seed is not None:
@@ -321,6 +379,9 @@ def _main(argv: list[str] | None) -> int:
     conv = _resolve(args)
     fam = registry.get(conv.family)
     opts = family_options(args, fam, conv.config)
+    if not args.quiet and is_terminal(sys.stderr):  # reading the weights takes a while: tell the one waiting
+        # (a terminal only: in a log, a failing run stays the one line of its error)
+        print(f"loading {label} ({fam.label})...", file=sys.stderr, flush=True)
     model = load_model(conv)  # malformed files: a one-line error naming the folder
     written = 0
     try:
@@ -368,6 +429,8 @@ def _write_clip(args, path: Path, prompt: str, seed: int, clip, fam: Family, sr:
     }
     if args.normalize is not None:
         clip, meta["loudness"] = loudness_normalize(clip, sr, target_lufs=args.normalize)
+        if not args.quiet:  # the result can fall short of the target: say so, not only in the metadata
+            print(f"{_shown(path)}: {loudness_report(meta['loudness'])}", file=sys.stderr)
     write_audio(path, clip, sr, metadata=meta, sidecar=args.metadata_json)
     return clip
 

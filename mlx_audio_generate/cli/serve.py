@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import ArgumentParser, run_main
+from .common import ArgumentParser, add_version_flag, run_main
 
 DEFAULT_PORT = 8420
 
@@ -22,6 +22,7 @@ def setup_arg_parser() -> ArgumentParser:
         prog="mlx-audio-server",
         description="Serve a web UI and HTTP API for generating audio on this machine, one job at a time.",
     )
+    add_version_flag(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )

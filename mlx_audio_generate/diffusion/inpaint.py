@@ -36,6 +36,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
+from ..settings import named
 
 if TYPE_CHECKING:  # samplers imports this module
     from .samplers import NoiseFn, StepHook
@@ -110,16 +111,19 @@ def check_mask_args(
     """UserError (one line) for a mask the request cannot use; `clip_seconds` is the input's usable length
     (math.inf checks all but the clip's end, e.g. in a CLI before anything is loaded)."""
     if start is None or end is None:
-        raise UserError("inpainting needs mask_start and mask_end (seconds into the inpaint audio)")
+        raise UserError(
+            f"inpainting needs {named('mask_start')} and {named('mask_end')} (seconds into the inpaint audio)"
+        )
     for name, v in (("mask_start", start), ("mask_end", end)):
         if not _real(v):
-            raise UserError(f"{name} must be a number of seconds, got {v!r}")
+            raise UserError(f"{named(name)} must be a number of seconds, got {v!r}")
     if start < 0 or end > clip_seconds + 1e-9:
         raise UserError(
-            f"mask [{start:g}, {end:g}] s lies outside the clip being inpainted (0 to {clip_seconds:.3f} s)"
+            f"the mask [{start:g}, {end:g}] s ({named('mask_start', 'mask_end')}) lies outside the clip "
+            f"being inpainted (0 to {clip_seconds:.3f} s)"
         )
     if end <= start:
-        raise UserError(f"mask_end ({end:g} s) must be after mask_start ({start:g} s)")
+        raise UserError(f"{named('mask_end')} = {end:g} s must be after {named('mask_start')} = {start:g} s")
     for name, v in (("mask_softness_left", soft_left), ("mask_softness_right", soft_right)):
         if not _real(v) or v < 0:
             raise UserError(f"{name} must be a number of seconds >= 0, got {v!r}")

@@ -24,7 +24,7 @@ from ..audio import match_channels, read_audio
 from ..converted import Converted, load_weights, open_folder
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
 from ..text.t5 import load_tokenizer
 from .chroma import ChromaConfig, chroma_features
 from .delay import num_steps, revert_delay_pattern
@@ -139,17 +139,18 @@ class MusicGen:
         """Codes (B, K, F) -> audio (B, C, F*hop). Stereo codebooks are interleaved: the even ones are the
         left channel and the odd ones the right, each decoded by the same mono EnCodec (as transformers).
 
-        `progress(done, total)`: one chunk per channel, each evaluated before it is reported (0/C first)."""
+        `progress(done, total)`: a chunk per EnCodec decoder layer of each channel (total = C x layers),
+        each evaluated before it is reported (0/total first), so a long clip's decode shows its progress;
+        the audio is the same with or without it."""
         codec = self.model.audio_encoder
         channels = self.audio_channels
+        per = len(codec.decoder.layers)
         if progress is not None:
-            progress(0, channels)
+            progress(0, channels * per)
         pieces = []
         for c in range(channels):
-            pieces.append(codec.decode(codes if channels == 1 else codes[:, c::channels]))
-            if progress is not None:
-                mx.eval(pieces[-1])
-                progress(c + 1, channels)
+            step = None if progress is None else (lambda i, c=c: progress(c * per + i, channels * per))
+            pieces.append(codec.decode(codes if channels == 1 else codes[:, c::channels], step))
         return pieces[0] if channels == 1 else mx.concatenate(pieces, axis=1)
 
     # -- audio inputs -------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ class MusicGen:
         temperature, top_k, top_p, guidance_coef = (s[k] for k in given)
         seed = resolve_seed(seed, len(prompts))
         if melody is not None and not self.is_melody:
-            raise UserError("melody conditioning needs a melody checkpoint (facebook/musicgen-melody*)")
+            raise UserError(f"{named('melody')} needs a melody checkpoint (facebook/musicgen-melody*)")
         options = SamplingOptions(
             temperature=temperature, top_k=top_k, top_p=top_p or None, guidance_scale=guidance_coef
         )
@@ -272,12 +273,12 @@ class MusicGen:
             )
             if audio.shape[1] >= samples:
                 raise UserError(
-                    f"the audio prompt ({length}) must be shorter than seconds ({seconds:g} s), "
+                    f"{named('audio_prompt')} ({length}) must be shorter than --seconds ({seconds:g} s), "
                     "the total length of the result"
                 )
             if math.ceil(audio.shape[1] / hop) >= window:
                 raise UserError(
-                    f"the audio prompt ({length}) must be shorter than the {window_seconds:g} s window"
+                    f"{named('audio_prompt')} ({length}) must be shorter than the {window_seconds:g} s window"
                 )
             codes = self.encode_audio(audio)
             codes = mx.broadcast_to(codes, (len(prompts), *codes.shape[1:]))
@@ -373,11 +374,13 @@ class MusicGen:
         stream: return an iterator of audio chunks instead (see `stream`; one window at most).
         progress: `progress(done, total)` after each decoder step (all windows together).
         on_stage: `on_stage(stage, done, total)` for each stage in order, "text" (0/1, 1/1), "generate"
-            (0/total, then after each decoder step) and "decode" (0/C, then after each channel's EnCodec
-            decode); see progress.py."""
+            (0/total, then after each decoder step) and "decode" (0/C*L, then after each of the L EnCodec
+            decoder layers of each of the C channels); see progress.py."""
         if stream:
             if extend_stride is not None or window_seconds is not None:
-                raise UserError("streaming covers one window; extend_stride / window_seconds do not apply")
+                raise UserError(
+                    f"streaming covers one window; {named('extend_stride', 'window_seconds')} do not apply"
+                )
             return self.stream(
                 prompt,
                 seconds,

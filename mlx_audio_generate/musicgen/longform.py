@@ -21,6 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
+from ..settings import named
 
 DEFAULT_WINDOW = 30.0  # audiocraft's max_duration for MusicGen
 DEFAULT_STRIDE = 18.0  # audiocraft's extend_stride
@@ -39,15 +40,17 @@ def stride_frames(extend_stride: float | None, window_seconds: float, frame_rate
     if extend_stride is None:
         extend_stride = window_seconds * DEFAULT_STRIDE / DEFAULT_WINDOW
     if isinstance(extend_stride, bool) or not isinstance(extend_stride, numbers.Real):
-        raise UserError(f"extend stride must be a number of seconds, got {extend_stride!r}")
+        raise UserError(f"{named('extend_stride')} must be a number of seconds, got {extend_stride!r}")
     if not np.isfinite(extend_stride) or not 0 < extend_stride < window_seconds:
         raise UserError(
-            f"extend stride must be more than 0 and less than the {window_seconds:g} s window, "
+            f"{named('extend_stride')} must be more than 0 and less than the {window_seconds:g} s window, "
             f"got {extend_stride:g}"
         )
     stride = round(extend_stride * frame_rate)
     if not 0 < stride < round(window_seconds * frame_rate):
-        raise UserError(f"extend stride {extend_stride:g} s rounds to {stride} frames; make it longer")
+        raise UserError(
+            f"{named('extend_stride')} = {extend_stride:g} s rounds to {stride} frames; make it longer"
+        )
     return stride
 
 

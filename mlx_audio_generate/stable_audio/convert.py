@@ -78,7 +78,14 @@ def convert_stable_audio(job: ConvertJob) -> None:
     8) then quantizes the DiT's linear layers (quantize.py)."""
     src = Path(job.src)
     model_config = _read_json(src / "model_config.json", "not a stable-audio-tools checkpoint")
-    t5_folder = job.fetch(job.options.get("t5") or default_t5(src))
+    t5_name = job.options.get("t5") or default_t5(src)
+    try:
+        t5_folder = job.fetch(t5_name)
+    except UserError as e:  # offline, a typo, ...: the T5 is a separate checkpoint the user can point at
+        raise UserError(
+            f"the T5 text encoder this conversion bundles ('{t5_name}') cannot be used: {e}; "
+            "pass --t5 a local T5 folder (e.g. a copy of google-t5/t5-base)"
+        ) from None
     t5_config, t5_tensors, tok_dir = read_t5(Path(t5_folder))
     model = StableAudioModel(model_config, t5_config)
     ckpt = Checkpoint(read_tensors(src), name=f"checkpoint {job.source}")

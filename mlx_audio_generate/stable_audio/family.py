@@ -51,11 +51,13 @@ def objective_of(config: dict[str, Any]) -> str:
 
 def settings(config: dict[str, Any] | None) -> list[Setting]:
     """The generation settings; with a converted config, its objective's defaults and sampler names."""
-    from ..diffusion.samplers import sampler_names
+    from ..diffusion.samplers import SAMPLERS, sampler_names
 
     objective = None if config is None else objective_of(config)
     d = DEFAULTS.get(objective) if objective is not None else None
-    choices = None if objective is None else tuple(sampler_names(objective))
+    # without a checkpoint: every sampler of some objective (the checkpoint's own list is checked once known)
+    every = tuple(dict.fromkeys(name for names in SAMPLERS.values() for name in names))
+    choices = every if objective is None else tuple(sampler_names(objective))
     audio = dict(batch=False)  # audio inputs: the server takes an upload's id (server/uploads.py)
     return [
         Setting(

@@ -32,6 +32,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -40,10 +41,11 @@ from ..audio import load_clip
 from ..converted import Converted, load_weights, open_folder
 from ..diffusion import inpaint
 from ..diffusion import samplers as S
+from ..diffusion.latents_io import given_latents, with_latents
 from ..errors import UserError
 from ..memory import stored_itemsize
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import by_name, check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import by_name, check_prompts, check_seconds, check_settings, named, resolve_seed
 from ..text.t5 import T5Tokenizer, load_tokenizer
 from .conditioners import Conditioning
 from .family import DEFAULTS, FAMILY, Defaults, settings
@@ -96,20 +98,22 @@ def resolve_init_noise_level(
     Needs only the objective (config.json's model_config), so a CLI can check it before loading weights."""
     rf = S.objective_family(objective) == "rf"
     if init_noise_level is not None and init_strength is not None:
-        raise UserError("give init_noise_level or init_strength, not both")
+        raise UserError(f"give {named('init_noise_level')} or {named('init_strength')}, not both")
     if init_strength is not None:
         if not _real(init_strength) or not 0 < init_strength <= 1:
-            raise UserError(f"init_strength must be in (0, 1], got {init_strength!r}")
+            raise UserError(f"{named('init_strength')} must be in (0, 1], got {init_strength!r}")
         return strength_to_noise_level(objective, init_strength)
     lo, hi = (0.0, 1.0) if rf else (S.V_SIGMA_MIN, S.V_SIGMA_MAX)
     what = "t (rectified flow)" if rf else "sigma (v objective)"
     if init_noise_level is None:
         raise UserError(
-            f"init_audio needs init_noise_level, a {what} in ({lo:g}, {hi:g}], or init_strength in (0, 1]"
+            f"{named('init_audio')} needs {named('init_noise_level')}, a {what} in ({lo:g}, {hi:g}], "
+            f"or {named('init_strength')} in (0, 1]"
         )
     if not _real(init_noise_level) or not lo < init_noise_level <= hi:
         raise UserError(
-            f"init_noise_level must be a {what} in ({lo:g}, {hi:g}] for this model, got {init_noise_level!r}"
+            f"{named('init_noise_level')} must be a {what} in ({lo:g}, {hi:g}] for this model, "
+            f"got {init_noise_level!r}"
         )
     return float(init_noise_level)
 
@@ -182,7 +186,7 @@ class StableAudio:
         seconds = check_seconds(seconds, self.max_seconds)
         samples = round(seconds * self.sample_rate)
         if samples < 1:
-            raise UserError(f"seconds {seconds:g} is shorter than one sample")
+            raise UserError(f"{named('seconds')} = {seconds:g} is shorter than one sample")
         schema = [s for s in self.settings if s.name in ("steps", "cfg_scale", "sampler")]
         check_settings(schema, {"steps": steps, "cfg_scale": cfg, "sampler": sampler})
         resolve_seed(seed, len(prompts))
@@ -233,6 +237,9 @@ class StableAudio:
         mask_softness_right: float = 0.0,
         marination: float = 0.0,
         on_stage: OnStage | None = None,
+        seconds_total: float | None = None,
+        latents: Any = None,
+        return_latents: bool = False,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
@@ -248,6 +255,11 @@ class StableAudio:
         on_stage: `on_stage(stage, done, total)` for each stage in order: "text" (T5 + conditioning, 0/1 and
         1/1), "generate" (0/steps, then after each sampler step) and "decode" (the VAE, 0/1 and 1/1: one
         piece); see progress.py.
+
+        Python API only (diffusion/latents_io.py): seconds_total, the DiT's "seconds_total" conditioning
+        (default: seconds; the result is still `seconds` long); latents, the initial noise (batch,
+        io_channels, latent frames) instead of the seed's; return_latents: (audio, final latents), which the
+        VAE decodes (then trimmed to `seconds`) into that audio.
         """
         if not isinstance(prompt, str | list | tuple):
             raise UserError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
@@ -269,6 +281,9 @@ class StableAudio:
         cfg = d.cfg_scale if cfg_scale is None else cfg_scale
         sampler = sampler or d.sampler
         samples = self._check(prompts, seconds, steps, sampler, cfg, seed)
+        cond_seconds = (
+            seconds if seconds_total is None else check_seconds(seconds_total, None, "seconds_total")
+        )
         negative_prompt = by_name(self.settings)["negative_prompt"].check(negative_prompt)
         steps, cfg = int(steps), float(cfg)
         dit = self.model.dit
@@ -289,8 +304,8 @@ class StableAudio:
             )  # fmt: skip
 
         report_stage(on_stage, "text", 0, 1)
-        cond = self.condition(prompts, seconds)
-        neg = self.condition([negative_prompt] * len(prompts), seconds) if negative_prompt else None
+        cond = self.condition(prompts, cond_seconds)
+        neg = self.condition([negative_prompt] * len(prompts), cond_seconds) if negative_prompt else None
         if on_stage is not None:  # the stage's real time (the same values as evaluated with the first step)
             conds = [c for c in (cond, neg) if c is not None]
             parts = [v for c in conds for v in (c.cross_attn_cond, c.cross_attn_mask, c.global_cond)]
@@ -317,6 +332,8 @@ class StableAudio:
             rows, keys = None, noise_keys(seed)
             # The sampler state stays float32 whatever the DiT's dtype (the DiT casts its input itself).
             noise = mx.random.normal(shape, key=keys.initial)
+        if latents is not None:
+            noise = given_latents(latents, shape)
         init = mask = None
         if clip is not None:
             prepared = self.prepare_audio(clip)
@@ -363,7 +380,7 @@ class StableAudio:
         audio = self.model.vae.decode(latents.astype(mx.float32))[..., :samples]
         audio = np.array(audio.astype(mx.float32))
         report_stage(on_stage, "decode", 1, 1)
-        return audio
+        return with_latents(audio, latents, return_latents)
 
     def _check_a2a(
         self,
@@ -375,12 +392,21 @@ class StableAudio:
     ) -> AudioInput | None:
         """Cheap checks of how the audio-to-audio arguments combine (before any file is read)."""
         if init_audio is not None and inpaint_audio is not None:
-            raise UserError("give init_audio (variation) or inpaint_audio (inpainting), not both")
-        if init_audio is None and (init_noise_level is not None or init_strength is not None):
-            raise UserError("init_noise_level / init_strength need init_audio")
+            raise UserError(
+                f"give {named('init_audio')} for a variation or {named('inpaint_audio')} for inpainting, "
+                "not both"
+            )
+        levels = {"init_noise_level": init_noise_level, "init_strength": init_strength}
+        if init_audio is None and any(v is not None for v in levels.values()):
+            given = [k for k, v in levels.items() if v is not None]
+            raise UserError(f"{named(*given)} need {named('init_audio')}")
         start, end, soft_l, soft_r, marination = mask_args
-        if inpaint_audio is None and (start is not None or end is not None or soft_l or soft_r or marination):
-            raise UserError("mask_start / mask_end / mask softness / marination need inpaint_audio")
+        masks = {"mask_start": start, "mask_end": end, "mask_softness_left": soft_l or None,
+                 "mask_softness_right": soft_r or None, "marination": marination or None}  # fmt: skip
+        if inpaint_audio is None and any(v is not None for v in masks.values()):
+            # only the options given, by their flags (softness / marination are Python-API keywords only)
+            given = [k for k, v in masks.items() if v is not None]
+            raise UserError(f"{named(*given)} need {named('inpaint_audio')}")
         if inpaint_audio is not None:
             S.check_inpaint(self.model.objective)
         return init_audio if init_audio is not None else inpaint_audio

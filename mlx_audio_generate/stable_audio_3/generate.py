@@ -58,9 +58,10 @@ from ..audio import load_clip
 from ..converted import Converted, load_weights, open_folder
 from ..diffusion import flow
 from ..diffusion import samplers as S
+from ..diffusion.latents_io import given_latents, with_latents
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
-from ..settings import check_prompts, check_seconds, check_settings, resolve_seed
+from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
 from .conditioners import TextTokenizers, conditioning_inputs
 from .family import DEFAULTS, FAMILY, INIT_NOISE_LEVEL, Defaults, settings
 from .full_model import SA3Model
@@ -214,6 +215,9 @@ class StableAudio3:
         inpaint_regions: str | Sequence[Sequence[float | None]] | None = None,
         lora: str | Sequence[Any] | None = None,
         headroom_seconds: float = HEADROOM_SECONDS,
+        seconds_total: float | None = None,
+        latents: Any = None,
+        return_latents: bool = False,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
@@ -226,7 +230,10 @@ class StableAudio3:
         pairs or lora.LoRASpec, stacked in order; the reference's LoRA application, see lora.py).
         headroom_seconds: the reference's duration_padding_sec (module doc; 0 = exact length).
         `progress(done, total)` after each step; `on_stage(stage, done, total)` for "text" (0/1, 1/1),
-        "generate" (0/steps, then each step) and "decode" (0/1, 1/1), see progress.py."""
+        "generate" (0/steps, then each step) and "decode" (0/1, 1/1), see progress.py.
+        Python API only (diffusion/latents_io.py): seconds_total (the "seconds_total" conditioning; default
+        seconds), latents (the initial noise, as draw_noise's), return_latents ((audio, final latents))."""
+        initial = latents  # the name is reused below for the latent length
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
         regions = self._check_inputs(init_audio, init_noise_level, inpaint_audio, inpaint_regions)
         clip = None if init_audio is None else self.load_audio(init_audio, "init_audio")
@@ -239,7 +246,7 @@ class StableAudio3:
             raise UserError(f"headroom_seconds must be a number in [0, 60], got {headroom_seconds!r}")
         n_out = round(seconds * self.sample_rate)
         if n_out < 1:
-            raise UserError(f"seconds {seconds:g} is shorter than one sample")
+            raise UserError(f"{named('seconds')} = {seconds:g} is shorter than one sample")
         d = self.defaults
         values = check_settings(
             [s for s in self.settings if s.name in ("steps", "cfg_scale", "apg_scale", "sampler")],
@@ -263,6 +270,7 @@ class StableAudio3:
         try:
             # 2. noise, 3. conditioning (the local pair first: it is part of the DiT's conditioning)
             noise, noise_fn = self.draw_noise(seed, (b, self.model.dit.config.io_channels, latents), steps)
+            noise = noise if initial is None else given_latents(initial, noise.shape)
             report_stage(on_stage, "text", 0, 1)
             local = None
             if spans is not None:
@@ -273,10 +281,13 @@ class StableAudio3:
                     "inpaint_mask": mask,
                     "inpaint_masked_input": mx.broadcast_to(encoded, noise.shape) * mask,
                 }
-            cond = self.condition(prompts, seconds, local)
+            cond_seconds = (
+                seconds if seconds_total is None else check_seconds(seconds_total, None, "seconds_total")
+            )
+            cond = self.condition(prompts, cond_seconds, local)
             neg = None
             if negative_prompt and cfg != 1.0:  # the reference's negative conditioning only acts under CFG
-                neg = self.condition([negative_prompt] * b, seconds)
+                neg = self.condition([negative_prompt] * b, cond_seconds)
             dit = self.model.dit
             cond_args = (cond["cross_attn_cond"], cond["global_cond"], cfg)
             cond_kwargs = dict(
@@ -329,7 +340,7 @@ class StableAudio3:
         finally:
             if adapters is not None:
                 adapters.remove()
-        return result
+        return with_latents(result, out, return_latents)
 
     def _check_inputs(
         self,
@@ -341,12 +352,12 @@ class StableAudio3:
         """Cheap checks of how the audio inputs combine (before any file is read); the parsed regions."""
         schema = {s.name: s for s in self.settings}
         if init_audio is None and init_noise_level is not None:
-            raise UserError("init_noise_level needs init_audio")
+            raise UserError(f"{named('init_noise_level')} needs {named('init_audio')}")
         schema["init_noise_level"].check(init_noise_level)
         if inpaint_audio is None and inpaint_regions is not None:
-            raise UserError("inpaint_regions need inpaint_audio (the audio to keep outside them)")
+            raise UserError(f"{named('inpaint_regions')} need {named('inpaint_audio')} (the audio to keep)")
         if inpaint_audio is not None and inpaint_regions is None:
-            raise UserError("inpaint_audio needs inpaint_regions (START:END seconds to regenerate)")
+            raise UserError(f"{named('inpaint_audio')} needs {named('inpaint_regions')} (START:END seconds)")
         if inpaint_audio is not None and not self.model.inpaints:
             raise UserError("this checkpoint takes no inpainting conditioning (no local_add_cond_ids)")
         if isinstance(inpaint_regions, str):

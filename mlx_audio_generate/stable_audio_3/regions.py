@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..settings import named
 
 Region = tuple[float, float | None]
 
@@ -31,10 +32,10 @@ def _number(text: str, where: str) -> float:
     return value
 
 
-def parse_regions(
-    value: str | Sequence[Sequence[float | None]], where: str = "inpaint_regions"
-) -> list[Region]:
-    """ "1.5:3,4:" or [(1.5, 3), (4, None)] -> [(start, end or None)]; None = to the end of the clip."""
+def parse_regions(value: str | Sequence[Sequence[float | None]], where: str | None = None) -> list[Region]:
+    """ "1.5:3,4:" or [(1.5, 3), (4, None)] -> [(start, end or None)]; None = to the end of the clip.
+    Errors name `where` (default: the setting, "--inpaint-regions (inpaint_regions)")."""
+    where = where or named("inpaint_regions")
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]
         if not parts:
@@ -65,9 +66,10 @@ def parse_regions(
 
 
 def check_regions(
-    regions: list[Region], seconds: float, where: str = "inpaint_regions"
+    regions: list[Region], seconds: float, where: str | None = None
 ) -> list[tuple[float, float]]:
     """Each region inside the clip being generated: 0 <= start < end <= seconds (END None -> seconds)."""
+    where = where or named("inpaint_regions")
     out = []
     for start, end in regions:
         end = seconds if end is None else end

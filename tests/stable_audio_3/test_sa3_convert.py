@@ -124,7 +124,7 @@ def test_missing_t5gemma_folder(tmp_path):
         (dict(sampler="heun"), "sampler"),
         (dict(steps=0), "steps"),
         (dict(apg_scale=2.0), "apg_scale"),
-        (dict(init_noise_level=0.5), "needs init_audio"),
+        (dict(init_noise_level=0.5), "needs --init-audio"),
         (dict(init_audio=np.zeros((2, 100), np.float32), init_noise_level=1.5), "init_noise_level"),
         (dict(inpaint_audio=np.zeros((2, 100), np.float32)), "inpaint_regions"),
         (dict(inpaint_regions="0:0.05"), "inpaint_audio"),

@@ -23,8 +23,9 @@ from mlx_audio_generate.ace_step.convert import read_silence
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import load_safetensors
+from tests.reference import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 
 

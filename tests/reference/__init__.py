@@ -3,3 +3,22 @@
 Everything here runs the *reference* code (transformers, stable-audio-tools, diffusers) to produce
 real files with real key names; our code is then tested against those files and those libraries.
 """
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+
+# Where the skip reason sends someone whose environment lacks the reference libraries (e.g. after `uv sync`).
+INSTALL_HINT = (
+    "the parity tests need torch and the reference libraries: `bash scripts/test.sh` installs them with a "
+    "CPU torch (uv: see README, Development)"
+)
+
+
+def require(*names: str) -> ModuleType:
+    """Import the reference modules `names` (the first is returned), or skip the calling test, fixture or
+    test module with a reason that says how to install them. Never used for our own dependencies."""
+    modules = [pytest.importorskip(name, reason=f"{name} is not installed; {INSTALL_HINT}") for name in names]
+    return modules[0]

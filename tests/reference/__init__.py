@@ -13,7 +13,7 @@ import pytest
 # Where the skip reason sends someone whose environment lacks the reference libraries (e.g. after `uv sync`).
 INSTALL_HINT = (
     "the parity tests need torch and the reference libraries: `bash scripts/test.sh` installs them with a "
-    "CPU torch (uv: see README, Development)"
+    'CPU torch (with uv: README, "With uv")'
 )
 
 

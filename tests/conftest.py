@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -28,7 +29,25 @@ for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_ASSE
 import pytest  # noqa: E402
 
 import mlx_audio_generate  # noqa: E402, F401  (first: loads an optimised BLAS before mlx.core is imported)
+from tests.reference import INSTALL_HINT, missing_reference  # noqa: E402
 from tests.reference.musicgen import save_tiny_musicgen  # noqa: E402
+
+# Without torch (e.g. after a plain `uv sync`) a test whose fixture or body stops only because torch or a
+# reference library is missing (an ImportError anywhere in its exception's chain, also behind our one-line
+# UserError) is reported as skipped, saying how to install them. With torch installed (CI) this never applies.
+_HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if not _HAVE_TORCH and report.failed and call.excinfo is not None:
+        missing = missing_reference(call.excinfo.value)
+        if missing:
+            report.outcome = "skipped"
+            reason = f"{missing} is not installed; {INSTALL_HINT}"
+            report.longrepr = (str(item.path), item.location[1] or 0, reason)
+    return report
 
 
 def pytest_sessionfinish(session, exitstatus):

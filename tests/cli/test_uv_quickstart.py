@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.reference import REFERENCE_ROOTS
+
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_MODULES = {"torch", "transformers", "diffusers", "stable_audio_tools", "k_diffusion", "torchsde"}
 
 
 def pyproject() -> dict:
@@ -55,7 +56,7 @@ def _guarded_imports(path: Path, root: Path = REPO) -> list[str]:
             roots = [a.name.split(".")[0] for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             roots = [node.module.split(".")[0]]
-        if not guarded and REFERENCE_MODULES & set(roots):
+        if not guarded and REFERENCE_ROOTS & set(roots):
             bad.append(f"{path.relative_to(root)}:{node.lineno}")
     return bad
 
@@ -73,6 +74,27 @@ def test_the_guard_check_catches_an_unguarded_import(tmp_path):
     )
     assert _guarded_imports(tmp_path / "t.py", tmp_path) == ["t.py:2"]
     assert _guarded_imports(tmp_path / "ok.py", tmp_path) == []
+
+
+def test_missing_reference_finds_torch_behind_a_user_error():
+    from mlx_audio_generate.errors import UserError
+    from tests.reference import missing_reference
+
+    def pickle_read():
+        try:
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        except ImportError:
+            raise UserError("x.pt is a pickle; reading it needs PyTorch") from None
+
+    try:
+        try:
+            pickle_read()
+        except UserError as e:
+            raise UserError(f"cannot convert 'm': {e}") from e
+    except UserError as e:
+        assert missing_reference(e) == "torch"
+    assert missing_reference(UserError("unrelated")) is None
+    assert missing_reference(ModuleNotFoundError("x", name="numpy")) is None
 
 
 def _uv(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:

@@ -265,6 +265,40 @@ def finished_row(item: Item, out_dir: Path, ext: str, model: str) -> dict[str, A
     return {**row, "item": item.index, "line": item.line, "file": audio.name, "skipped": True}
 
 
+def _written_by_us(audio: Path) -> bool:
+    """Whether `audio` is a file of a batch job (ours, maybe interrupted before its sidecar): its sidecar or
+    the metadata embedded in it holds a request."""
+    import soundfile as sf
+
+    for read in (
+        lambda: json.loads(audio.with_name(audio.name + ".json").read_text()),
+        lambda: json.loads(sf.SoundFile(str(audio)).comment or "null"),
+    ):
+        try:
+            found = read()
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if isinstance(found, dict) and "prompt" in found and "seed" in found:
+            return True
+    return False
+
+
+def check_not_foreign(items: list[Item], out_dir: Path, ext: str) -> None:
+    """Before any model work: a file at one of the job's names that this tool did not write (say a recording
+    of the user's named 00000.wav) would be replaced; refuse, naming it (--overwrite allows it)."""
+    foreign = [
+        out_dir / f"{item.name}.{ext}"
+        for item in items
+        if (out_dir / f"{item.name}.{ext}").exists() and not _written_by_us(out_dir / f"{item.name}.{ext}")
+    ]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise UserError(
+            f"'{foreign[0]}'{more} was not written by a batch job and would be replaced; pass --overwrite "
+            "(-y) to replace it, or choose another --output-dir"
+        )
+
+
 # -- generation -------------------------------------------------------------------------------------------
 
 

@@ -71,10 +71,6 @@ def convert(
     output = Path(output).expanduser()
     _check_output(output, force)
     parent = output.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
     src = _fetch_announced(model, trust_remote_code, quiet)
     _check_apart(output, src)
     _refuse_converted(model, src)
@@ -92,6 +88,11 @@ def convert(
         check_json_files(folder)
         return folder
 
+    # only now, with a checkpoint in hand: a failed download or an unknown folder leaves no folder behind
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create '{parent}': {e.strerror or e}") from None
     remove_stale_partials(parent, output.name)
     try:
         # the pid in the name lets a later run remove what a killed conversion left (remove_stale_partials)

@@ -110,7 +110,9 @@ def fetch(
         if not has_weights and allow_pickle:
             # Some repos (e.g. musicgen-large) ship only pickle weights; they are read with
             # torch.load(weights_only=True), which never executes code.
-            folder = Path(snapshot_download(model, allow_patterns=patterns + ["pytorch_model*.bin*"]))
+            pickles = patterns + ["pytorch_model*.bin*"]
+            _check_torch_for_pickles(model, pickles)
+            folder = Path(snapshot_download(model, allow_patterns=pickles))
     except GatedRepoError:
         raise UserError(
             f"'{model}' is gated: accept its licence on huggingface.co and set HF_TOKEN (or `hf auth login`)"
@@ -125,6 +127,30 @@ def fetch(
     except OSError as e:
         raise UserError(f"could not download '{model}': {e}") from None
     return folder
+
+
+def _check_torch_for_pickles(model: str, patterns: list[str]) -> None:
+    """Before pickle weights are downloaded (musicgen-large: GBs): without PyTorch they could not be read,
+    so say how to install it first. The file list comes from a dry run (no download)."""
+    from huggingface_hub import snapshot_download
+
+    from .weights import TORCH_INSTALL_HINT, have_torch
+
+    if have_torch():
+        return
+    try:
+        planned = snapshot_download(model, allow_patterns=patterns, dry_run=True)
+    except TypeError:  # a huggingface_hub without dry runs: the read itself reports the missing torch
+        return
+    bins = [f for f in planned if Path(f.filename).name.startswith("pytorch_model") and ".bin" in f.filename]
+    if not bins:
+        return
+    size = sum(f.file_size or 0 for f in bins if f.will_download) / 1e9
+    download = f", {size:.1f} GB to download" if size else ""
+    raise UserError(
+        f"'{model}' ships its weights only as pickle files ({len(bins)} pytorch_model*.bin{download}); "
+        f"reading them safely (torch.load(weights_only=True)) needs PyTorch: {TORCH_INSTALL_HINT}"
+    )
 
 
 def detect_family(folder: Path) -> str:

@@ -145,14 +145,18 @@ def resolve(
         print(
             f"first use of {repo}: fetched and converted for MLX once (cached in {target})", file=sys.stderr
         )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the cache folder '{target.parent}': {e.strerror or e}") from None
-    remove_stale_partials(target.parent, target.name)  # what killed conversions left behind
-    staging = target.parent / f".{target.name}.{os.getpid()}"
+    # Staged at the top of the cache, not inside the entry's folder, and that folder made only once the
+    # conversion is complete: a failed download or a folder that is no checkpoint leaves nothing behind.
+    key = f"{target.parent.name}--{target.name}"
+    remove_stale_partials(cache_root(), key)  # what killed conversions left behind
+    remove_stale_partials(target.parent, target.name)  # (and those of earlier versions, staged beside)
+    staging = cache_root() / f".{key}.{os.getpid()}"
     try:
         convert(repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, force=True, quiet=quiet)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the cache folder '{target.parent}': {e.strerror or e}") from None
         try:
             staging.rename(target)
         except OSError:

@@ -30,6 +30,20 @@ from .errors import UserError
 
 DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
 
+# How to get PyTorch for reading pickles (the package is not on PyPI, so no `pip install
+# mlx-audio-generate[torch]`); the CPU build is the small one, and all a pickle read needs.
+TORCH_INSTALL_HINT = (
+    "pip install torch (Linux without an NVIDIA GPU: pip install torch --index-url "
+    "https://download.pytorch.org/whl/cpu, a much smaller CPU build)"
+)
+
+
+def have_torch() -> bool:
+    """Whether PyTorch can be imported (without importing it: that takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
 
 def _load_safetensors(path: Path) -> dict[str, mx.array]:
     try:
@@ -48,8 +62,7 @@ def torch_load(path: Path, kind: str = "pickle checkpoint", instead: str = "", r
         import torch
     except ImportError:
         raise UserError(
-            f"{path.name} is a {kind}; reading it safely needs PyTorch "
-            f"(`pip install 'mlx-audio-generate[torch]'`){instead}"
+            f"{path.name} is a {kind}; reading it safely needs PyTorch ({TORCH_INSTALL_HINT}){instead}"
         ) from None
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)

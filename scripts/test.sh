@@ -5,8 +5,17 @@ cd "$(dirname "$0")/.."
 
 . scripts/setup_venv.sh
 pip install -q --upgrade pip
-# A CPU build of torch for the reference implementations; an unpinned torch pulls a multi-GB CUDA build.
-pip install -q "torch==2.13.0"
+# torch for the reference implementations. PyPI's Linux wheel is the CUDA build (multi-GB, plus ~15 nvidia
+# wheels): on Linux without an NVIDIA GPU take the CPU build from PyTorch's CPU index; where that index cannot
+# be reached (our CI: offline, its pip serves a CPU wheel from local disk), whatever pip finds. macOS: PyPI's.
+TORCH="torch==2.13.0"
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 \
+    && python -c "import urllib.request as u; u.urlopen('$CPU_INDEX/torch/', timeout=10)" >/dev/null 2>&1; then
+  pip install -q "$TORCH" --index-url "$CPU_INDEX"
+else
+  pip install -q "$TORCH"
+fi
 pip install -q -e ".[test]" -r tests/requirements-reference.txt
 pip install -q --no-deps -r tests/requirements-sat.txt
 

@@ -2,10 +2,63 @@
 
 from __future__ import annotations
 
-import pytest
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
-import mlx_audio_generate  # noqa: F401  (first: loads an optimised BLAS before mlx.core is imported)
-from tests.reference.musicgen import save_tiny_musicgen
+# The whole session (and every subprocess it starts, which inherits the environment) runs against an empty
+# home and throw-away caches, never the user's: set before anything reads them (huggingface_hub reads
+# HF_HOME at import). The session-finish check below fails the run if the empty home got anything.
+SANDBOX = Path(tempfile.mkdtemp(prefix="mlx-audio-generate-tests-"))
+FAKE_HOME = SANDBOX / "home"
+FAKE_HOME.mkdir()
+os.environ.update(
+    HOME=str(FAKE_HOME),
+    XDG_CACHE_HOME=str(SANDBOX / "xdg-cache"),
+    XDG_CONFIG_HOME=str(SANDBOX / "xdg-config"),
+    XDG_DATA_HOME=str(SANDBOX / "xdg-data"),
+    HF_HOME=str(SANDBOX / "huggingface"),
+    MLX_AUDIO_GENERATE_CACHE=str(SANDBOX / "mlx-audio-generate"),
+)
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_ASSETS_CACHE"):
+    os.environ.pop(_name, None)  # these would point huggingface_hub past HF_HOME
+
+import pytest  # noqa: E402
+
+import mlx_audio_generate  # noqa: E402, F401  (first: loads an optimised BLAS before mlx.core is imported)
+from tests.reference import INSTALL_HINT, missing_reference  # noqa: E402
+from tests.reference.musicgen import save_tiny_musicgen  # noqa: E402
+
+# Without torch (e.g. after a plain `uv sync`) a test whose fixture or body stops only because torch or a
+# reference library is missing (an ImportError anywhere in its exception's chain, also behind our one-line
+# UserError) is reported as skipped, saying how to install them. With torch installed (CI) this never applies.
+_HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if not _HAVE_TORCH and report.failed and call.excinfo is not None:
+        missing = missing_reference(call.excinfo.value)
+        if missing:
+            report.outcome = "skipped"
+            reason = f"{missing} is not installed; {INSTALL_HINT}"
+            report.longrepr = (str(item.path), item.location[1] or 0, reason)
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything was written into the session's empty home; then remove the sandbox."""
+    left = sorted(str(p.relative_to(FAKE_HOME)) for p in FAKE_HOME.rglob("*"))
+    if left:
+        shown = ", ".join(left[:10]) + (f" (+{len(left) - 10} more)" if len(left) > 10 else "")
+        print(f"\nthe test session wrote into HOME ({FAKE_HOME}): {shown}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return  # kept for a look
+    shutil.rmtree(SANDBOX, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

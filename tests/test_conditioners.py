@@ -16,10 +16,11 @@ from mlx_audio_generate.stable_audio.conditioners import (
     t5_condition,
 )
 from mlx_audio_generate.weights import Checkpoint
+from tests.reference import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 # transformers records which optional packages exist when first imported: import it before sat.py's stand-ins.
-pytest.importorskip("transformers")
+require("transformers")
 
 TOL = 1e-4
 STYLES = ["small", "1.0"]

@@ -11,11 +11,12 @@ import pytest
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio.dit import DiTConfig, StableAudioDiT
 from mlx_audio_generate.weights import Checkpoint, cast
+from tests.reference import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 # transformers records which optional packages exist when first imported: import it before sat.py installs its
 # torchvision/torchaudio stand-ins, or diffusers' import later trips over the stand-ins' missing version.
-pytest.importorskip("transformers")
+require("transformers")
 
 TOL = 1e-4
 STYLES = ["small", "1.0"]

@@ -13,9 +13,10 @@ import pytest
 from mlx_audio_generate.codecs.encodec import LSTM, Encodec, EncodecConfig, encodec_ignore_patterns
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = require("torch")
+require("transformers")
 
 PREFIX = "audio_encoder."
 

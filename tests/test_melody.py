@@ -13,7 +13,6 @@ import shutil
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
@@ -21,7 +20,11 @@ from mlx_audio_generate.musicgen.chroma import ChromaConfig, chroma_features, no
 from mlx_audio_generate.musicgen.generate import MusicGen
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
 from mlx_audio_generate.musicgen.melody import MelodyLM
+from tests.reference import require
 from tests.reference.musicgen import melody_feature_extractor
+
+# reference-only tests: without them the module is skipped, saying how to install them
+torch = require("torch", "transformers")
 
 PROMPTS = ["lofi piano with warm vinyl crackle", "dark techno beat"]
 SR = 32000

@@ -12,13 +12,16 @@ import shutil
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
-from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.musicgen.generate import MusicGen
 from mlx_audio_generate.weights import load_safetensors
+from tests.reference import require
+
+# reference-only tests: without them the module is skipped, saying how to install them
+torch = require("torch", "transformers")
+from transformers import AutoTokenizer, MusicgenForConditionalGeneration  # noqa: E402
 
 PROMPTS = ["lofi piano with warm vinyl crackle", "dark techno beat"]
 

@@ -14,8 +14,9 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
 from mlx_audio_generate.musicgen.model import DecoderConfig, MusicgenLM, cross_attention_mask
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference import require
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 IGNORE = [r"text_encoder\..*", r"audio_encoder\..*"]
 GREEDY = SamplingOptions(temperature=1.0, top_k=1, guidance_scale=3.0)

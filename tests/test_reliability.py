@@ -102,16 +102,18 @@ def test_killed_conversion_leaves_cache_usable(musicgen_dir, tmp_path, monkeypat
 
     monkeypatch.setenv("MLX_AUDIO_GENERATE_CACHE", str(cache))
     target = resolver.cache_dir(str(musicgen_dir), None)
-    # the killed run left a partial folder (weights, no config) that nothing takes for a converted model
-    partial = [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    # the killed run left a partial folder (weights, no config) that nothing takes for a converted model;
+    # it is staged at the top of the cache, so the entry's own folder does not exist yet
+    partial = [p for p in cache.iterdir() if p.name.startswith(".")]
     assert partial and any((p / "model.safetensors").is_file() for p in partial), partial
-    assert not target.exists()
+    assert not target.parent.exists()
     assert not any(is_converted(p) for p in tree(cache))
 
     # a fresh resolve converts, removes the dead process's partial folder, and the result loads and runs
     out = resolver.resolve(str(musicgen_dir), quiet=True)
     assert out == target and is_converted(out)
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+    assert [p.name for p in cache.iterdir()] == [target.parent.name]  # the dead run's partial is gone
     assert [p for p in tree(cache) if is_converted(p)] == [target]
     audio = mlx_audio_generate.load(str(musicgen_dir)).generate("piano", seconds=0.2, seed=0)[0]
     assert np.isfinite(np.asarray(audio)).all() and np.asarray(audio).shape[-1] == 6400

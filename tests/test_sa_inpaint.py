@@ -14,12 +14,12 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 
 from mlx_audio_generate.diffusion import inpaint
 from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio.generate import StableAudio, noise_keys
+from tests.reference import require
 from tests.test_sa_variation import (
     PROMPT,
     SR,
@@ -35,6 +35,9 @@ from tests.test_sa_variation import (
     sat,
     tiny,
 )
+
+# reference-only tests: without them the module is skipped, saying how to install them
+torch = require("torch")
 
 build_mask = sat.inference.generation.build_mask
 get_bmask = sat.inference.sampling.get_bmask

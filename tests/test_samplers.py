@@ -13,11 +13,14 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 
 from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
+from tests.reference import require
 from tests.reference.sat import import_sat
+
+# reference-only tests: without them the module is skipped, saying how to install them
+torch = require("torch")
 
 sat = import_sat()
 sat_sampling = sat.inference.sampling

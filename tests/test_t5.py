@@ -9,8 +9,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.reference import require
+
+torch = require("torch")
+transformers = require("transformers")
 
 from mlx_audio_generate.errors import UserError  # noqa: E402
 from mlx_audio_generate.text.t5 import (  # noqa: E402

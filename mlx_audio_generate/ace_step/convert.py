@@ -26,7 +26,7 @@ from ..family import ConvertJob
 from ..hub import is_repo_id, read_json
 from ..progress import eval_weights
 from ..quantize import model_weights, quantize_model
-from ..weights import Checkpoint, cast, dtype_name, read_tensors
+from ..weights import TORCH_INSTALL_HINT, Checkpoint, cast, dtype_name, read_tensors
 from .family import (
     COMPONENT_PATTERNS,
     FAMILY,
@@ -116,8 +116,7 @@ def read_silence(path: Path) -> mx.array:
         import torch
     except ImportError:
         raise UserError(
-            f"{path.name} is a pickle; reading it safely needs PyTorch: "
-            "pip install 'mlx-audio-generate[torch]'"
+            f"{path.name} is a pickle; reading it safely needs PyTorch: {TORCH_INSTALL_HINT}"
         ) from None
     try:
         t = torch.load(str(path), map_location="cpu", weights_only=True)

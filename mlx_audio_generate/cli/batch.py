@@ -36,6 +36,9 @@ def setup_arg_parser() -> ArgumentParser:
     p.add_argument("--format", choices=B.FORMATS, default="wav", help="audio file format (default wav)")
     p.add_argument("--seconds", type=float, default=None, help="default duration of an item (default 5)")
     add_family_flags(p, scope="batch", heading="{label} defaults (a line's own keys win)")
+    p.add_argument(
+        "--overwrite", "-y", action="store_true", help="replace files at the job's names it did not write"
+    )
     p.add_argument("--quiet", action="store_true", help="no per-item lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.epilog = (
@@ -95,6 +98,8 @@ def _main(argv: list[str] | None) -> int:
     # every line is checked before the output folder is touched or a checkpoint is fetched
     items = B.parse_items(lines, args.prompts_file, family, args.seed, B.family_defaults(family, flags))
     out_dir = B.prepare_output_dir(args.output_dir, args.format)
+    if not args.overwrite:  # every rank checks every item: all refuse together
+        B.check_not_foreign(items, out_dir, args.format)
     if model_name is None:
         if conv is None:  # a name whose family was known: resolved (maybe fetched) now, opened once
             conv = open_folder(resolve_model(args.model, quiet=args.quiet))

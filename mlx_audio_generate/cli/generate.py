@@ -152,6 +152,9 @@ def setup_arg_parser() -> ArgumentParser:
         help="normalise loudness (ITU-R BS.1770) to LUFS (default -14), true-peak safe",
     )
     p.add_argument("--metadata-json", action="store_true", help="also write <file>.json with the settings")
+    p.add_argument(
+        "--overwrite", "-y", action="store_true", help="replace existing --output files (default: refuse)"
+    )
     # batch mode's own flags, shown here too (its parser, cli/batch.py, reads them: see _main)
     batch = p.add_argument_group("batch mode (with --prompts-file; --prompts-file X --help for all)")
     batch.add_argument(
@@ -265,7 +268,21 @@ def _output_paths(args, items: list[tuple[str, int]], label: str) -> list[Path]:
         for prompt, seed in items:
             paths.append(auto_output_name(label, prompt, seed, taken))
             taken.add(paths[-1])
-    return [check_output_path(p, sidecar=args.metadata_json) for p in paths]
+    paths = [check_output_path(p, sidecar=args.metadata_json) for p in paths]
+    if args.output and not args.overwrite:  # auto-named files never take an existing name
+        _refuse_existing(paths, args.metadata_json)
+    return paths
+
+
+def _refuse_existing(paths: list[Path], sidecar: bool) -> None:
+    """A user's file is never replaced without being asked: name the first one that exists."""
+    taken = [q for p in paths for q in ([p, p.with_name(p.name + ".json")] if sidecar else [p]) if q.exists()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise UserError(
+            f"output '{_shown(taken[0])}' already exists{more}; pass --overwrite (-y) to replace it, or "
+            "choose another --output"
+        )
 
 
 def _shown(path: Path) -> str:
@@ -404,6 +421,8 @@ def _main(argv: list[str] | None) -> int:
                 written += 1  # counted before anything else can be interrupted (the line below)
                 if not args.quiet:
                     what = f"{clip.shape[-1] / sr:.2f} s, {clip.shape[0]} ch, {sr} Hz, seed {seed}"
+                    if len(prompts) > 1:  # which prompt this file holds
+                        what = f"prompt {prompts.index(prompt) + 1} {_quoted(prompt)}, {what}"
                     print(f"wrote {_shown(path)} ({what})", flush=True)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the finished files stay; name the missing ones
         raise type(e)(_outcome(paths, written) if len(paths) > 1 else "") from None
@@ -416,11 +435,26 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
+def _quoted(prompt: str, limit: int = 40) -> str:
+    """A prompt as it shows in a "wrote" line: quoted, on one line, shortened."""
+    text = " ".join(prompt.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def model_record(args) -> dict[str, str]:
+    """How the metadata names the model: a name or repo id as given; a folder as its absolute path (the
+    path typed, e.g. `../converted/x`, means nothing once the file is elsewhere)."""
+    if args.weights_dir is not None:
+        return {"model": args.model, "weights_dir": str(Path(args.weights_dir).expanduser().resolve())}
+    path = Path(args.model).expanduser()
+    return {"model": str(path.resolve()) if path.is_dir() else args.model}
+
+
 def _write_clip(args, path: Path, prompt: str, seed: int, clip, fam: Family, sr: int, opts: dict) -> Any:
     """Write one clip (loudness-normalised with --normalize) with its metadata; returns what was written."""
     meta = {
         "prompt": prompt,
-        "model": args.model,
+        **model_record(args),
         "family": fam.name,
         "seed": seed,
         "seconds": args.seconds,

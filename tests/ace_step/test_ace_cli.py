@@ -17,6 +17,7 @@ from mlx_audio_generate.cli import batch as batch_cli
 from mlx_audio_generate.cli import convert as convert_cli
 from mlx_audio_generate.cli import generate as generate_cli
 from mlx_audio_generate.convert import convert
+from tests.reference import require
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 SR = 48000
@@ -114,6 +115,8 @@ def test_bad_input(weights, tmp_path, capsys, extra, expect):
     "remove, expect", [("vae", "vae/"), ("acestep-v15-turbo/silence_latent.pt", "silence")]
 )
 def test_convert_cli_missing_parts(tmp_path, capsys, remove, expect):
+    if "silence" not in remove:
+        require("torch")  # the converter reads the silence latent (a pickle) before it looks for the VAE
     src = tmp_path / "repo"
     for part in ("acestep-v15-turbo", "vae", "Qwen3-Embedding-0.6B"):
         shutil.copytree(FIXTURES / part, src / part)
@@ -125,6 +128,7 @@ def test_convert_cli_missing_parts(tmp_path, capsys, remove, expect):
 
 
 def test_convert_cli_components_flag(tmp_path, capsys):
+    require("torch")  # the silence latent is a pickle
     lone = tmp_path / "lone" / "acestep-v15-turbo"
     shutil.copytree(FIXTURES / "acestep-v15-turbo", lone)
     code, err = run(convert_cli.main, ["--model", lone, "--output", tmp_path / "m", "--components", FIXTURES,

@@ -16,10 +16,11 @@ import pytest
 from mlx_audio_generate.codecs.oobleck import OobleckConfig, OobleckVAE, load_oobleck
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
+from tests.reference import require
 from tests.reference.parity import rel_err
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+torch = require("torch")
+diffusers = require("diffusers")
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"

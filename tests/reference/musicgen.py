@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import require
 from .tokenizer import save_tiny_t5_tokenizer
 
 
 def tiny_configs(audio_channels: int = 1, num_codebooks: int | None = None):
+    require("transformers")
     from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
     t5 = T5Config(
@@ -70,6 +72,7 @@ def tiny_configs(audio_channels: int = 1, num_codebooks: int | None = None):
 
 def build_tiny_musicgen(seed: int = 0, audio_channels: int = 1):
     """A randomly initialised MusicgenForConditionalGeneration in eval mode (fp32)."""
+    require("torch", "transformers")
     import torch
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
@@ -103,6 +106,7 @@ def save_tiny_musicgen(out_dir: str | Path, seed: int = 0, audio_channels: int =
 def build_tiny_musicgen_melody(seed: int = 0, audio_channels: int = 1, chroma_length: int = 64):
     """A randomly initialised MusicgenMelodyForConditionalGeneration (fp32, eval), perturbed like
     `build_tiny_musicgen`. chroma_length is below the real 235 so tiling and truncation both show up."""
+    require("torch", "transformers")
     import torch
     from transformers import (
         MusicgenMelodyConfig,
@@ -143,6 +147,7 @@ def melody_feature_extractor():
     a stand-in that is torchaudio's own `functional.spectrogram` for those arguments: torch.stft with a
     periodic Hann window, reflect padding, divided by the window's L2 norm, then |.|^2. Everything else
     (padding, truncation, chroma filter bank, inf-norm, argmax one-hot) is transformers' code."""
+    require("torch", "transformers")
     import types
 
     import torch

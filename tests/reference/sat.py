@@ -12,6 +12,8 @@ import importlib.util
 import sys
 import types
 
+from . import require
+
 
 class _StubModule(types.ModuleType):
     """A module whose every attribute is another stand-in (submodule-like or a class that refuses use)."""
@@ -49,6 +51,7 @@ class _StubFinder:
 
 
 def install_stubs() -> None:
+    require("torch", "transformers", "diffusers", "stable_audio_tools")
     # transformers/diffusers probe for torchvision at their first import and would record the stand-in
     # as installed (version "N/A"); import them first so they see the real, absent package.
     import diffusers  # noqa: F401

@@ -18,6 +18,7 @@ import copy
 import json
 from pathlib import Path
 
+from . import require
 from .sat import import_sat
 from .tokenizer import save_tiny_t5_tokenizer
 
@@ -25,6 +26,7 @@ T5_DIM = 32  # the tiny T5's d_model stands in for t5-base's 768
 
 
 def tiny_t5_config():
+    require("transformers")
     from transformers import T5Config
 
     return T5Config(
@@ -145,6 +147,7 @@ def tiny_config(style: str = "small") -> dict:
 
 def save_tiny_t5(out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny T5 (encoder+decoder, as google-t5/t5-base ships) with its tokenizer, via save_pretrained."""
+    require("torch", "transformers")
     import torch
     from transformers import T5ForConditionalGeneration
 
@@ -194,6 +197,7 @@ def build_tiny_stable_audio(style: str, t5_dir: Path, seed: int = 0, t5_fp32: bo
     stable-audio-tools runs its T5 in float16; `t5_fp32=True` puts it back in float32 so parity is checked
     against an fp32 run of that part (see DEVELOPERS.md).
     """
+    require("torch", "transformers", "diffusers", "stable_audio_tools")
     import torch
 
     import_sat()

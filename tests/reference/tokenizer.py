@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from . import require
+
 _CORPUS = [
     "happy upbeat rock song with electric guitar",
     "lofi piano with warm vinyl crackle",
@@ -21,6 +23,7 @@ _CORPUS = [
 
 def save_tiny_t5_tokenizer(out_dir: str | Path, vocab_size: int = 96) -> Path:
     """Train a ~1 KB unigram model; save it as a transformers T5 tokenizer (tokenizer.json)."""
+    require("transformers")
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 

@@ -11,7 +11,10 @@ Bounds and defaults are the reference's (acestep/, upstream 6d467e4):
   `generate_audio` ignores CFG: a turbo checkpoint takes no guidance setting other than 1 (refused, not
   silently dropped); cfg_interval [0, 1];
 - the vocal language defaults to "unknown" (GenerationParams), lyrics to "[Instrumental]" (the reference's
-  own word for "no vocals": GenerationParams' empty lyrics would be an empty lyric block).
+  own word for "no vocals": GenerationParams' empty lyrics would be an empty lyric block);
+- tasks (modes.py): turbo and SFT take text2music / repaint / cover (`TASK_TYPES_TURBO`, the UI's list for
+  every model but the pure base), base also lego / extract / complete (`TASK_TYPES_BASE`);
+  audio_cover_strength 1, cover_noise_strength 0, retake_variance 0 (GenerationParams).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
-from ..settings import Setting
+from ..settings import SEED_LIMIT, Setting
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 MODELS = {
@@ -55,6 +58,15 @@ MAX_LYRICS_CHARS = 4096  # GenerationParams: "Lyrics ... < 4096 characters"
 STEPS = {"turbo": (8, 20), "base": (32, 200), "sft": (50, 200)}
 SHIFT = 3.0
 GUIDANCE = 7.0
+# constants.TASK_TYPES (cover-nofsq left out) and TRACK_NAMES; modes.py builds the tasks
+TASKS = ("text2music", "repaint", "cover", "lego", "extract", "complete")
+BASE_ONLY_TASKS = ("lego", "extract", "complete")  # constants.TASK_TYPES_BASE minus TASK_TYPES_TURBO
+TRACK_NAMES = (
+    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
+    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+)  # fmt: skip
+TURBO_TASKS = tuple(t for t in TASKS if t not in BASE_ONLY_TASKS)  # constants.TASK_TYPES_TURBO (no nofsq)
+MAX_CODES_CHARS = 40 * 5 * int(MAX_SECONDS)  # 5 codes a second, "<|audio_code_63999|>" is 20 characters
 
 
 def variant_of(config: dict[str, Any] | None) -> str | None:
@@ -72,6 +84,7 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
     v = variant_of(config)
     steps, max_steps = STEPS.get(v, (None, 200))
     turbo = v == "turbo"
+    local = dict(batch=False, server=False)  # files of this machine: the CLI and the Python API take them
     return [
         Setting("lyrics", "text", "[Instrumental]", "Lyrics",
                 "Song lyrics with structure tags ([Verse], [Chorus], ...); [Instrumental] for none.",
@@ -94,6 +107,39 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "Guidance only at times t >= this (base / SFT).", 0.0, 1.0),
         Setting("cfg_interval_end", "float", 1.0, "CFG end",
                 "Guidance only at times t <= this (base / SFT).", 0.0, 1.0),
+        Setting("task", "choice", "text2music", "Task",
+                "What to make: text2music (from the prompt), repaint (regenerate a window of --src-audio), "
+                "cover (a new song on the structure of --src-audio or --audio-codes); base only: lego (add a "
+                "--track to --src-audio), extract (isolate a --track), complete (complete --src-audio with a "
+                "--track).", choices=TASKS if v in (None, "base") else TURBO_TASKS),
+        Setting("src_audio", "file", None, "Source audio",
+                "The song that repaint / cover / lego / extract / complete work on (its length is the "
+                "result's; --seconds does not apply).", **local),
+        Setting("repaint_start", "float", None, "Repaint start",
+                "Start of the window to regenerate, in seconds of --src-audio (default 0).",
+                0.0, MAX_SECONDS),
+        Setting("repaint_end", "float", None, "Repaint end",
+                "End of the window to regenerate, in seconds (default: the end of --src-audio).",
+                0.0, MAX_SECONDS, exclusive_minimum=True),
+        Setting("audio_cover_strength", "float", 1.0, "Cover strength",
+                "Cover: the fraction of the steps that follow the source's structure; after it, the prompt "
+                "alone (1 = every step).", 0.0, 1.0),
+        Setting("cover_noise_strength", "float", 0.0, "Cover noise strength",
+                "Cover: start from the source noised to t = 1 - this (the nearest step) instead of pure "
+                "noise (0 = pure noise; closer to 1 stays closer to the source).", 0.0, 1.0),
+        Setting("reference_audio", "file", None, "Timbre reference",
+                "Audio whose timbre / style the song takes (three 10 s segments, picked from the seed).",
+                **local),
+        Setting("audio_codes", "text", None, "Audio codes",
+                "5 Hz semantic codes (<|audio_code_N|> tokens, as the ACE-Step LM writes them) to cover; "
+                "the song has their length.", max_length=MAX_CODES_CHARS, metavar="CODES"),
+        Setting("retake_variance", "float", 0.0, "Retake variance",
+                "Mix a second noise from --retake-seed into the seed's: 0 = the seed's song, 1 = the retake "
+                "seed's (variations in between).", 0.0, 1.0),
+        Setting("retake_seed", "int", None, "Retake seed", "Seed of the second noise of --retake-variance.",
+                0, SEED_LIMIT - 1),
+        Setting("track", "choice", None, "Track", "The instrument track of lego / extract / complete.",
+                choices=TRACK_NAMES),
     ]  # fmt: skip
 
 

@@ -12,8 +12,10 @@ Flow convention: x_t = t noise + (1 - t) x_0, the DiT predicts v = noise - x_0, 
   prediction alone.
 The schedules are float32 numpy arrays (the reference runs float32 tensors); the step sizes are the float32
 differences of consecutive values, as the reference's.
-Not ported here: custom `timesteps` lists, SDE, Heun, velocity clamp / EMA, DCW, repaint, cover switching,
-ADG (options that default off; DCW is measured off in the parity tests).
+Repaint's source re-injection and the cover's switch to the non-cover condition come in as `inject` /
+`switch` (modes.py builds them).
+Not ported here: custom `timesteps` lists, SDE, Heun, velocity clamp / EMA, DCW, ADG (options that default
+off; DCW is measured off in the parity tests).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ TURBO_TABLES: dict[float, tuple[float, ...]] = {
     3.0: (1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3),
 }  # fmt: skip
 Step = Callable[[int, float], None]  # progress callback: (step index, t)
+Switch = tuple[int, mx.array, mx.array]  # (first step, context latents, packed condition) after a switch
+Inject = Callable[[int, mx.array, float], mx.array]  # (step index, x after the step, t after it) -> x
 
 
 def _check_shift(shift: float) -> float:
@@ -107,18 +111,27 @@ def sample_turbo(
     condition: AceCondition | mx.array,
     schedule: np.ndarray,
     on_step: Step | None = None,
+    *,
+    switch: Switch | None = None,
+    inject: Inject | None = None,
 ) -> mx.array:
-    """The turbo loop (ODE Euler, no CFG) from `noise` (B, T, C): the generated latents (B, T, C)."""
+    """The turbo loop (ODE Euler, no CFG) from `noise` (B, T, C) (or the renoised source of a cover): the
+    generated latents (B, T, C). `switch` = (step, context, condition): from that step on, that condition
+    (audio_cover_strength < 1); `inject(i, x, t_next)` after every step but the last (repaint)."""
     if not isinstance(condition, AceCondition):
         condition = model.condition(condition)
     x, b = noise, noise.shape[0]
     sched = np.asarray(schedule, dtype=_F)
     for i, t in enumerate(sched):
+        if switch is not None and i == switch[0]:
+            context_latents, condition = switch[1], model.condition(switch[2])
         v = model(x, _times(t, b), context_latents, condition)
         if i == len(sched) - 1:
             x = x - v * float(t)
         else:
             x = x - v * float(t - sched[i + 1])
+            if inject is not None:
+                x = inject(i, x, float(sched[i + 1]))
         mx.eval(x)
         if on_step is not None:
             on_step(i, float(t))
@@ -135,25 +148,32 @@ def sample_base(
     guidance_scale: float = 7.0,
     cfg_interval: tuple[float, float] = (0.0, 1.0),
     on_step: Step | None = None,
+    *,
+    switch: Switch | None = None,
+    inject: Inject | None = None,
 ) -> mx.array:
     """The base/SFT loop (ODE Euler) from `noise` (B, T, C) over `schedule` (n + 1 times, ending at 0), with
-    APG guidance against the learned `null_condition_emb` (1, 1, E) when guidance_scale > 1."""
+    APG guidance against the learned `null_condition_emb` (1, 1, E) when guidance_scale > 1. `switch` /
+    `inject` as in `sample_turbo` (inject after every step; the momentum buffer runs on across a switch)."""
     b = noise.shape[0]
     do_cfg = guidance_scale > 1.0
-    if do_cfg:
-        null = mx.broadcast_to(
-            null_condition_emb.astype(encoder_hidden_states.dtype), encoder_hidden_states.shape
+
+    def pair(context: mx.array, enc: mx.array) -> tuple[mx.array, AceCondition]:
+        if not do_cfg:
+            return context, model.condition(enc)
+        null = mx.broadcast_to(null_condition_emb.astype(enc.dtype), enc.shape)
+        return mx.concatenate([context, context], axis=0), model.condition(
+            mx.concatenate([enc, null], axis=0)
         )
-        condition = model.condition(mx.concatenate([encoder_hidden_states, null], axis=0))
-        context = mx.concatenate([context_latents, context_latents], axis=0)
-    else:
-        condition = model.condition(encoder_hidden_states)
-        context = context_latents
+
+    context, condition = pair(context_latents, encoder_hidden_states)
     buffer = MomentumBuffer()
     x = noise
     sched = np.asarray(schedule, dtype=_F)
     for i in range(len(sched) - 1):
         t, t_next = sched[i], sched[i + 1]
+        if switch is not None and i == switch[0]:
+            context, condition = pair(switch[1], switch[2])
         xin = mx.concatenate([x, x], axis=0) if do_cfg else x
         v = model(xin, _times(t, xin.shape[0]), context, condition)
         if do_cfg:
@@ -163,6 +183,8 @@ def sample_base(
             else:
                 v = cond
         x = x - v * float(t - t_next)
+        if inject is not None:
+            x = inject(i, x, float(t_next))
         mx.eval(x)
         if on_step is not None:
             on_step(i, float(t))

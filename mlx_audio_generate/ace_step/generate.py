@@ -32,8 +32,18 @@ Rows: the DiT attends its whole packed condition (padding included, README §2.6
 prompt lengths would change each other through padding. Rows with the same prompts run as one batch (as the
 reference's batch of one caption does); different prompts run one after the other, so a row always equals its
 prompt generated alone with its seed.
-Not ported here: reference audio (timbre), cover / repaint / lego / extract, LM codes, the 5 Hz LM planner,
-SDE / Heun, ADG, retake variance.
+Tasks (modes.py, tasks.py, source_audio.py; the handler's `generate_music` with its defaults): repaint
+(source latents with silence in the window, chunk mask all ones as `chunk_mask_mode="auto"` really makes it,
+the source re-injected outside the window for the first half of the steps, a 12-frame latent crossfade and a
+1200-sample waveform splice), cover from audio (the source's tokenize -> detokenize hints, `is_covers`) or
+from audio codes (`audio_codes=`: ints or `<|audio_code_N|>` text, e.g. the 5 Hz LM planner's), with
+`audio_cover_strength` (the non-cover condition after that fraction of the steps) and
+`cover_noise_strength` (from the renoised source at the nearest step); retake (`cos(v pi/2) n1 +
+sin(v pi/2) n2`, n2 from `retake_seed`); a timbre reference (three 10 s segments, offsets from the row's
+seed); lego / extract / complete on the base checkpoint. A source's song has the source's length. The
+reference's random draws (VAE posterior, timbre offsets) are ours deterministic: the VAE mean, the seed.
+Not ported here: cover-nofsq, the 5 Hz LM planner itself, the repaint modes other than "balanced" 0.5,
+repaint windows outside the source (the reference pads), SDE / Heun, ADG, flow-edit morph.
 """
 
 from __future__ import annotations

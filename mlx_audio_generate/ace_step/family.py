@@ -19,6 +19,9 @@ Bounds and defaults are the reference's (acestep/, upstream 6d467e4):
   DCW is OFF by default here, unlike upstream's `dcw_enabled=True`: upstream's default silently does
   nothing unless the optional `pytorch_wavelets` is installed (reference README §2.7), so its usual
   output is the uncorrected one, and its UI turns DCW off for base / SFT.
+- tasks (modes.py): turbo and SFT take text2music / repaint / cover (`TASK_TYPES_TURBO`, the UI's list for
+  every model but the pure base), base also lego / extract / complete (`TASK_TYPES_BASE`);
+  audio_cover_strength 1, cover_noise_strength 0, retake_variance 0 (GenerationParams).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
-from ..settings import Setting
+from ..settings import SEED_LIMIT, Setting
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
 MODELS = {
@@ -65,6 +68,15 @@ GUIDANCE = 7.0
 DCW_CHOICES = ("off", "low", "high", "double", "pix")
 DCW_SCALER, DCW_HIGH_SCALER = 0.05, 0.02
 DCW_WAVELETS = ("haar", "db2", "db4", "sym4", "sym8", "coif2")  # diffusion/wavelet_correction.WAVELETS
+# constants.TASK_TYPES (cover-nofsq left out) and TRACK_NAMES; modes.py builds the tasks
+TASKS = ("text2music", "repaint", "cover", "lego", "extract", "complete")
+BASE_ONLY_TASKS = ("lego", "extract", "complete")  # constants.TASK_TYPES_BASE minus TASK_TYPES_TURBO
+TRACK_NAMES = (
+    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
+    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+)  # fmt: skip
+TURBO_TASKS = tuple(t for t in TASKS if t not in BASE_ONLY_TASKS)  # constants.TASK_TYPES_TURBO (no nofsq)
+MAX_CODES_CHARS = 40 * 5 * int(MAX_SECONDS)  # 5 codes a second, "<|audio_code_63999|>" is 20 characters
 
 
 def variant_of(config: dict[str, Any] | None) -> str | None:
@@ -82,6 +94,7 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
     v = variant_of(config)
     steps, max_steps = STEPS.get(v, (None, 200))
     turbo = v == "turbo"
+    local = dict(batch=False)  # audio files: not batch lines; the server takes an upload's id (uploads.py)
     return [
         Setting("lyrics", "text", "[Instrumental]", "Lyrics",
                 "Song lyrics with structure tags ([Verse], [Chorus], ...); [Instrumental] for none.",
@@ -135,6 +148,39 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) or a LoKr "
                 "lokr_weights.safetensors (or its folder); STRENGTH in [0, 1], default 1",
                 metavar="PATH[:S],...", max_length=4000, batch=False, server=False),
+        Setting("task", "choice", "text2music", "Task",
+                "What to make: text2music (from the prompt), repaint (regenerate a window of --src-audio), "
+                "cover (a new song on the structure of --src-audio or --audio-codes); base only: lego (add a "
+                "--track to --src-audio), extract (isolate a --track), complete (complete --src-audio with a "
+                "--track).", choices=TASKS if v in (None, "base") else TURBO_TASKS),
+        Setting("src_audio", "file", None, "Source audio",
+                "The song that repaint / cover / lego / extract / complete work on (its length is the "
+                "result's; --seconds does not apply).", **local),
+        Setting("repaint_start", "float", None, "Repaint start",
+                "Start of the window to regenerate, in seconds of --src-audio (default 0).",
+                0.0, MAX_SECONDS, region=("src_audio", "start")),
+        Setting("repaint_end", "float", None, "Repaint end",
+                "End of the window to regenerate, in seconds (default: the end of --src-audio).",
+                0.0, MAX_SECONDS, exclusive_minimum=True, region=("src_audio", "end")),
+        Setting("audio_cover_strength", "float", 1.0, "Cover strength",
+                "Cover: the fraction of the steps that follow the source's structure; after it, the prompt "
+                "alone (1 = every step).", 0.0, 1.0),
+        Setting("cover_noise_strength", "float", 0.0, "Cover noise strength",
+                "Cover: start from the source noised to t = 1 - this (the nearest step) instead of pure "
+                "noise (0 = pure noise; closer to 1 stays closer to the source).", 0.0, 1.0),
+        Setting("reference_audio", "file", None, "Timbre reference",
+                "Audio whose timbre / style the song takes (three 10 s segments, picked from the seed).",
+                **local),
+        Setting("audio_codes", "text", None, "Audio codes",
+                "5 Hz semantic codes (<|audio_code_N|> tokens, as the ACE-Step LM writes them) to cover; "
+                "the song has their length.", max_length=MAX_CODES_CHARS, metavar="CODES"),
+        Setting("retake_variance", "float", 0.0, "Retake variance",
+                "Mix a second noise from --retake-seed into the seed's: 0 = the seed's song, 1 = the retake "
+                "seed's (variations in between).", 0.0, 1.0),
+        Setting("retake_seed", "int", None, "Retake seed", "Seed of the second noise of --retake-variance.",
+                0, SEED_LIMIT - 1),
+        Setting("track", "choice", None, "Track", "The instrument track of lego / extract / complete.",
+                choices=TRACK_NAMES),
     ]  # fmt: skip
 
 

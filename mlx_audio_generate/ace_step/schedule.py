@@ -28,7 +28,11 @@ Sampler options (`SamplerOptions`, each off by default as upstream's, DCW includ
   velocity_ema_factor > 0: v <- (1 - f) v + f v_prev (the previous step's final velocity).
 - dcw: after each step, the wavelet correction (diffusion/wavelet_correction.py) of x_next against the
   step's x0 prediction x - v t (v before Heun's averaging), at the step's current t.
-Not ported here: custom `timesteps` lists, repaint, cover switching, retake.
+Repaint's source re-injection and the cover's switch to the non-cover condition come in as `inject` /
+`switch` (modes.py builds them): the switch at the start of its step, the injection after the step's update
+and its DCW correction, at the time the step ended on (the SDE's renoise time; none after turbo's x0 step),
+as the reference's loop orders them.
+Not ported here: custom `timesteps` lists.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ TURBO_TABLES: dict[float, tuple[float, ...]] = {
 }  # fmt: skip
 Step = Callable[[int, float], None]  # progress callback: (step index, t)
 StepNoise = Callable[[int], mx.array]  # SDE: step index -> fresh noise shaped like the latents
+Switch = tuple[int, mx.array, mx.array]  # (first step, context latents, packed condition) after a switch
+Inject = Callable[[int, mx.array, float], mx.array]  # (step index, x after the step, t after it) -> x
 
 
 def _check_shift(shift: float) -> float:
@@ -193,22 +199,29 @@ def _loop(
     sde_time: Callable[[int], float],
     x0_last: bool,
     on_step: Step | None,
+    switch: tuple[int, Callable[[], None]] | None = None,
+    inject: Inject | None = None,
 ) -> mx.array:
-    """The step loop of both variants (module doc). `x0_last`: the last step returns x - v t (turbo)."""
+    """The step loop of both variants (module doc). `x0_last`: the last step returns x - v t (turbo).
+    `switch` = (step, change): change() swaps the condition `predict` uses, at the start of that step."""
     if opts.infer_method == "sde" and step_noise is None:
         raise ValueError("infer_method sde needs step_noise")
     prev_v = None
     for i in range(n_steps):
         t = sched[i]
+        if switch is not None and i == switch[0]:
+            switch[1]()
         v = opts.smooth(opts.clamp(predict(x, t, False), x), prev_v)
         x_before, v_denoise = x, v
+        t_after = None
         if x0_last and i == n_steps - 1:
             x = x - v * float(t)
         elif opts.infer_method == "sde":
-            t_next = sde_time(i)
+            t_next = t_after = sde_time(i)
             x = t_next * step_noise(i) + (1.0 - t_next) * (x - v * float(t))
         else:
             t_next = sched[i + 1]
+            t_after = float(t_next)
             dt = float(t - t_next)
             if opts.heun:
                 x_pred = x - v * dt
@@ -220,6 +233,8 @@ def _loop(
         if opts.dcw is not None:
             x = opts.dcw.apply(x, x_before - v_denoise * float(t), float(t))
         prev_v = v
+        if inject is not None and t_after is not None:
+            x = inject(i, x, t_after)
         mx.eval(x)
         if on_step is not None:
             on_step(i, float(t))
@@ -235,21 +250,33 @@ def sample_turbo(
     on_step: Step | None = None,
     options: SamplerOptions | None = None,
     step_noise: StepNoise | None = None,
+    *,
+    switch: Switch | None = None,
+    inject: Inject | None = None,
 ) -> mx.array:
-    """The turbo loop (no CFG) from `noise` (B, T, C): the generated latents (B, T, C)."""
+    """The turbo loop (no CFG) from `noise` (B, T, C) (or the renoised source of a cover): the generated
+    latents (B, T, C). `switch` = (step, context, condition): from that step on, that condition
+    (audio_cover_strength < 1); `inject(i, x, t_next)` after every step but the last (repaint)."""
     if not isinstance(condition, AceCondition):
         condition = model.condition(condition)
     b = noise.shape[0]
     sched = np.asarray(schedule, dtype=_F)
+    now = {"context": context_latents, "condition": condition}
 
     def predict(x: mx.array, t: np.float32, corrector: bool) -> mx.array:
-        return model(x, _times(t, b), context_latents, condition)
+        return model(x, _times(t, b), now["context"], now["condition"])
 
     def sde_time(i: int) -> float:
         return float(sched[i + 1])
 
+    def change() -> None:
+        now["context"], now["condition"] = switch[1], model.condition(switch[2])
+
     opts = options or SamplerOptions()
-    return _loop(predict, noise, sched, len(sched), opts, step_noise, sde_time, True, on_step)
+    return _loop(
+        predict, noise, sched, len(sched), opts, step_noise, sde_time, True, on_step,
+        None if switch is None else (switch[0], change), inject,
+    )  # fmt: skip
 
 
 def sample_base(
@@ -264,28 +291,37 @@ def sample_base(
     on_step: Step | None = None,
     options: SamplerOptions | None = None,
     step_noise: StepNoise | None = None,
+    *,
+    switch: Switch | None = None,
+    inject: Inject | None = None,
 ) -> mx.array:
     """The base/SFT loop from `noise` (B, T, C) over `schedule` (n + 1 times, ending at 0), with APG (or
-    ADG) guidance against the learned `null_condition_emb` (1, 1, E) when guidance_scale > 1."""
+    ADG) guidance against the learned `null_condition_emb` (1, 1, E) when guidance_scale > 1. `switch` /
+    `inject` as in `sample_turbo` (inject after every step; the momentum buffer runs on across a switch)."""
     opts = options or SamplerOptions()
     b = noise.shape[0]
     do_cfg = guidance_scale > 1.0
-    if do_cfg:
-        null = mx.broadcast_to(
-            null_condition_emb.astype(encoder_hidden_states.dtype), encoder_hidden_states.shape
+
+    def pair(context: mx.array, enc: mx.array) -> tuple[mx.array, AceCondition]:
+        if not do_cfg:
+            return context, model.condition(enc)
+        null = mx.broadcast_to(null_condition_emb.astype(enc.dtype), enc.shape)
+        return mx.concatenate([context, context], axis=0), model.condition(
+            mx.concatenate([enc, null], axis=0)
         )
-        condition = model.condition(mx.concatenate([encoder_hidden_states, null], axis=0))
-        context = mx.concatenate([context_latents, context_latents], axis=0)
-    else:
-        condition = model.condition(encoder_hidden_states)
-        context = context_latents
+
+    now = dict(zip(("context", "condition"), pair(context_latents, encoder_hidden_states), strict=True))
+
+    def change() -> None:
+        now["context"], now["condition"] = pair(switch[1], switch[2])
+
     buffer = MomentumBuffer()
     sched = np.asarray(schedule, dtype=_F)
     n = len(sched) - 1
 
     def predict(x: mx.array, t: np.float32, corrector: bool) -> mx.array:
         xin = mx.concatenate([x, x], axis=0) if do_cfg else x
-        v = model(xin, _times(t, xin.shape[0]), context, condition)
+        v = model(xin, _times(t, xin.shape[0]), now["context"], now["condition"])
         if not do_cfg:
             return v
         cond, uncond = v[:b], v[b:]
@@ -305,4 +341,7 @@ def sample_base(
     def sde_time(i: int) -> float:
         return 1.0 - float(i + 1) / n  # unshifted, as the reference
 
-    return _loop(predict, noise, sched, n, opts, step_noise, sde_time, False, on_step)
+    return _loop(
+        predict, noise, sched, n, opts, step_noise, sde_time, False, on_step,
+        None if switch is None else (switch[0], change), inject,
+    )  # fmt: skip

@@ -325,12 +325,12 @@ AudioFinder = Callable[[str], "tuple[Path, float] | None"]
 
 
 def _check_region(name: str, spec: Setting, value: Any, seconds: float) -> None:
-    """A region value selected on a waveform lies inside the requested clip (list values: the family's
-    generate parses them and says what is wrong)."""
+    """A region value selected on a waveform lies inside the clip: the longer of the requested seconds and
+    the audio it is selected on (list values: the family's generate parses them and says what is wrong)."""
     if spec.region is None or spec.region[1] == "list" or value is None:
         return
     if value > seconds + 1e-9:
-        raise _invalid(name, f"{name} {value:g} s is outside the clip (seconds {seconds:g})")
+        raise _invalid(name, f"{name} {value:g} s is outside the clip ({seconds:g} s)")
 
 
 def build_job(req: BaseModel, models: dict[str, ModelEntry], find_audio: AudioFinder | None = None) -> Job:
@@ -348,7 +348,7 @@ def build_job(req: BaseModel, models: dict[str, ModelEntry], find_audio: AudioFi
     for name in given:
         if name not in entry.params:
             raise _invalid(name, f"{name} does not apply to {entry.family} models like '{entry.name}'")
-    params, inputs = {}, {}
+    params, inputs, lengths, values = {}, {}, {}, {}
     for name, spec in entry.params.items():
         try:  # this checkpoint's schema (e.g. its sampler names)
             value = spec.check(given.get(name))
@@ -358,8 +358,12 @@ def build_job(req: BaseModel, models: dict[str, ModelEntry], find_audio: AudioFi
             found = find_audio(value) if find_audio is not None else None
             if found is None:
                 raise _invalid(name, f"{name}: no upload or finished job '{value}' on this server")
-            inputs[name] = str(found[0])
-        _check_region(name, spec, value, req.seconds)
+            inputs[name], lengths[name] = str(found[0]), found[1]
+        values[name] = value
+    for name, spec in entry.params.items():
+        length = max(req.seconds, lengths.get(spec.region[0], 0.0)) if spec.region else req.seconds
+        _check_region(name, spec, values[name], length)
+        value = values[name]
         if value is not None or spec.default is not None:  # None: off / the checkpoint decides
             params[name] = spec.default if value is None else value
     seed = req.seed if req.seed is not None else random_seed()

@@ -149,7 +149,10 @@ def _peak_normalize(wavs):
 
 class UpstreamTorch:
     def __init__(self, root: Path, variant: str, ref_dir: str | None, device: str, tokens: FixedTokens):
-        from diffusers import AutoencoderOobleck  # the handler's VAE class
+        try:
+            from diffusers import AutoencoderOobleck  # the handler's VAE class
+        except ImportError as e:
+            raise RuntimeError(f"upstream decodes with diffusers' AutoencoderOobleck: {e}") from None
 
         self.side = _TorchSide(root, variant, ref_dir, device, tokens)
         s = self.side

@@ -16,7 +16,8 @@ and a song's lyrics in Qwen tokens; tokenization itself is bypassed), the same s
 guidance 7 (--turbo-steps / --base-steps / --guidance). Whole song = text encoder + condition encoder +
 every DiT step + VAE decode + normalisation + copy to the host, timed after one warm-up generation of the
 same shape (best of --repeats). Models are built before the clock starts (loading is not timed).
-Dtypes: ours as converted (bf16, the released dtype; --dtype converts to another) with the VAE in float32
+Dtypes: ours as converted (bf16, the released dtype, on CUDA; float32 on a CPU, where MLX's bf16 matmul
+has no BLAS path; --dtype chooses) with the VAE in float32
 (as `from_converted` loads it); `-q` adds ours with a 4-bit DiT (group 64, the family's QuantizeSpec as
 `convert -q 4`); upstream PyTorch in the handler's dtype (CUDA bf16, CPU fp32, VAE likewise); upstream MLX
 DiT and VAE in float32 (its converters; ACESTEP_MLX_VAE_FP16=1 for its fp16 VAE), its torch conditioning
@@ -177,12 +178,14 @@ def main() -> None:
         "--dtype",
         default=None,
         choices=["float16", "bfloat16", "float32"],
-        help="convert ours to this dtype (default: keep the stored bf16)",
+        help="convert ours to this dtype (default: the stored bf16 on cuda, float32 on cpu)",
     )
     ap.add_argument(
         "--size", default="real", choices=["real", "small", "tiny"], help="model sizes (ace_weights.py)"
     )
-    ap.add_argument("--tiny", action="store_true", help="= --size tiny with short songs: a smoke test")
+    ap.add_argument(
+        "--tiny", action="store_true", help="= --size tiny, 5 s songs, batch 1, <= 4 base steps: a smoke test"
+    )
     ap.add_argument("--turbo-steps", type=int, default=8)
     ap.add_argument("--base-steps", type=int, default=32)
     ap.add_argument("--guidance", type=float, default=7.0, help="base's CFG (APG) scale")
@@ -210,6 +213,8 @@ def main() -> None:
         if args.batches == ap.get_default("batches"):
             args.batches = "1"
         args.base_steps = min(args.base_steps, 4)
+    if args.dtype is None and args.device == "cpu":
+        args.dtype = "float32"  # MLX's CPU bf16 matmul has no BLAS path (measured ~40x slower than fp32)
     mx.set_default_device(mx.gpu if args.device == "cuda" else mx.cpu)
     peers = [p for p in parse_list(args.peers) if p != "none"]
     bad = [p for p in peers if p not in PEERS]
@@ -234,6 +239,13 @@ def main() -> None:
     tokens = FixedTokens(SIZES[args.size]["qwen"]["vocab_size"], args.text_tokens, args.lyric_tokens)
     results: list[dict] = []
     notes: list[str] = []
+    if "diffusers" in impls:  # often absent (the GPU machine): a printed reason, not a failed row per case
+        try:
+            import diffusers  # noqa: F401
+        except ImportError as e:
+            impls.remove("diffusers")
+            notes.append(f"diffusers: skipped, not importable ({e})")
+            log(notes[-1])
     labels: dict[str, str] = {}
     signal.signal(signal.SIGALRM, _alarm)
     for impl in impls:

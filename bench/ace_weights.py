@@ -72,7 +72,7 @@ SIZES = {
             num_attention_pooler_hidden_layers=1,
         ),
         "qwen": dict(QWEN_REAL, num_hidden_layers=4),
-        "vae": dict(VAE_REAL, encoder_hidden_size=32, decoder_channels=32),
+        "vae": dict(VAE_REAL, decoder_channels=32),
     },
     "tiny": {  # tests/reference/ace.py's tiny checkpoints (A = 8 latent channels)
         "dit": dict(
@@ -197,8 +197,8 @@ def import_ace(ref_dir: str | None) -> list[str]:
         mod.ResidualFSQ = StandInResidualFSQ
         sys.modules["vector_quantize_pytorch"] = mod
         notes.append(
-            "vector_quantize_pytorch missing: a stand-in ResidualFSQ with its two projections (the 5 Hz "
-            "codes path, unused by text2music)"
+            "vector_quantize_pytorch missing: a stand-in ResidualFSQ (its projections and FSQ arithmetic; "
+            "upstream's prepare_condition runs it on every call)"
         )
     return notes
 
@@ -207,16 +207,32 @@ def _standin_fsq():
     import torch
 
     class ResidualFSQ(torch.nn.Module):
-        """The persisted part of vector_quantize_pytorch.ResidualFSQ (project_in / project_out)."""
+        """vector_quantize_pytorch.ResidualFSQ with one quantizer, for a machine without the library: its
+        persisted projections and an FSQ forward of the same shape (project_in, tanh bound, round, code
+        index, project_out; values not bit-identical to the library's). Upstream's prepare_condition
+        tokenizes the source latents on every call (text2music discards the result): the cost is kept."""
 
         def __init__(self, *, dim: int, levels: list[int], num_quantizers: int = 1, **_):
             super().__init__()
+            if num_quantizers != 1:
+                raise ValueError("the stand-in ResidualFSQ has one quantizer")
             self.codebook_size = int(np.prod(levels))
             self.project_in = torch.nn.Linear(dim, len(levels))
             self.project_out = torch.nn.Linear(len(levels), dim)
+            lv = torch.tensor(levels, dtype=torch.float32)
+            self.register_buffer("_levels", lv, persistent=False)
+            basis = torch.cumprod(torch.tensor([1, *levels[:-1]], dtype=torch.float32), 0)
+            self.register_buffer("_basis", basis, persistent=False)
 
-        def forward(self, *a, **k):
-            raise NotImplementedError("stand-in ResidualFSQ: install vector_quantize_pytorch for audio codes")
+        def forward(self, x):
+            z = self.project_in(x).float()
+            half_l = (self._levels - 1) * (1 + 1e-3) / 2
+            offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
+            bounded = torch.tanh(z + torch.atanh(offset / half_l)) * half_l - offset
+            half_w = self._levels // 2
+            codes = torch.round(bounded) / half_w
+            indices = ((codes * half_w + half_w) * self._basis).sum(-1).round().long()
+            return self.project_out(codes.to(x.dtype)), indices[..., None]
 
     return ResidualFSQ
 
@@ -265,7 +281,7 @@ def oobleck_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         snake(f"encoder.block.{i}.snake1", cin)
         conv(f"encoder.block.{i}.conv1", cout, cin, 2 * s)
     snake("encoder.snake1", h * mults[-1])
-    conv("encoder.conv2", 2 * cfg["decoder_input_channels"], h * mults[-1], 3)
+    conv("encoder.conv2", h, h * mults[-1], 3)  # h = 2 x the latent channels (mean + scale)
     d = cfg["decoder_channels"]
     conv("decoder.conv1", d * mults[-1], cfg["decoder_input_channels"], 7)
     for i, s in enumerate(reversed(ratios)):

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-@pytest.mark.parametrize("size", ["tiny", "real"])
+@pytest.mark.parametrize("size", ["tiny", "small", "real"])
 def test_oobleck_shapes_match_diffusers(size):
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")

@@ -259,7 +259,7 @@ def main() -> None:
             try:
                 m = build(impl, variant, args, ckpt, tokens)
                 labels[impl] = m.label
-                notes += [f"{impl}: {n}" for n in m.notes if f"{impl}: {n}" not in notes]
+                notes += [n for n in m.notes if n not in notes]
                 log(f"   built in {time.perf_counter() - start:.1f} s: {m.label}")
                 for _, secs, batch in mine:
                     row = {

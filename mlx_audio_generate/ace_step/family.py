@@ -55,6 +55,18 @@ MAX_LYRICS_CHARS = 4096  # GenerationParams: "Lyrics ... < 4096 characters"
 STEPS = {"turbo": (8, 20), "base": (32, 200), "sft": (50, 200)}
 SHIFT = 3.0
 GUIDANCE = 7.0
+# The optional 5 Hz LM planner (README §6.8): size -> (repo, folder inside it). Off by default: the
+# reference's GenerationParams say thinking=True, but its LM runs only when one was initialised
+# (`init_llm`, a separate download and an explicit choice), and without one generate_music is plain
+# text2music, which is ours.
+PLANNER_OFF = "off"
+PLANNERS = {
+    "0.6B": ("ACE-Step/acestep-5Hz-lm-0.6B", ""),
+    "1.7B": (MAIN_REPO, "acestep-5Hz-lm-1.7B"),
+    "4B": ("ACE-Step/acestep-5Hz-lm-4B", ""),
+}
+PLANNER_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "*token*", "vocab.json",
+                 "merges.txt", "chat_template.jinja", "generation_config.json")  # fmt: skip
 
 
 def variant_of(config: dict[str, Any] | None) -> str | None:
@@ -94,6 +106,10 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "Guidance only at times t >= this (base / SFT).", 0.0, 1.0),
         Setting("cfg_interval_end", "float", 1.0, "CFG end",
                 "Guidance only at times t <= this (base / SFT).", 0.0, 1.0),
+        Setting("planner", "text", PLANNER_OFF, "5 Hz LM planner",
+                "off, 0.6B, 1.7B or 4B (fetched and converted once) or a planner / LM folder: the LM writes "
+                "the unset bpm, key, time signature, duration, language and the 5 Hz codes the DiT follows.",
+                max_length=4096, server=False, metavar="off|0.6B|1.7B|4B|FOLDER"),
     ]  # fmt: skip
 
 

@@ -32,8 +32,13 @@ Rows: the DiT attends its whole packed condition (padding included, README §2.6
 prompt lengths would change each other through padding. Rows with the same prompts run as one batch (as the
 reference's batch of one caption does); different prompts run one after the other, so a row always equals its
 prompt generated alone with its seed.
-Not ported here: reference audio (timbre), cover / repaint / lego / extract, LM codes, the 5 Hz LM planner,
-SDE / Heun, ADG, retake variance.
+With `planner` on (planner_run.py), before 1.: the 5 Hz LM plans the caption (planner.py); its metadata fills
+the unset bpm, key, time signature, duration and language, and its codes become the 25 Hz hints
+(`codes_to_hints`, cut or silence-padded to the frames) that replace the source latents with `is_covers`
+True and the cover instruction, as the handler does for LM codes (`_resolve_generate_music_task` switches
+text2music to cover). One caption per call then (the rows of `n` variations share its plan, made with the
+first row's seed).
+Not ported here: reference audio (timbre), cover / repaint / lego / extract, SDE / Heun, ADG, retake variance.
 """
 
 from __future__ import annotations
@@ -54,8 +59,10 @@ from . import schedule as S
 from .conditioning import lyric_prompt, text_prompt, tokenize_prompts
 from .family import FAMILY, MAX_SECONDS, settings
 from .full_model import TIMBRE_FRAMES, AceStepModel
+from .planner_run import codes_hints, fill_from_plan, load_planner
 
 Progress = Callable[[int, int], None]
+COVER_INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"  # TASK_INSTRUCTIONS cover
 MIN_FRAMES = 128  # _prepare_target_latents_and_wavs: max(128, max_latent_length)
 DECODE_CHUNK, DECODE_OVERLAP = 512, 64  # the reference's MLX VAE decode (and its largest PyTorch chunk)
 
@@ -138,21 +145,26 @@ class AceStep:
             s = mx.tile(s, (math.ceil(frames / s.shape[0]), 1))
         return s[:frames]
 
-    def condition(self, text: str, lyrics: str, frames: int, batch: int) -> tuple[mx.array, mx.array]:
-        """(packed condition (batch, S, H), context latents (batch, T, 2C)) of one prompt pair."""
+    def condition(
+        self, text: str, lyrics: str, frames: int, batch: int, hints: mx.array | None = None
+    ) -> tuple[mx.array, mx.array]:
+        """(packed condition (batch, S, H), context latents (batch, T, 2C)) of one prompt pair; `hints`
+        (1, frames, C): LM-code hints as every row's source (cover rows)."""
         m = self.model
         ids, tmask, lids, lmask = tokenize_prompts(self.tokenizer, [text], [lyrics])
         states = m.text_encoder(mx.array(ids))
         embeds = m.text_encoder.embed(mx.array(lids))
         c = m.dit.config.acoustic_dim
         refer = mx.broadcast_to(m.silence_latent[:, :TIMBRE_FRAMES], (batch, TIMBRE_FRAMES, c))
-        src = mx.broadcast_to(self.silence(frames)[None], (batch, frames, c))
+        src = self.silence(frames)[None] if hints is None else hints
+        src = mx.broadcast_to(src, (batch, frames, c))
+        covers = np.full(batch, hints is not None)
         rep = lambda a: np.repeat(a, batch, axis=0)  # noqa: E731
         states_b = mx.broadcast_to(states, (batch, *states.shape[1:]))
         embeds_b = mx.broadcast_to(embeds, (batch, *embeds.shape[1:]))
         enc, _, context = m.conditioning.prepare_condition(
             states_b, rep(tmask), embeds_b, rep(lmask), refer, np.arange(batch), src,
-            mx.ones((batch, frames, c)), np.zeros(batch, dtype=bool), m.silence_latent,
+            mx.ones((batch, frames, c)), covers, m.silence_latent, None if hints is None else src,
         )  # fmt: skip
         return enc, context
 
@@ -168,6 +180,21 @@ class AceStep:
         return tiled_decode(self.model.vae.decode, z, self.decode_chunk, self.decode_overlap)
 
     # -- generation ------------------------------------------------------------------------------------------
+
+    def plan(
+        self, prompts: list[str], seconds: float | None, v: dict, seed: int | list[int]
+    ) -> tuple[float | None, list[int]] | None:
+        """With `planner` on: (seconds, codes), the planner's metadata written into the settings `v`."""
+        planner = load_planner(v.pop("planner", None))
+        if planner is None:
+            return None
+        if len(set(prompts)) > 1:
+            raise UserError("the planner plans one caption per call; generate the prompts one at a time")
+        metadata, codes = planner.plan(
+            prompts[0], v["lyrics"] or "", duration=seconds, bpm=v["bpm"], keyscale=v["keyscale"],
+            timesignature=v["timesignature"], seed=seed[0] if isinstance(seed, list) else seed,
+        )  # fmt: skip
+        return fill_from_plan(v, seconds, metadata), codes
 
     def _values(self, **given) -> dict:
         values = check_settings(self.settings, given)
@@ -204,22 +231,27 @@ class AceStep:
         guidance_scale: float | None = None,
         cfg_interval_start: float | None = None,
         cfg_interval_end: float | None = None,
+        planner: str | None = None,
     ) -> np.ndarray:
         """Audio (batch, channels, round(seconds * 48000)) float32 for one caption or a list of them (the
         same lyrics and metadata for every row). seconds None = 30 (the metas' default duration). Settings
         None = this checkpoint's defaults (family.py). `progress(done, total)` after each step;
         `on_stage(stage, done, total)` for "text", "generate" and "decode" (progress.py)."""
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
+        if seconds is not None:
+            check_seconds(seconds, self.max_seconds)
+        v = self._values(
+            lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
+            steps=steps, shift=shift, guidance_scale=guidance_scale, cfg_interval_start=cfg_interval_start,
+            cfg_interval_end=cfg_interval_end, planner=planner,
+        )  # fmt: skip
+        seed = resolve_seed(seed, len(prompts))
+        plan = self.plan(prompts, seconds, v, seed)
+        seconds = plan[0] if plan is not None else seconds
         seconds = check_seconds(30.0 if seconds is None else seconds, self.max_seconds)
         n_out = round(seconds * self.sample_rate)
         if n_out < 1:
             raise UserError(f"seconds {seconds:g} is shorter than one sample")
-        v = self._values(
-            lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
-            steps=steps, shift=shift, guidance_scale=guidance_scale, cfg_interval_start=cfg_interval_start,
-            cfg_interval_end=cfg_interval_end,
-        )  # fmt: skip
-        seed = resolve_seed(seed, len(prompts))
         metas = {
             "bpm": v["bpm"] or "N/A",
             "timesignature": v["timesignature"] or "N/A",
@@ -241,8 +273,13 @@ class AceStep:
 
         noise = self.draw_noise(seed, (b, frames, c))
         report_stage(on_stage, "text", 0, 1)
+        hints, instruction = None, None
+        if plan is not None:
+            hints = codes_hints(self.model.conditioning, plan[1], frames, self.silence(frames))
+            instruction = COVER_INSTRUCTION
         conds = {
-            p: self.condition(text_prompt(p, metas), lyric, frames, len(rows)) for p, rows in groups.items()
+            p: self.condition(text_prompt(p, metas, instruction), lyric, frames, len(rows), hints)
+            for p, rows in groups.items()
         }
         if on_stage is not None:  # the stage's real time
             mx.eval([x for pair in conds.values() for x in pair])

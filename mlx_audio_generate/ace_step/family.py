@@ -77,6 +77,18 @@ TRACK_NAMES = (
 )  # fmt: skip
 TURBO_TASKS = tuple(t for t in TASKS if t not in BASE_ONLY_TASKS)  # constants.TASK_TYPES_TURBO (no nofsq)
 MAX_CODES_CHARS = 40 * 5 * int(MAX_SECONDS)  # 5 codes a second, "<|audio_code_63999|>" is 20 characters
+# The optional 5 Hz LM planner (README §6.8): size -> (repo, folder inside it). Off by default: the
+# reference's GenerationParams say thinking=True, but its LM runs only when one was initialised
+# (`init_llm`, a separate download and an explicit choice), and without one generate_music is plain
+# text2music, which is ours.
+PLANNER_OFF = "off"
+PLANNERS = {
+    "0.6B": ("ACE-Step/acestep-5Hz-lm-0.6B", ""),
+    "1.7B": (MAIN_REPO, "acestep-5Hz-lm-1.7B"),
+    "4B": ("ACE-Step/acestep-5Hz-lm-4B", ""),
+}
+PLANNER_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "*token*", "vocab.json",
+                 "merges.txt", "chat_template.jinja", "generation_config.json")  # fmt: skip
 
 
 def variant_of(config: dict[str, Any] | None) -> str | None:
@@ -181,6 +193,10 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 0, SEED_LIMIT - 1),
         Setting("track", "choice", None, "Track", "The instrument track of lego / extract / complete.",
                 choices=TRACK_NAMES),
+        Setting("planner", "text", PLANNER_OFF, "5 Hz LM planner",
+                "off, 0.6B, 1.7B or 4B (fetched and converted once) or a planner / LM folder: the LM writes "
+                "the unset bpm, key, time signature, duration, language and the 5 Hz codes the DiT follows.",
+                max_length=4096, server=False, metavar="off|0.6B|1.7B|4B|FOLDER"),
     ]  # fmt: skip
 
 

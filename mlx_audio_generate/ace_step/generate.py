@@ -45,6 +45,10 @@ reference's random draws (VAE posterior, timbre offsets) are ours deterministic:
 Sampler options (schedule.py): SDE / Heun, ADG, DCW, velocity clamp / EMA, as `generate_audio` takes them.
 Adapters (`lora`): PEFT LoRA / LyCORIS LoKr on the DiT (lora.py), merged into its weights for the call and
 removed after it; applied before the conditioning, whose cross-attention K/V the DiT computes.
+With `planner` on (planner_run.py): the 5 Hz LM plans the caption first (planner.py); its metadata fills
+the unset bpm, key, time signature, duration and language, and its codes become `audio_codes` (a cover of
+them, as the handler turns text2music with LM codes into a cover). One caption per call then (the rows of
+`n` variations share its plan, made with the first row's seed); text2music only.
 Not ported here: cover-nofsq, the repaint modes other than "balanced" 0.5, repaint windows outside the source
 (the reference pads), flow-edit morph, custom timestep lists.
 """
@@ -72,6 +76,7 @@ from .conditioning import TEXT_MAX_TOKENS, lyric_prompt, text_prompt, tokenize_p
 from .family import FAMILY, MAX_SECONDS, settings
 from .full_model import TIMBRE_FRAMES, AceStepModel
 from .lora import apply_loras
+from .planner_run import fill_from_plan, load_planner
 from .source_audio import AudioInput, encode_audio, load_source, repeat_to_timbre, timbre_clip, timbre_offsets
 from .tasks import MIN_FRAMES, TaskInputs, prepare
 
@@ -242,6 +247,21 @@ class AceStep:
 
     # -- generation ------------------------------------------------------------------------------------------
 
+    def plan(
+        self, prompts: list[str], seconds: float | None, v: dict, seed: int | list[int]
+    ) -> tuple[float | None, list[int]] | None:
+        """With `planner` on: (seconds, codes), the planner's metadata written into the settings `v`."""
+        planner = load_planner(v.pop("planner", None))
+        if planner is None:
+            return None
+        if len(set(prompts)) > 1:
+            raise UserError("the planner plans one caption per call; generate the prompts one at a time")
+        metadata, codes = planner.plan(
+            prompts[0], v["lyrics"] or "", duration=seconds, bpm=v["bpm"], keyscale=v["keyscale"],
+            timesignature=v["timesignature"], seed=seed[0] if isinstance(seed, list) else seed,
+        )  # fmt: skip
+        return fill_from_plan(v, seconds, metadata), codes
+
     def _values(self, **given) -> dict:
         # audio inputs may be arrays and codes a list of ints: those are checked where they are read
         loose = {k: given[k] for k in (*FILE_SETTINGS, "audio_codes") if not isinstance(given[k], str | None)}
@@ -307,6 +327,7 @@ class AceStep:
         dcw_high_scaler: float | None = None,
         dcw_wavelet: str | None = None,
         lora: str | Sequence[Any] | None = None,
+        planner: str | None = None,
         latents: Any = None,
         return_latents: bool = False,
     ) -> np.ndarray:
@@ -320,6 +341,7 @@ class AceStep:
         "decode" (progress.py). Python API only (diffusion/latents_io.py): latents, the initial noise
         (B, T, C) instead of draw_noise's; return_latents: (audio, final latents)."""
         prompts = check_prompts([prompt] if isinstance(prompt, str) else list(prompt or []))
+        asked = seconds  # the planner may write the duration when none is asked for
         seconds = check_seconds(30.0 if seconds is None else seconds, self.max_seconds)
         given = dict(
             lyrics=lyrics, language=language, bpm=bpm, keyscale=keyscale, timesignature=timesignature,
@@ -330,10 +352,19 @@ class AceStep:
             audio_codes=audio_codes, retake_variance=retake_variance, retake_seed=retake_seed, track=track,
             guidance_method=guidance_method, infer_method=infer_method, sampler_mode=sampler_mode,
             velocity_norm_threshold=velocity_norm_threshold, velocity_ema_factor=velocity_ema_factor, dcw=dcw,
-            dcw_scaler=dcw_scaler, dcw_high_scaler=dcw_high_scaler, dcw_wavelet=dcw_wavelet,
+            dcw_scaler=dcw_scaler, dcw_high_scaler=dcw_high_scaler, dcw_wavelet=dcw_wavelet, planner=planner,
         )  # fmt: skip
         v = self._values(**given)
         seed = resolve_seed(seed, len(prompts))
+        plan = self.plan(prompts, asked, v, seed)
+        if plan is not None:  # the planner's codes: a cover of them (module doc)
+            if v["task"] != "text2music" or v["audio_codes"] is not None:
+                raise UserError(
+                    f"{named('planner')} writes the audio codes of a text2music song; it does not combine "
+                    f"with {named('task')} {v['task']} or {named('audio_codes')}"
+                )
+            seconds = check_seconds(plan[0] if plan[0] is not None else seconds, self.max_seconds)
+            given["audio_codes"] = v["audio_codes"] = plan[1]
         seeds = list(seed) if isinstance(seed, list | tuple) else [seed] * len(prompts)
         job = prepare(self, v, given)
         if job.task == "text2music":

@@ -264,7 +264,9 @@ class AceStep:
 
     def _values(self, **given) -> dict:
         # audio inputs may be arrays and codes a list of ints: those are checked where they are read
-        loose = {k: given[k] for k in (*FILE_SETTINGS, "audio_codes") if not isinstance(given[k], str | None)}
+        loose = {
+            k: given[k] for k in (*FILE_SETTINGS, "audio_codes") if not isinstance(given.get(k), str | None)
+        }
         values = check_settings(self.settings, {**given, **dict.fromkeys(loose)})
         values.update(loose)
         guidance, start, end = (

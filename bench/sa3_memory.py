@@ -104,7 +104,7 @@ def measure(folder: Path, args) -> tuple[list[list], dict]:
     t_gen = time.perf_counter()
     out = m.generate(
         "a prompt", seconds=args.seconds, seed=0, on_stage=on_stage, steps=args.steps, headroom_seconds=0.0,
-        stream=bool(args.stream),
+        **({"stream": True} if args.stream else {}),
     )  # fmt: skip
     if args.stream:  # each decoded piece goes to the file as it comes (generate(stream=True))
         import soundfile as sf
@@ -128,6 +128,37 @@ def measure(folder: Path, args) -> tuple[list[list], dict]:
     return rows, info
 
 
+def decode_only(folder: Path, seconds: float) -> list[list]:
+    """Peak of the SAME decode alone at `seconds`: the whole decode vs the exact tiles (same numbers)."""
+    from mlx_audio_generate.codecs.same_tiles import decode_tiles
+    from mlx_audio_generate.stable_audio_3.generate import StableAudio3
+
+    m = StableAudio3.from_pretrained(folder)
+    same = m.model.same
+    n = m.sample_size(seconds, 0.0) // m.model.downsampling_ratio
+    z = mx.random.normal((1, same.latent_dim, n), key=mx.random.key(0))
+    mx.eval(z, [b.parameters() for b in (*same.decoder_blocks, same.decoder_proj)])
+    rows, outs = [], {}
+    runs = {"whole decode": lambda: same.decode(z)}
+    runs["exact tiles (128)"] = lambda: mx.concatenate(list(decode_tiles(same, z)), axis=-1)
+    for name, fn in runs.items():
+        mx.synchronize()
+        mx.clear_cache()
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        t0 = time.perf_counter()
+        out = fn()
+        mx.eval(out)
+        mx.synchronize()
+        rows.append([name, n, time.perf_counter() - t0, base / 1e9, mx.get_peak_memory() / 1e9])
+        outs[name] = np.array(out)
+        del out
+        log(f"   {rows[-1]}")
+    a, b = outs.values()
+    rows.append(["max |tiles - whole|", n, None, None, float(np.abs(a - b).max())])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", default="120", help="comma list of clip lengths")
@@ -139,6 +170,7 @@ def main() -> None:
     ap.add_argument("--low-memory", action="store_true", help="StableAudio3(low_memory=True)")
     ap.add_argument("--same-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--stream", default=None, help="write the audio to this .wav while decoding")
+    ap.add_argument("--decode-only", action="store_true", help="the SAME decode alone: whole vs exact tiles")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--cache", default="/tmp/sa3_memory")
     ap.add_argument("--out")
@@ -153,6 +185,10 @@ def main() -> None:
     rep = Report(title, args.out)
     for s in parse_list(args.seconds, float):
         log(f"== {s:g} s")
+        if args.decode_only:
+            head = ["SAME decode", "latents", "time (s)", "resident before (GB)", "peak (GB)"]
+            rep.table(head, decode_only(folder, s), note=f"{s:g} s x1, SAME float32, random latents")
+            continue
         rows, info = measure(folder, argparse.Namespace(**{**vars(args), "seconds": s}))
         rep.table(
             ["stage", "time (s)", "peak (GB)", "active at end (GB)"],

@@ -148,4 +148,5 @@ FAMILY = Family(
     ),
     download_patterns=_patterns,
     verb="denoising",
+    streams=True,  # generate(stream=True): the decoded audio tile by tile (generate.py)
 )

@@ -69,7 +69,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..audio import load_clip
-from ..codecs.same_tiles import decode_tiles, decode_windows
+from ..codecs.same_tiles import TILE, decode_tiles, decode_windows
 from ..converted import Converted, load_weights, open_folder
 from ..diffusion import flow
 from ..diffusion import samplers as S
@@ -126,6 +126,7 @@ class StableAudio3:
         # which low_memory then leaves resident)
         self.weights_file = weights_file
         self.low_memory = low_memory
+        self.decode_tile = TILE  # latents per exact decode tile: memory and streaming grain, not the numbers
 
     @classmethod
     def from_pretrained(
@@ -228,7 +229,7 @@ class StableAudio3:
         """The SAME decode as consecutive float32 pieces, each evaluated before the next (module doc, 6.)."""
         same = self.model.same
         z = latents.astype(self.same_dtype)  # the reference: latents cast to the pretransform's dtype
-        pieces = decode_windows(same, z) if same.config.chunked else decode_tiles(same, z)
+        pieces = decode_windows(same, z) if same.config.chunked else decode_tiles(same, z, self.decode_tile)
         for piece in pieces:
             yield piece.astype(mx.float32)
 

@@ -9,8 +9,9 @@ is test_sa3_generate.py's (and the tiled decode's test_same_tiles.py's).
 - text-to-audio never reads the SAME encoder; audio-to-audio does.
 - `low_memory=True`: the same audio bit for bit, T5Gemma and the DiT no longer resident after the call, a
   second call the same again (they are read back from model.safetensors).
-- `stream=True`: the pieces joined are the one-shot audio bit for bit (exact tiles of 2 latents, the
-  reference's chunked windows, headroom 6 and 0), also once written piece by piece into a WAV file.
+- `stream=True`: the pieces joined are the one-shot audio bit for bit (exact tiles of 16 latents, the
+  reference's chunked windows, headroom 6 and 0), also once written piece by piece into a WAV file; and the
+  one-shot audio in many tiles is the one-shot audio decoded in one piece.
 - the tiled decode's peak memory is a fraction of the whole decode's on a long sequence.
 """
 
@@ -127,10 +128,13 @@ def test_low_memory_releases_the_text_encoder_and_dit_with_the_same_audio(folder
 @pytest.mark.parametrize("headroom", [6.0, 0.0])
 def test_streamed_pieces_are_the_one_shot_audio(folders, name, headroom):
     m = StableAudio3.from_pretrained(folders[name])
-    m.decode_tile = 2
     seconds = 0.15 if name == "native" else 300.0
     kw = dict(seconds=seconds, seed=5, steps=2, headroom_seconds=headroom)
+    m.decode_tile = 10**6  # one piece: the path test_sa3_generate checks against the reference
+    whole = m.generate("a prompt", **kw)
+    m.decode_tile = 16 if name != "native" else 2
     one = m.generate("a prompt", **kw)
+    np.testing.assert_array_equal(one, whole)  # many tiles: masked, clipped and cut per piece
     pieces = list(m.generate("a prompt", stream=True, **kw))
     if name != "native":  # many tiles / the reference's windows, not one piece
         assert len(pieces) >= 2

@@ -20,8 +20,9 @@ copy to the host, after one warm-up generation of the same shape. Models are bui
 Peak memory: MLX `mx.get_peak_memory()` over the timed generation (weights included: every model resident);
 torch `max_memory_allocated()` on CUDA, peak RSS growth on CPU.
 
-- ours: `StableAudio3` over `SA3Model` (DiT + T5Gemma in `--dtype`, SAME in float32 as `from_converted` loads
-  it), `-q` quantizes the DiT (4-bit, group 64: the family's QuantizeSpec, as `convert -q`).
+- ours: `StableAudio3` over `SA3Model` (DiT + T5Gemma in `--dtype`, SAME in `--same-dtype`, default float32),
+  `-q` quantizes the DiT (4-bit, group 64: the family's QuantizeSpec, as `convert -q`). Peak memory by stage
+  on a converted folder (lazy weights, `low_memory`): bench/sa3_memory.py.
 - mlx-runtime: `optimized/mlx/models/defs/*` (`--peer-dir`), chained as `scripts/sa3_mlx.py` does
   (bench/sa3_peer.py).
 - torch: `stable_audio_3` (`--ref-dir`) `StableAudioModel.generate`, fp16 on CUDA (its from_pretrained's
@@ -73,17 +74,18 @@ class FixedTokens:
         return mx.array(ids), mx.array(mask)
 
 
-def build_ours(name: str, dtype: str, tiny: bool, quantize: bool, chunked: bool):
+def build_ours(name: str, dtype: str, tiny: bool, quantize: bool, chunked: bool, same_dtype: str = "float32"):
     from mlx_audio_generate.quantize import quantize_model
     from mlx_audio_generate.stable_audio_3.family import FAMILY
     from mlx_audio_generate.stable_audio_3.full_model import SA3Model
-    from mlx_audio_generate.stable_audio_3.generate import StableAudio3
+    from mlx_audio_generate.stable_audio_3.generate import StableAudio3, same_dtype_for
 
     cfg, t5 = sa3_config(name, tiny, chunked=chunked), t5gemma_config(tiny)
     model = SA3Model(cfg, t5)
     dt = mx_dtype(dtype)
-    # SAME's output is the waveform: float32 whatever the stored dtype (StableAudio3.from_converted)
-    randomize_mlx(model, lambda k: mx.float32 if k.startswith("same.") else dt)
+    # SAME in `same_dtype` as StableAudio3.from_converted loads it (float32 unless asked; auto: fp16 on CUDA)
+    same_dt = same_dtype_for(None if same_dtype == "auto" else same_dtype)
+    randomize_mlx(model, lambda k: same_dt if k.startswith("same.") else dt)
     if quantize:
         quantize_model(model, FAMILY.quantize, 4, 64)
         mx.eval(model.parameters())
@@ -118,7 +120,8 @@ IMPLS = ("ours", "mlx-runtime", "torch", "diffusers")
 
 def label(impl: str, args, torch_dev: str | None = None) -> str:
     if impl == "ours":
-        return f"ours MLX {args.dtype}" + (" + 4-bit DiT" if args.quantize else "")
+        same = "" if args.same_dtype == "float32" else f", SAME {args.same_dtype}"
+        return f"ours MLX {args.dtype}" + (" + 4-bit DiT" if args.quantize else "") + same
     if impl == "mlx-runtime":
         local = ", fp16 local cond" if args.peer_fp16_local else ""
         return f"Stability MLX runtime (DiT {args.peer_dit_dtype}{local}, T5Gemma fp16, SAME fp32)"
@@ -128,7 +131,7 @@ def label(impl: str, args, torch_dev: str | None = None) -> str:
 
 def build(impl: str, name: str, args):
     if impl == "ours":
-        return build_ours(name, args.dtype, args.tiny, args.quantize, args.chunked_decode)
+        return build_ours(name, args.dtype, args.tiny, args.quantize, args.chunked_decode, args.same_dtype)
     import sa3_peer  # noqa: PLC0415 (torch and the peers' code only load when asked for)
 
     if impl == "mlx-runtime":
@@ -163,6 +166,9 @@ def main() -> None:
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ", ".join(IMPLS))
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="ours")
     ap.add_argument("-q", "--quantize", action="store_true", help="ours: 4-bit DiT (group 64)")
+    ap.add_argument("--same-dtype", default="float32", choices=["float32", "float16", "bfloat16", "auto"],
+                    help="ours: the SAME decode's precision (auto: float16 on MLX-CUDA, as the reference "
+                         "decodes with CUDA; float32 elsewhere)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--cfg", type=float, default=None, help="also run this CFG scale (with APG), e.g. 7")
     ap.add_argument("--headroom", type=float, default=0.0,

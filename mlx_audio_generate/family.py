@@ -30,7 +30,9 @@ class AudioModel(Protocol):
 
     `generate(prompt, seconds=..., seed=..., progress=..., on_stage=..., **settings)` takes the family's
     settings as keywords (its `Family.settings`); families whose `Family.streams` is true also take
-    `stream=True` and then return an iterator of (batch, channels, n) chunks."""
+    `stream=True` and then return an iterator of (batch, channels, n) chunks. A model with a `low_memory`
+    attribute frees, when it is set, the weights a call is done with (read back on the next call): the CLI
+    sets it for a run of one generate call; the server and the Python API leave it off."""
 
     @property
     def sample_rate(self) -> int: ...

@@ -400,6 +400,8 @@ def _main(argv: list[str] | None) -> int:
         # (a terminal only: in a log, a failing run stays the one line of its error)
         print(f"loading {label} ({fam.label})...", file=sys.stderr, flush=True)
     model = load_model(conv)  # malformed files: a one-line error naming the folder
+    if len(items) <= args.batch_size and hasattr(model, "low_memory"):
+        model.low_memory = True  # one generate call: the model may let go of what that call is done with
     written = 0
     try:
         for start in range(0, len(items), args.batch_size):

@@ -30,7 +30,7 @@ the config; the tensors from `sanitize` (weight norm folded).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -524,18 +524,21 @@ def _starts(total: int, size: int, hop: int) -> list[int]:
     return starts
 
 
-def _stitch(run, starts: list[int], outs: list[int], total: int, half: int) -> mx.array:
-    """Concatenate each window's kept part. The reference writes windows in order into a zeroed output,
+def _pieces(run, starts: list[int], outs: list[int], total: int, half: int) -> Iterator[mx.array]:
+    """Each window's kept part, in order. The reference writes windows in order into a zeroed output,
     window i over [out_i + left_i, out_i + right_i) (half the overlap off inner edges); those spans leave no
     gap and later ones win, so window i keeps [lo_i, lo_{i+1}) and the last [lo_last, total)."""
     lo = [o + (0 if i == 0 else half) for i, o in enumerate(outs)]
-    pieces = []
     for i, (s, o) in enumerate(zip(starts, outs, strict=True)):
         end = lo[i + 1] if i + 1 < len(lo) else total
         piece = run(s)[..., lo[i] - o : end - o]
         mx.eval(piece)  # one window's activations at a time: bounded memory
-        pieces.append(piece)
-    return mx.concatenate(pieces, axis=-1)
+        yield piece
+
+
+def _stitch(run, starts: list[int], outs: list[int], total: int, half: int) -> mx.array:
+    """The concatenation of `_pieces`."""
+    return mx.concatenate(list(_pieces(run, starts, outs, total, half)), axis=-1)
 
 
 def load_same(config: SAMEConfig, weights: dict[str, mx.array]) -> SAME:

@@ -156,4 +156,5 @@ FAMILY = Family(
         "foley: footsteps on a wooden floor",
         "cinematic riser with a deep impact at the end",
     ),
+    streams=True,  # generate(stream=True): the decoded audio tile by tile (generate.py)
 )

@@ -29,10 +29,24 @@ One generation is the reference's `StableAudioModel.generate` (stable_audio_3/mo
    (ping-pong for rf_denoiser, Euler for rectified_flow; rk4 / dpmpp too); CFG with APG (SA3DiT.guided).
    The reference's rk4 receives generate()'s per-row schedule, which its loop cannot iterate (it returns the
    noise unchanged); ours runs rk4 on the same schedule values (tested against sample_rk4 on one schedule).
-6. decode: the SAME decoder (chunked, 128 latents with 32 overlap, when the config's `pretransform.chunked`),
-   without the reference decoder's random `mask_noise` (0.01 * randn added to its new tokens at inference:
-   a codec here does not draw hidden noise; same.py), float32; x padding mask, clamp(-1, 1), cut to
-   round(seconds * sr) samples.
+6. decode: the SAME decoder (chunked, 128 latents with 32 overlap, when the config's `pretransform.chunked`;
+   else the whole decode, computed in exact tiles of 128 latents: codecs/same_tiles.py), without the
+   reference decoder's random `mask_noise` (0.01 * randn added to its new tokens at inference: a codec here
+   does not draw hidden noise; same.py), in `same_dtype` (module doc below); x padding mask, clamp(-1, 1),
+   cut to round(seconds * sr) samples. Piece by piece: memory is bounded by one tile / window, and
+   `stream=True` hands each piece over as it is decoded (the concatenation is the one-shot result).
+
+Memory. Weights are read lazily (MLX loads safetensors on first use): text-to-audio never reads the SAME
+encoder (only init / inpaint audio does). `low_memory=True` (the CLI sets it for a run of one generate call)
+also lets go of what a call no longer needs: the T5Gemma conditioner once the conditioning is computed, the
+DiT once the sampling is done; their parameters are re-bound to lazy reads of model.safetensors, so a next
+call reads them again from disk (slower, same numbers). The server and the Python API keep them by default.
+
+SAME precision (`same_dtype`): float32 by default (the parity default), float16 on an MLX-CUDA GPU, as the
+reference decodes there (its `from_pretrained` runs the whole model in fp16 with CUDA, fp32 elsewhere:
+latents cast to the pretransform's dtype, decoded, then `.to(float32)`); "float16" / "bfloat16" / "float32"
+choose (tests/stable_audio_3/test_same_half.py checks fp16 and bf16 against the reference in the same
+precision).
 
 Seeds: `k0, k1 = split(key(seed))` give the initial and per-step (ping-pong) noise; a list of seeds has one
 per prompt and row r draws from its own keys only, so a row equals that prompt generated alone with its seed.
@@ -46,7 +60,7 @@ modules of `StableAudio3.model` before `generate`, which needs no change for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +69,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..audio import load_clip
+from ..codecs.same_tiles import TILE, decode_tiles, decode_windows
 from ..converted import Converted, load_weights, open_folder
 from ..diffusion import flow
 from ..diffusion import samplers as S
@@ -62,6 +77,7 @@ from ..diffusion.latents_io import given_latents, with_latents
 from ..errors import UserError
 from ..progress import OnStage, report_stage, step_reporter
 from ..settings import check_prompts, check_seconds, check_settings, named, resolve_seed
+from ..weights import load_safetensors
 from .conditioners import TextTokenizers, conditioning_inputs
 from .family import DEFAULTS, FAMILY, INIT_NOISE_LEVEL, Defaults, settings
 from .full_model import SA3Model
@@ -73,6 +89,19 @@ AudioInput = str | Path | np.ndarray | mx.array  # a file, or (channels, samples
 HEADROOM_SECONDS = 6.0  # StableAudioModel.generate's duration_padding_sec
 # (initial noise (B, C, L), per-step noise function) for a generation; see `draw_noise`
 NoiseDraw = tuple[mx.array, S.NoiseFn]
+SAME_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def same_dtype_for(name: str | None) -> mx.Dtype:
+    """The SAME decoder's dtype: `name`, or None = float16 on an MLX-CUDA GPU (the reference's CUDA
+    default), float32 elsewhere (module doc)."""
+    if name is None:
+        cuda = getattr(mx, "cuda", None)
+        on_cuda = mx.default_device().type == mx.gpu and cuda is not None and cuda.is_available()
+        return mx.float16 if on_cuda else mx.float32
+    if name not in SAME_DTYPES:
+        raise UserError(f"same_dtype must be one of {', '.join(SAME_DTYPES)}, not {name!r}")
+    return SAME_DTYPES[name]
 
 
 def _row_keys(seed: int) -> tuple[mx.array, mx.array]:
@@ -81,28 +110,49 @@ def _row_keys(seed: int) -> tuple[mx.array, mx.array]:
 
 
 class StableAudio3:
-    def __init__(self, model: SA3Model, tokenizers: TextTokenizers, config: dict):
+    def __init__(
+        self,
+        model: SA3Model,
+        tokenizers: TextTokenizers,
+        config: dict,
+        *,
+        weights_file: Path | None = None,
+        low_memory: bool = False,
+    ):
         self.model = model
         self.tokenizers = tokenizers
         self.config = config
         self.settings = settings(config)  # this checkpoint's (its objective's defaults)
+        # model.safetensors, where released parts are read back from (None: a model built in memory,
+        # which low_memory then leaves resident)
+        self.weights_file = weights_file
+        self.low_memory = low_memory
+        self.decode_tile = TILE  # latents per exact decode tile: memory and streaming grain, not the numbers
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> StableAudio3:
-        return cls.from_converted(open_folder(folder, FAMILY.name))
+    def from_pretrained(
+        cls, folder: str | Path, *, low_memory: bool = False, same_dtype: str | None = None
+    ) -> StableAudio3:
+        return cls.from_converted(
+            open_folder(folder, FAMILY.name), low_memory=low_memory, same_dtype=same_dtype
+        )
 
     @classmethod
-    def from_converted(cls, conv: Converted) -> StableAudio3:
+    def from_converted(
+        cls, conv: Converted, *, low_memory: bool = False, same_dtype: str | None = None
+    ) -> StableAudio3:
         folder, config = conv.folder, conv.config
         for key in ("model_config", "t5gemma"):
             if not isinstance(config.get(key), dict):
                 raise UserError(f"'{folder}/config.json' lacks its '{key}' section; convert the model again")
         model = SA3Model(config["model_config"], config["t5gemma"])
         load_weights(model, conv)
-        # SAME's output is the waveform itself: it runs in float32 whatever the stored dtype.
-        model.same.set_dtype(mx.float32)
+        # SAME's output is the waveform itself: float32 whatever the stored dtype, unless asked (module doc)
+        model.same.set_dtype(same_dtype_for(same_dtype))
         tokenizers = TextTokenizers(model.conditioning_config, {model.text_id: folder})
-        return cls(model, tokenizers, config)
+        return cls(
+            model, tokenizers, config, weights_file=folder / "model.safetensors", low_memory=low_memory
+        )
 
     @property
     def sample_rate(self) -> int:
@@ -172,10 +222,30 @@ class StableAudio3:
         x = mx.array(audio)
         return same.encode_chunked(x) if same.config.chunked else same.encode(x)
 
-    def decode(self, latents: mx.array) -> mx.array:
+    @property
+    def same_dtype(self) -> mx.Dtype:
+        return self.model.same.decoder_proj.weight.dtype
+
+    def decode_pieces(self, latents: mx.array) -> Iterator[mx.array]:
+        """The SAME decode as consecutive float32 pieces, each evaluated before the next (module doc, 6.)."""
         same = self.model.same
-        z = latents.astype(mx.float32)
-        return same.decode_chunked(z) if same.config.chunked else same.decode(z)
+        z = latents.astype(self.same_dtype)  # the reference: latents cast to the pretransform's dtype
+        pieces = decode_windows(same, z) if same.config.chunked else decode_tiles(same, z, self.decode_tile)
+        for piece in pieces:
+            yield piece.astype(mx.float32)
+
+    def decode(self, latents: mx.array) -> mx.array:
+        return mx.concatenate(list(self.decode_pieces(latents)), axis=-1)
+
+    def release(self, part: str) -> None:
+        """Let go of a part's weights ("text": the T5Gemma conditioner, "dit"): its parameters are re-bound to
+        lazy reads of model.safetensors, so they are read again when next used (module doc, Memory)."""
+        if self.weights_file is None:
+            return
+        prefix = {"text": f"conditioner.conditioners.{self.model.text_id}.", "dit": "dit."}[part]
+        fresh = [(k, v) for k, v in load_safetensors(self.weights_file).items() if k.startswith(prefix)]
+        self.model.load_weights(fresh, strict=False)
+        mx.clear_cache()
 
     # -- noise -----------------------------------------------------------------------------------------------
 
@@ -218,7 +288,8 @@ class StableAudio3:
         seconds_total: float | None = None,
         latents: Any = None,
         return_latents: bool = False,
-    ) -> np.ndarray:
+        stream: bool = False,
+    ) -> np.ndarray | Iterator[np.ndarray]:
         """Audio (batch, channels, round(seconds * sample_rate)) float32 for one prompt or a list of them.
 
         seconds None = the whole window (with init / inpaint audio: the clip's length, at most the window);
@@ -229,6 +300,8 @@ class StableAudio3:
         end). lora: adapter files applied for this call ("PATH[:STRENGTH],..." or paths, (path, strength)
         pairs or lora.LoRASpec, stacked in order; the reference's LoRA application, see lora.py).
         headroom_seconds: the reference's duration_padding_sec (module doc; 0 = exact length).
+        stream: return an iterator of consecutive (batch, channels, n) float32 pieces of that audio instead,
+        each handed over as soon as its tile / window is decoded (their concatenation is the result).
         `progress(done, total)` after each step; `on_stage(stage, done, total)` for "text" (0/1, 1/1),
         "generate" (0/steps, then each step) and "decode" (0/1, 1/1), see progress.py.
         Python API only (diffusion/latents_io.py): seconds_total (the "seconds_total" conditioning; default
@@ -258,6 +331,41 @@ class StableAudio3:
         apg = 1.0 if apg is None else apg
         seed = resolve_seed(seed, len(prompts))
         spans = None if regions is None else check_regions(regions, seconds)
+        if stream and return_latents:
+            raise UserError(
+                "return_latents does not combine with stream=True (the latents come before the audio)"
+            )
+        run = dict(
+            seconds=seconds, seed=seed, steps=steps, cfg=cfg, apg=apg, sampler=sampler, lora=lora,
+            initial=initial, seconds_total=seconds_total,
+        )  # fmt: skip
+        pieces = self._pieces(
+            prompts, run, negative_prompt, clip, source, spans, init_noise_level,
+            float(headroom_seconds), n_out, progress, on_stage,
+        )  # fmt: skip
+        if stream:
+            return pieces
+        result = np.concatenate(list(pieces), axis=-1)
+        return with_latents(result, run["final"], return_latents)
+
+    def _pieces(
+        self,
+        prompts: list[str],
+        run: dict[str, Any],
+        negative_prompt: str | None,
+        clip: np.ndarray | None,
+        source: np.ndarray | None,
+        spans: list | None,
+        init_noise_level: float | None,
+        headroom_seconds: float,
+        n_out: int,
+        progress: Progress | None,
+        on_stage: OnStage | None,
+    ) -> Iterator[np.ndarray]:
+        """Steps 1-6 of the module doc for checked inputs; yields the audio piece by piece."""
+        seconds, seed, steps, sampler = run["seconds"], run["seed"], run["steps"], run["sampler"]
+        cfg, apg, lora = run["cfg"], run["apg"], run["lora"]
+        initial, seconds_total = run["initial"], run["seconds_total"]
         b = len(prompts)
 
         # 1. lengths
@@ -297,8 +405,14 @@ class StableAudio3:
                 negative_cross_attn_mask=None if neg is None else neg["cross_attn_mask"],
             )
             dit_cond = dit.cfg_condition(*cond_args, **cond_kwargs)
-            if on_stage is not None:  # the stage's real time
+            # low_memory: T5Gemma can go once what it computed is evaluated (a LoRA on it: after its removal)
+            release = self.low_memory and adapters is None
+            if on_stage is not None or release:  # the stage's real time; the text encoder's last use
                 mx.eval([v for v in (*dit_cond.kv, dit_cond.global_embed) if v is not None])
+                mx.eval([v for v in cond_kwargs.values() if isinstance(v, mx.array)])
+            if release:
+                del cond, neg
+                self.release("text")
             report_stage(on_stage, "text", 1, 1)
 
             # 4. audio-to-audio, 5. sampling
@@ -329,18 +443,31 @@ class StableAudio3:
                 callback=None if report is None else (lambda info: report(info.i + 1, info.steps)),
             )
 
-            # 6. decode
+            run["final"] = out  # return_latents
+            # 6. decode, piece by piece: x padding mask, clamp, cut to n_out (all per sample)
+            if release:
+                del dit_cond, model_fn, cond_args, cond_kwargs
+                self.release("dit")
             report_stage(on_stage, "decode", 0, 1)
-            audio = self.decode(out)
-            keep = np.repeat(pad, ratio)[: audio.shape[-1]]
-            keep = np.pad(keep, (0, max(audio.shape[-1] - keep.shape[0], 0)))
-            audio = mx.clip(audio * mx.array(keep.astype(np.float32)), -1.0, 1.0)[..., :n_out]
-            result = np.array(audio.astype(mx.float32))
+            keep = np.repeat(pad, ratio).astype(np.float32)
+            start = 0
+            for piece in self.decode_pieces(out):
+                n = piece.shape[-1]
+                k = np.zeros(n, np.float32)
+                k[: max(min(keep.shape[0] - start, n), 0)] = keep[start : start + n]
+                piece = mx.clip(piece * mx.array(k), -1.0, 1.0)[..., : max(n_out - start, 0)]
+                if piece.shape[-1]:
+                    yield np.array(piece)
+                start += n
+                if start >= n_out:  # the rest is headroom, cut off anyway
+                    break
             report_stage(on_stage, "decode", 1, 1)
         finally:
             if adapters is not None:
                 adapters.remove()
-        return with_latents(result, out, return_latents)
+            if self.low_memory and adapters is not None:
+                self.release("text")
+                self.release("dit")
 
     def _check_inputs(
         self,

@@ -107,9 +107,9 @@ def generate_like(model, case: dict, t: dict) -> tuple[np.ndarray, np.ndarray, l
         return mx.array(noise), step
 
     latents: list[np.ndarray] = []
-    real_decode = model.decode
+    real_decode = model.decode_pieces  # the decoder's input latents, recorded
     model.draw_noise = draw_noise
-    model.decode = lambda z: (latents.append(np.array(z)), real_decode(z))[1]
+    model.decode_pieces = lambda z: (latents.append(np.array(z)), real_decode(z))[1]
     try:
         kwargs = {k: case[k] for k in GEN_KEYS if k in case}
         for k in ("init_audio", "inpaint_audio"):
@@ -121,7 +121,7 @@ def generate_like(model, case: dict, t: dict) -> tuple[np.ndarray, np.ndarray, l
             kwargs["headroom_seconds"] = case["headroom_seconds"]
         out = model.generate(case["prompts"], seconds=case["seconds"], seed=case["seed"], **kwargs)
     finally:
-        del model.draw_noise, model.decode
+        del model.draw_noise, model.decode_pieces
     return out, latents[0], used
 
 

@@ -66,7 +66,8 @@ def test_stable_audio_t5_offline_names_the_t5_flag(stable_audio_small, offline_e
 def test_downloading_is_said_before_converting(musicgen_dir, tmp_path, monkeypatch, capsys):
     seen = []
 
-    def fake_fetch(model, trust_remote_code=False):  # the hub, here: what stderr said when it was called
+    # the hub, here: what stderr said when it was called
+    def fake_fetch(model, trust_remote_code=False, patterns=None):
         seen.append(capsys.readouterr().err)
         return musicgen_dir
 

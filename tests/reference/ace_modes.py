@@ -99,9 +99,9 @@ def _handler():
     from .ace_generate import _handler as gen_handler
 
     base = gen_handler()
-    stand_in = types.ModuleType("acestep.gpu_config")
+    # one stand-in shared with the planner's builder (ace_planner.py): each adds only what it needs
+    stand_in = sys.modules.setdefault("acestep.gpu_config", types.ModuleType("acestep.gpu_config"))
     stand_in.get_gpu_memory_gb = lambda: 24.0
-    sys.modules.setdefault("acestep.gpu_config", stand_in)
     names = {
         "generate_music_request": "GenerateMusicRequestMixin", "padding_utils": "PaddingMixin",
         "batch_prep": "BatchPrepMixin", "conditioning_batch": "ConditioningBatchMixin",

@@ -127,11 +127,12 @@ def import_llm():
     from .ace import import_ace
 
     import_ace()
-    if "acestep.gpu_config" not in sys.modules:
-        gpu = types.ModuleType("acestep.gpu_config")
-        gpu.get_global_gpu_config = lambda: types.SimpleNamespace(max_duration_with_lm=600, tier="cpu")
-        gpu.get_lm_gpu_memory_ratio = gpu.get_gpu_memory_gb = gpu.get_lm_model_size = lambda *a, **k: None
-        sys.modules["acestep.gpu_config"] = gpu
+    # one stand-in shared with the modes' builder (ace_modes.py, which sets get_gpu_memory_gb): each adds
+    # only what it needs, whichever runs first
+    gpu = sys.modules.setdefault("acestep.gpu_config", types.ModuleType("acestep.gpu_config"))
+    gpu.get_global_gpu_config = lambda: types.SimpleNamespace(max_duration_with_lm=600, tier="cpu")
+    gpu.get_lm_gpu_memory_ratio = gpu.get_lm_model_size = lambda *a, **k: None
+    gpu.get_gpu_memory_gb = lambda: 24.0  # as ace_modes.py has it (only CUDA reads it)
     if "acestep.llm_backend_compat" not in sys.modules:
         compat = types.ModuleType("acestep.llm_backend_compat")
         compat.get_vllm_preflight_warning = lambda *a, **k: None

@@ -37,6 +37,10 @@ MODELS = {
     "ace-step-1.5-turbo": MAIN_REPO,
     "ace-step-1.5-base": "ACE-Step/acestep-v15-base",
     "ace-step-1.5-sft": "ACE-Step/acestep-v15-sft",
+    # the XL (4B) DiTs: their own repos, the VAE and text encoder from the main repo as for base / sft
+    "ace-step-1.5-xl-turbo": "ACE-Step/acestep-v15-xl-turbo",
+    "ace-step-1.5-xl-base": "ACE-Step/acestep-v15-xl-base",
+    "ace-step-1.5-xl-sft": "ACE-Step/acestep-v15-xl-sft",
 }
 TURBO_FOLDER = "acestep-v15-turbo"  # the DiT inside the main repo
 VAE_FOLDER = "vae"

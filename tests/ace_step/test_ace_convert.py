@@ -161,6 +161,10 @@ def test_download_patterns_and_names():
         "silence_latent.pt",
     ]
     assert registry.short_names()["ace-step-1.5-sft"] == "ACE-Step/acestep-v15-sft"
+    assert registry.short_names()["ace-step-1.5-xl-turbo"] == "ACE-Step/acestep-v15-xl-turbo"
+    assert F.FAMILY.download_patterns("ACE-Step/acestep-v15-xl-sft") == list(F.DIT_FILES)
+    assert F.variant_of({"dit": {"model_version": "xl_sft", "is_turbo": False}}) == "sft"
+    assert F.variant_of({"dit": {"model_version": "xl_turbo", "is_turbo": True}}) == "turbo"
     assert registry.for_model("ace-step-1.5-turbo").name == "ace_step"
     assert F.MAIN_REPO in registry.known_repos()
 

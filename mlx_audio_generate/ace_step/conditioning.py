@@ -198,8 +198,7 @@ class AceConditioning(nn.Module):
 # ------------------------------------------------------------------------------------- prompt formats
 # acestep/constants.py and the handler's PromptMixin / MetadataMixin / ConditioningTextMixin.
 
-DEFAULT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
-TASK_INSTRUCTIONS = {
+TASK_INSTRUCTIONS = {  # constants.TASK_INSTRUCTIONS (modes.instruction picks a task's)
     "text2music": "Fill the audio semantic mask based on the given conditions:",
     "repaint": "Repaint the mask area based on the given conditions:",
     "cover": "Generate audio semantic tokens based on the given conditions:",
@@ -219,7 +218,7 @@ _DEFAULT_METAS = "- bpm: N/A\n- timesignature: N/A\n- keyscale: N/A\n- duration:
 
 def format_instruction(instruction: str | None) -> str:
     """The instruction (default: text2music's), ending in a colon."""
-    instruction = instruction or DEFAULT_INSTRUCTION
+    instruction = instruction or TASK_INSTRUCTIONS["text2music"]
     return instruction if instruction.endswith(":") else instruction + ":"
 
 

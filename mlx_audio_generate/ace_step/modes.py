@@ -32,21 +32,11 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
+from .conditioning import TASK_INSTRUCTIONS
 from .family import BASE_ONLY_TASKS, TASKS, TRACK_NAMES  # noqa: F401 (the task names live with the settings)
 
 SOURCE_TASKS = ("repaint", "cover", "lego", "extract", "complete")  # need src_audio (cover: or codes)
 TRACK_TASKS = ("lego", "extract", "complete")
-INSTRUCTIONS = {
-    "text2music": "Fill the audio semantic mask based on the given conditions:",
-    "repaint": "Repaint the mask area based on the given conditions:",
-    "cover": "Generate audio semantic tokens based on the given conditions:",
-    "extract": "Extract the {TRACK_NAME} track from the audio:",
-    "extract_default": "Extract the track from the audio:",
-    "lego": "Generate the {TRACK_NAME} track based on the audio context:",
-    "lego_default": "Generate the track based on the audio context:",
-    "complete": "Complete the input track with {TRACK_CLASSES}:",
-    "complete_default": "Complete the input track:",
-}
 # repaint_mode "balanced", repaint_strength 0.5 (generate_music's defaults) as _resolve_repaint_config maps
 # them
 _INV = 1.0 - 0.5
@@ -61,10 +51,10 @@ def instruction(task: str, track: str | None = None) -> str:
     """The task's instruction text (`generate_instruction`)."""
     if task in TRACK_TASKS:
         if not track:
-            return INSTRUCTIONS[f"{task}_default"]
+            return TASK_INSTRUCTIONS[f"{task}_default"]
         key = "TRACK_CLASSES" if task == "complete" else "TRACK_NAME"
-        return INSTRUCTIONS[task].format(**{key: track.upper()})
-    return INSTRUCTIONS[task]
+        return TASK_INSTRUCTIONS[task].format(**{key: track.upper()})
+    return TASK_INSTRUCTIONS[task]
 
 
 def parse_codes(codes: str | Sequence[int] | np.ndarray, codebook: int) -> np.ndarray:

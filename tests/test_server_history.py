@@ -5,25 +5,15 @@ a model name found in the CLI's cache, the cache folder itself)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from test_server import wait_job
 
 from mlx_audio_generate.server.history import STOPPED, History
 from mlx_audio_generate.server.jobs import Job
 from mlx_audio_generate.server.launch import serve
-
-
-def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
 def submit(client: httpx.Client, prompt: str, seed: int) -> str:
@@ -37,7 +27,7 @@ def test_history_survives_a_restart(musicgen_converted, tmp_path):
     args = ["--model", f"tiny={musicgen_converted}", "--data-dir", str(data)]
     with serve(args, log_path=tmp_path / "log1") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         first, second = submit(c, "warm piano", 7), submit(c, "dusty drums", 8)
-        done = wait_done(c, first), wait_done(c, second)
+        done = wait_job(c, first, timeout=120), wait_job(c, second, timeout=120)
         assert [j["status"] for j in done] == ["done", "done"]
         job = done[0]
         # every stage the model reports, in order, each with a start and an end

@@ -6,7 +6,6 @@ file; region settings are checked against the clip; clips download as WAV, FLAC 
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from test_server import wait_job
 
 import mlx_audio_generate as mag
 from mlx_audio_generate.server.launch import serve
@@ -26,16 +26,6 @@ def wav_bytes(seconds: float, sample_rate: int, channels: int, seed: int = 0) ->
         buf, 0.3 * rng.standard_normal((int(seconds * sample_rate), channels)), sample_rate, format="WAV"
     )
     return buf.getvalue()
-
-
-def wait(c: httpx.Client, job_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = c.get(f"/api/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError("job did not finish")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +84,7 @@ def test_init_audio_job_equals_the_python_api(server, tmp_path):
     }
     r = c.post("/api/jobs", json=body)
     assert r.status_code == 202, r.text
-    job = wait(c, r.json()["id"])
+    job = wait_job(c, r.json()["id"], timeout=180)
     assert job["status"] == "done", job
     assert job["params"]["init_audio"] == up["id"]  # the id, never the server's path
     got, sr = sf.read(io.BytesIO(c.get(job["audio_url"]).content), dtype="float32", always_2d=True)
@@ -106,7 +96,7 @@ def test_init_audio_job_equals_the_python_api(server, tmp_path):
 
     # "send to init": a finished job's clip as the init audio of the next
     body2 = {**body, "init_audio": job["id"], "seed": 4}
-    assert wait(c, c.post("/api/jobs", json=body2).json()["id"])["status"] == "done"
+    assert wait_job(c, c.post("/api/jobs", json=body2).json()["id"], timeout=180)["status"] == "done"
 
 
 @pytest.mark.parametrize(
@@ -137,7 +127,7 @@ def test_inpaint_and_melody_and_audio_prompt(server):
         r = c.post("/api/jobs", json={"model": model, "prompt": "x", "seconds": 1.5, **extra})
         assert r.status_code == 202, r.text
         jobs.append(r.json()["id"])
-    assert [wait(c, j)["status"] for j in jobs] == ["done"] * 3
+    assert [wait_job(c, j, timeout=180)["status"] for j in jobs] == ["done"] * 3
     # a model without melody conditioning does not offer it
     r = c.post("/api/jobs", json={"model": "tiny", "prompt": "x", "seconds": 1.0, "melody": mono})
     assert r.status_code == 422 and "does not apply" in r.json()["message"]
@@ -149,7 +139,8 @@ def test_inpaint_and_melody_and_audio_prompt(server):
 
 def test_download_formats(server):
     c = server.client
-    job = wait(c, c.post("/api/jobs", json={"model": "tiny", "prompt": "x", "seconds": 0.5}).json()["id"])
+    r = c.post("/api/jobs", json={"model": "tiny", "prompt": "x", "seconds": 0.5})
+    job = wait_job(c, r.json()["id"], timeout=180)
     wav, sr = sf.read(io.BytesIO(c.get(job["audio_url"]).content), dtype="float32", always_2d=True)
     for fmt, media in (("flac", "audio/flac"), ("mp3", "audio/mpeg")):
         r = c.get(job["audio_url"], params={"format": fmt})

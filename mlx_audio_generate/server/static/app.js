@@ -46,7 +46,10 @@ const selectedModel = () => state.models.find((m) => m.name === $("model").value
 
 async function loadModels() {
   const res = await api("/api/models");
-  if (!res.ok) return showError(errorText(res));
+  if (!res.ok) {
+    showError(errorText(res));
+    return loadHistory(); // otherwise onModelChange loads it
+  }
   state.models = res.data;
   const select = $("model");
   select.replaceChildren(...state.models.map((m) =>
@@ -409,6 +412,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("loop").addEventListener("change", () => { $("player").loop = $("loop").checked; });
   $("spectrogram").addEventListener("change", () => toggleSpectrogram($("player"), $("spectrogram").checked));
   $("ab-switch").addEventListener("click", switchAB);
-  loadModels();
-  loadHistory();
+  loadModels(); // and the history, once the model's audio inputs are known (onModelChange)
 });

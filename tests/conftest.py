@@ -138,3 +138,16 @@ def melody_converted(melody_dir, tmp_path_factory):
     from mlx_audio_generate.convert import convert
 
     return convert(str(melody_dir), tmp_path_factory.mktemp("conv") / "melody")
+
+
+@pytest.fixture(scope="session")
+def sa3_same_live(tmp_path_factory):
+    """The SAME reference outputs (tests/reference/sa3_same.py) made live once per session, for every test
+    file that compares with them (test_same.py, test_same_tiles.py); None without ../shared/reference."""
+    from tests.reference.sa3 import reference_root
+
+    if reference_root() is None:
+        return None
+    from tests.reference.sa3_same import make
+
+    return make(tmp_path_factory.mktemp("sa3_same"))

@@ -22,7 +22,7 @@ from mlx_audio_generate.codecs.same import IGNORED, SAME, SAMEConfig, load_same
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference.parity import rel_err
-from tests.reference.sa3 import REPO, reference_root
+from tests.reference.sa3 import REPO
 
 TOL = 1e-4
 PREFIX = "pretransform.model."
@@ -53,23 +53,14 @@ def ours():
     return {name: convert(name) for name in NAMES}
 
 
-@pytest.fixture(scope="session")
-def live_dir(tmp_path_factory):
-    if reference_root() is None:
-        return None
-    from tests.reference.sa3_same import make
-
-    return make(tmp_path_factory.mktemp("sa3_same"))
-
-
 @pytest.fixture(params=["committed", "live"])
-def source(request, live_dir):
+def source(request, sa3_same_live):
     """The folder of reference outputs: the committed fixtures, or a live run of the reference."""
-    if request.param == "live" and live_dir is None:
+    if request.param == "live" and sa3_same_live is None:
         pytest.skip(
             "reference sources (../shared/reference) absent: compared with the committed outputs only"
         )
-    return COMMITTED if request.param == "committed" else live_dir
+    return COMMITTED if request.param == "committed" else sa3_same_live
 
 
 @pytest.fixture
@@ -78,17 +69,19 @@ def ref(source):
     return {name: load_file(str(source / f"{name}.safetensors")) for name in (*NAMES, *DEEP)}
 
 
-def test_live_inputs_match_committed(live_dir):
+def test_live_inputs_match_committed(sa3_same_live):
     """The fixture inputs and random weights are deterministic: a live run rebuilds the committed ones."""
-    if live_dir is None:
+    if sa3_same_live is None:
         pytest.skip("reference sources (../shared/reference) absent: nothing to rebuild")
     for name in (*NAMES, *DEEP):
-        live, committed = (load_file(str(d / f"{name}.safetensors")) for d in (live_dir, COMMITTED))
+        live, committed = (load_file(str(d / f"{name}.safetensors")) for d in (sa3_same_live, COMMITTED))
         for key in ("audio", "audio_pad", "chunk_latents", "long_latents", "chunk_audio"):
             if key in committed:
                 np.testing.assert_array_equal(live[key], committed[key])
     for name in DEEP:
-        live, committed = (load_file(str(d / f"{name}_model.safetensors")) for d in (live_dir, COMMITTED))
+        live, committed = (
+            load_file(str(d / f"{name}_model.safetensors")) for d in (sa3_same_live, COMMITTED)
+        )
         assert live.keys() == committed.keys()
         for key in live:
             np.testing.assert_array_equal(live[key], committed[key])

@@ -25,7 +25,6 @@ from mlx_audio_generate.codecs.same import SAME, SAMEConfig, load_same
 from mlx_audio_generate.codecs.same_tiles import decode_tiles, decode_windows, decoder_reach
 from mlx_audio_generate.weights import Checkpoint
 from tests.reference.parity import rel_err
-from tests.reference.sa3 import reference_root
 
 TOL = 1e-4
 WINDOW_TOL = 1e-6  # a sliding-window tile against the whole decode: float32 summation order
@@ -74,22 +73,13 @@ def test_tiles_need_their_halo(models, name):
     assert err > 10 * WINDOW_TOL, (name, err)
 
 
-@pytest.fixture(scope="module")
-def live_dir(tmp_path_factory):
-    if reference_root() is None:
-        return None
-    from tests.reference.sa3_same import make
-
-    return make(tmp_path_factory.mktemp("sa3_same_tiles"))
-
-
 @pytest.fixture(params=["committed", "live"])
-def source(request, live_dir):
-    if request.param == "live" and live_dir is None:
+def source(request, sa3_same_live):
+    if request.param == "live" and sa3_same_live is None:
         pytest.skip(
             "reference sources (../shared/reference) absent: compared with the committed outputs only"
         )
-    return COMMITTED if request.param == "committed" else live_dir
+    return COMMITTED if request.param == "committed" else sa3_same_live
 
 
 @pytest.mark.parametrize("name", ("small", "medium"))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import registry
+from .distributed import barrier, gather_bytes, init_group
 from .errors import UserError
 from .family import Family
 from .progress import is_terminal
@@ -460,59 +461,6 @@ def run_shard(
             f"{len(rows)} of {len(items)} item(s) done{where}; rerun the same command to generate the rest"
         ) from None
     return rows
-
-
-# -- collectives ---------------------------------------------------------------------------------------
-
-
-def gather_bytes(data: bytes, group: Any) -> list[bytes]:
-    """Every rank's `data`, in rank order, on every rank: the lengths are all_gather'ed first, then each
-    rank's bytes padded to the longest as one uint8 array (all_gather needs equal shapes)."""
-    import mlx.core as mx
-
-    size = group.size()
-    if size == 1:
-        return [data]
-    lengths = np.array(mx.distributed.all_gather(mx.array([len(data)], dtype=mx.int64), group=group))
-    width = max(int(lengths.max()), 1)
-    buf = np.zeros(width, np.uint8)
-    buf[: len(data)] = np.frombuffer(data, np.uint8)
-    gathered = np.array(mx.distributed.all_gather(mx.array(buf), group=group)).reshape(size, width)
-    return [gathered[r, : int(lengths[r])].tobytes() for r in range(size)]
-
-
-def launched_size() -> int | None:
-    """The number of ranks a launcher says it started (NCCL's MLX_WORLD_SIZE, the ring's hostfile), if any."""
-    if os.environ.get("MLX_WORLD_SIZE", "").isdigit():
-        return int(os.environ["MLX_WORLD_SIZE"])
-    try:
-        hosts = json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text())
-        return len(hosts) if isinstance(hosts, list) else None
-    except (KeyError, OSError, ValueError):
-        return None
-
-
-def init_group() -> Any:
-    """`mx.distributed.init()`, refusing a size-1 group where a launcher started several ranks: each rank
-    would then do the whole job (duplicate work and races on the same files)."""
-    import mlx.core as mx
-
-    group = mx.distributed.init()
-    expected = launched_size()
-    if group.size() == 1 and expected and expected > 1:
-        raise UserError(
-            f"started as one of {expected} ranks, but MLX's distributed layer did not connect them (group of "
-            "size 1); check the hostfile's IPs and ports, or the backend (mlx.launch --backend ring|nccl)"
-        )
-    return group
-
-
-def barrier(group: Any) -> None:
-    """Wait until every rank gets here (an all_sum nobody reads)."""
-    import mlx.core as mx
-
-    if group.size() > 1:
-        mx.eval(mx.distributed.all_sum(mx.ones(1), group=group))
 
 
 def write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:

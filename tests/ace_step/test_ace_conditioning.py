@@ -16,7 +16,6 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from mlx_audio_generate.ace_step.condition_blocks import AceConditionConfig
 from mlx_audio_generate.ace_step.conditioning import (
@@ -33,7 +32,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.text.qwen3 import Qwen3Tokenizer
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import ace, ace_conditioning
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
@@ -41,17 +40,11 @@ CASES = list(ace_conditioning.CASES)
 DECODER = [r"decoder\..*"]  # the DiT's tensors (ace_step/dit.py)
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
     """(meta, arrays) of the committed fixture, or of make() rerun now (needs the reference sources)."""
-    if request.param == "committed":
-        folder = FIXTURES / "conditioning"
-    else:
-        if ace.reference_root() is None:
-            pytest.skip("ACE-Step reference sources not here: the committed reference outputs are used")
-        folder = ace_conditioning.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return meta, load_file(str(folder / "conditioning.safetensors"))
+    live = None if ace.reference_root() is None else ace_conditioning.live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "conditioning", live), "conditioning")
 
 
 def config(variant: str = "turbo") -> dict:

@@ -27,7 +27,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference.ace import REPO, reference_root
 from tests.reference.ace_dit import CASES, GENS, MODELS
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 
 TOL = 1e-4
 COMMITTED = REPO / "tests/fixtures/ace/dit"
@@ -66,14 +66,10 @@ def live_dir(tmp_path_factory):
     return make(tmp_path_factory.mktemp("ace_dit"))
 
 
-@pytest.fixture(params=["committed", "live"])
+@pytest.fixture(params=SOURCES)
 def ref(request, live_dir):
     """name -> reference arrays: the committed fixtures, or a live run of the reference."""
-    if request.param == "live" and live_dir is None:
-        pytest.skip(
-            "reference sources (../shared/reference) absent: compared with the committed outputs only"
-        )
-    base = COMMITTED if request.param == "committed" else live_dir
+    base = reference_outputs(request.param, COMMITTED, live_dir)
     return {name: load_file(str(base / f"{name}.safetensors")) for name in (*MODELS, "apg")}
 
 

@@ -10,37 +10,29 @@ The reference's torch noise goes in through `AceStep.draw_noise` (torch's genera
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 import mlx_audio_generate as mag
 from mlx_audio_generate.ace_step.generate import AceStep, peak_normalize, tiled_decode
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
 from tests.reference import ace, ace_generate
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 CASES = list(ace_generate.CASES)
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
-    if request.param == "committed":
-        folder = FIXTURES / "generate"
-    else:
-        if ace.reference_root() is None:
-            pytest.skip("ACE-Step reference sources not here: the committed reference outputs are used")
-        folder = ace_generate.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return meta, load_file(str(folder / "generate.safetensors"))
+    live = None if ace.reference_root() is None else ace_generate.live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "generate", live), "generate")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from mlx_audio_generate.cli import generate as generate_cli
 from mlx_audio_generate.convert import convert
 from mlx_audio_generate.errors import UserError
 from tests.reference import ace, ace_lora
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
@@ -36,16 +36,11 @@ COMMITTED = FIXTURES / "lora"
 CASES = list(ace_lora.CASES)
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
-    if request.param == "committed":
-        folder = COMMITTED
-    else:
-        if ace.reference_root() is None:
-            pytest.skip("ACE-Step reference sources not here: the committed reference outputs are used")
-        folder = ace_lora.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return folder, meta, load_file(str(folder / "lora.safetensors"))
+    live = None if ace.reference_root() is None else ace_lora.live
+    folder = reference_outputs(request.param, COMMITTED, live)
+    return folder, *meta_and_arrays(folder, "lora")
 
 
 @pytest.fixture(scope="module")

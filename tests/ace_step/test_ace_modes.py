@@ -15,14 +15,12 @@ the reference draws at random is injected into ours (and said so here):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 import mlx_audio_generate as mag
 from mlx_audio_generate.ace_step import modes as M
@@ -33,23 +31,17 @@ from mlx_audio_generate.errors import UserError
 from tests.reference import ace, ace_modes
 from tests.reference.ace_modes import test_audio as make_audio
 from tests.reference.ace_modes import test_codes as make_codes
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 CASES = list(ace_modes.CASES)
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
-    if request.param == "committed":
-        folder = FIXTURES / "modes"
-    else:
-        if ace.reference_root() is None:
-            pytest.skip("ACE-Step reference sources not here: the committed reference outputs are used")
-        folder = ace_modes.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return meta, load_file(str(folder / "modes.safetensors"))
+    live = None if ace.reference_root() is None else ace_modes.live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "modes", live), "modes")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from mlx_audio_generate.ace_step import planner_run
 from mlx_audio_generate.ace_step.planner import Planner, max_new_tokens
@@ -34,23 +33,17 @@ from mlx_audio_generate.ace_step.planner_prompt import (
 )
 from mlx_audio_generate.errors import UserError
 from tests.reference import ace, ace_planner
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ace"
 LM = FIXTURES / "planner" / ace_planner.LM_FOLDER
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
-    if request.param == "committed":
-        folder = FIXTURES / "planner"
-    else:
-        if ace.reference_root() is None:
-            pytest.skip("ACE-Step reference sources not here: the committed reference outputs are used")
-        folder = ace_planner.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return meta, load_file(str(folder / "planner.safetensors"))
+    live = None if ace.reference_root() is None else ace_planner.live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "planner", live), "planner")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import ace, ace_samplers
 from tests.reference.ace_samplers import ADG_CASES, DCW_LENGTHS, RUNS, WAVELETS, Run
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = ace.REPO / "tests" / "fixtures" / "ace"
@@ -40,14 +40,10 @@ COMMITTED = FIXTURES / "samplers"
 OTHER_PARTS = [r"encoder\..*", r"tokenizer\..*", r"detokenizer\..*", r"null_condition_emb"]
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
-    if request.param == "committed":
-        folder = COMMITTED
-    else:
-        if ace.reference_root() is None:
-            pytest.skip("ACE-Step reference sources not here: the committed reference outputs are used")
-        folder = ace_samplers.live()
+    live = None if ace.reference_root() is None else ace_samplers.live
+    folder = reference_outputs(request.param, COMMITTED, live)
     return {n: load_file(str(folder / f"{n}.safetensors")) for n in ("turbo", "base", "parts")}
 
 

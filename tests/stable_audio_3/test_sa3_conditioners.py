@@ -21,7 +21,6 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio_3.conditioners import (
@@ -38,7 +37,7 @@ from mlx_audio_generate.stable_audio_3.conditioners import (
 from mlx_audio_generate.text.t5gemma import T5GemmaConfig, T5GemmaTokenizer, t5gemma_ignore_patterns
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import sa3, sa3_conditioning
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sa3"
@@ -46,16 +45,10 @@ MODELS = ("small", "medium")
 OTHER_CONVERTERS = [r"model\.model\..*", r"pretransform\.model\..*"]  # the DiT's and SAME's tensors
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
-    if request.param == "committed":
-        folder = FIXTURES / "conditioning"
-    else:
-        if sa3.reference_root() is None:
-            pytest.skip("Stable Audio 3 reference sources not here: the committed reference outputs are used")
-        folder = sa3_conditioning.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return meta, load_file(str(folder / "conditioning.safetensors"))
+    live = None if sa3.reference_root() is None else sa3_conditioning.live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "conditioning", live), "conditioning")
 
 
 def model_config(name: str) -> dict:

@@ -26,7 +26,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio_3 import dit as dit_module
 from mlx_audio_generate.stable_audio_3.dit import SA3DiT, SA3DiTConfig, expo_frequencies
 from mlx_audio_generate.weights import Checkpoint, read_tensors
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 from tests.reference.sa3 import REPO, reference_root
 from tests.reference.sa3_dit import CASES, MODELS, T_VALUES
 
@@ -69,14 +69,10 @@ def live_dir(tmp_path_factory):
     return make(tmp_path_factory.mktemp("sa3_dit"))
 
 
-@pytest.fixture(params=["committed", "live"])
+@pytest.fixture(params=SOURCES)
 def ref(request, live_dir):
     """name -> reference inputs and outputs: the committed fixtures, or a live run of the reference."""
-    if request.param == "live" and live_dir is None:
-        pytest.skip(
-            "reference sources (../shared/reference) absent: compared with the committed outputs only"
-        )
-    base = COMMITTED if request.param == "committed" else live_dir
+    base = reference_outputs(request.param, COMMITTED, live_dir)
     return {name: load_file(str(base / f"{name}.safetensors")) for name in MODELS}
 
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 import mlx_audio_generate as mag
 from mlx_audio_generate.convert import convert
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs
 from tests.reference.sa3 import reference_root
 from tests.reference.sa3_generate import variant_config
 
@@ -43,20 +43,16 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sa3"
 GEN_KEYS = ("steps", "cfg_scale", "apg_scale", "sampler", "negative_prompt", "init_noise_level")
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request, tmp_path_factory):
-    if request.param == "committed":
-        folder = FIXTURES / "generate"
-    else:
-        if reference_root() is None:
-            pytest.skip(
-                "live reference run: ../shared/reference is not here (the committed outputs were checked)"
-            )
+
+    def live() -> Path:
         from tests.reference.sa3_generate import make
 
-        folder = make(tmp_path_factory.mktemp("sa3-generate"))
-    meta = json.loads((folder / "meta.json").read_text())
-    return meta, load_file(str(folder / "generate.safetensors"))
+        return make(tmp_path_factory.mktemp("sa3-generate"))
+
+    live_run = None if reference_root() is None else live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "generate", live_run), "generate")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from mlx_audio_generate.stable_audio_3.dit import SA3DiT, SA3DiTConfig
 from mlx_audio_generate.stable_audio_3.lora import LoRALinear, LoRASpec, apply_loras, read_lora, targets
 from mlx_audio_generate.text.t5gemma import T5GemmaConfig
 from mlx_audio_generate.weights import Checkpoint, read_tensors
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 from tests.reference.sa3 import REPO, reference_root
 from tests.reference.sa3_lora import LORAS, MODELS, SCENARIOS, SECONDS, T_VALUES, lora_file
 
@@ -91,14 +91,10 @@ def live_dir(tmp_path_factory):
     return make(tmp_path_factory.mktemp("sa3_lora"))
 
 
-@pytest.fixture(params=["committed", "live"])
+@pytest.fixture(params=SOURCES)
 def ref(request, live_dir):
     """name -> (folder of its adapter files, reference arrays): committed, or a live run of the reference."""
-    if request.param == "live" and live_dir is None:
-        pytest.skip(
-            "reference sources (../shared/reference) absent: compared with the committed outputs only"
-        )
-    base = COMMITTED if request.param == "committed" else live_dir
+    base = reference_outputs(request.param, COMMITTED, live_dir)
     return {name: (base / name, load_file(str(base / name / "reference.safetensors"))) for name in MODELS}
 
 

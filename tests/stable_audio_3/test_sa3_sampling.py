@@ -24,6 +24,7 @@ from safetensors import safe_open
 from mlx_audio_generate.diffusion import flow as F
 from mlx_audio_generate.diffusion import samplers as S
 from mlx_audio_generate.errors import UserError
+from tests.reference.parity import SOURCES, reference_outputs
 from tests.reference.sa3 import reference_root
 
 TOL = 1e-4
@@ -49,17 +50,15 @@ class Ref:
         self.model = model
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request, tmp_path_factory) -> Ref:
-    if request.param == "committed":
-        return Ref(FIXTURE)
-    if reference_root() is None:
-        pytest.skip(
-            "live reference run: ../shared/reference is not here (the committed outputs were checked)"
-        )
-    from tests.reference.sa3_sampling import make
 
-    return Ref(make(tmp_path_factory.mktemp("sa3-sampling")))
+    def live() -> Path:
+        from tests.reference.sa3_sampling import make  # torch and the reference: only for the live run
+
+        return make(tmp_path_factory.mktemp("sa3-sampling"))
+
+    return Ref(reference_outputs(request.param, FIXTURE, None if reference_root() is None else live))
 
 
 def rel(ours, ref: np.ndarray) -> float:

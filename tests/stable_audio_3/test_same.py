@@ -21,7 +21,7 @@ from mlx_audio_generate.codecs import same_blocks
 from mlx_audio_generate.codecs.same import IGNORED, SAME, SAMEConfig, load_same
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.weights import Checkpoint, read_tensors
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 from tests.reference.sa3 import REPO
 
 TOL = 1e-4
@@ -53,14 +53,10 @@ def ours():
     return {name: convert(name) for name in NAMES}
 
 
-@pytest.fixture(params=["committed", "live"])
+@pytest.fixture(params=SOURCES)
 def source(request, sa3_same_live):
     """The folder of reference outputs: the committed fixtures, or a live run of the reference."""
-    if request.param == "live" and sa3_same_live is None:
-        pytest.skip(
-            "reference sources (../shared/reference) absent: compared with the committed outputs only"
-        )
-    return COMMITTED if request.param == "committed" else sa3_same_live
+    return reference_outputs(request.param, COMMITTED, sa3_same_live)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from test_same import convert
 from mlx_audio_generate.codecs.same_tiles import decode_tiles
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio_3.generate import same_dtype_for
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 from tests.reference.sa3 import REPO, reference_root
 
 COMMITTED = REPO / "tests/fixtures/sa3/same_half"
@@ -38,13 +38,9 @@ def live_dir(tmp_path_factory):
     return make(tmp_path_factory.mktemp("sa3_same_half"))
 
 
-@pytest.fixture(params=["committed", "live"])
+@pytest.fixture(params=SOURCES)
 def source(request, live_dir):
-    if request.param == "live" and live_dir is None:
-        pytest.skip(
-            "reference sources (../shared/reference) absent: compared with the committed outputs only"
-        )
-    return COMMITTED if request.param == "committed" else live_dir
+    return reference_outputs(request.param, COMMITTED, live_dir)
 
 
 def decode(name: str, dtype: str, z: np.ndarray) -> np.ndarray:

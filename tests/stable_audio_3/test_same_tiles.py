@@ -24,7 +24,7 @@ from test_same import COMMITTED, convert
 from mlx_audio_generate.codecs.same import SAME, SAMEConfig, load_same
 from mlx_audio_generate.codecs.same_tiles import decode_tiles, decode_windows, decoder_reach
 from mlx_audio_generate.weights import Checkpoint
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, reference_outputs, rel_err
 
 TOL = 1e-4
 WINDOW_TOL = 1e-6  # a sliding-window tile against the whole decode: float32 summation order
@@ -73,13 +73,9 @@ def test_tiles_need_their_halo(models, name):
     assert err > 10 * WINDOW_TOL, (name, err)
 
 
-@pytest.fixture(params=["committed", "live"])
+@pytest.fixture(params=SOURCES)
 def source(request, sa3_same_live):
-    if request.param == "live" and sa3_same_live is None:
-        pytest.skip(
-            "reference sources (../shared/reference) absent: compared with the committed outputs only"
-        )
-    return COMMITTED if request.param == "committed" else sa3_same_live
+    return reference_outputs(request.param, COMMITTED, sa3_same_live)
 
 
 @pytest.mark.parametrize("name", ("small", "medium"))

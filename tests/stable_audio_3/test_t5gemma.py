@@ -16,7 +16,6 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.text.t5gemma import (
@@ -28,24 +27,18 @@ from mlx_audio_generate.text.t5gemma import (
 )
 from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference import sa3, sa3_conditioning
-from tests.reference.parity import rel_err
+from tests.reference.parity import SOURCES, meta_and_arrays, reference_outputs, rel_err
 
 TOL = 1e-4
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sa3"
 T5DIRS = {m: FIXTURES / m / "t5gemma-b-b-ul2" for m in ("small", "medium")}
 
 
-@pytest.fixture(scope="module", params=["committed", "live"])
+@pytest.fixture(scope="module", params=SOURCES)
 def ref(request):
     """(meta, arrays) of the committed fixture, or of make() rerun now (needs the reference sources)."""
-    if request.param == "committed":
-        folder = FIXTURES / "conditioning"
-    else:
-        if sa3.reference_root() is None:
-            pytest.skip("Stable Audio 3 reference sources not here: the committed reference outputs are used")
-        folder = sa3_conditioning.live()
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    return meta, load_file(str(folder / "conditioning.safetensors"))
+    live = None if sa3.reference_root() is None else sa3_conditioning.live
+    return meta_and_arrays(reference_outputs(request.param, FIXTURES / "conditioning", live), "conditioning")
 
 
 @pytest.fixture(scope="module")

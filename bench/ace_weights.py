@@ -11,12 +11,12 @@ Sizes (`SIZES`): "real" = the released configs (reference README §6.2: 2B DiT 2
 Qwen3-Embedding-0.6B 1024 x 28 with its 151,669-token vocabulary, the 48 kHz Oobleck VAE with 128
 decoder channels); "small" = the real layer shapes with 4 DiT / 4 Qwen3 layers and a quarter-width VAE (an
 affordable CPU comparison);
-"tiny" = tests/reference/ace.py's tiny checkpoints (a smoke test of the script). Shapes come from the
-reference classes (the upstream AceStep model and transformers' Qwen3Model built on the meta device; the
-VAE's diffusers layout from `oobleck_shapes`, checked against diffusers by tests/bench/test_ace_bench.py);
-values are drawn straight in the stored dtype with torch.randn (on the GPU when there is one): no slow
-fp32 initialisers, no downloads. The silence latent is random too (15,000 frames, as shipped).
-Random weights cost what trained ones do.
+"tiny" = the committed tiny checkpoints of tests/fixtures/ace, sizes read from their configs (a smoke test
+of the script). Shapes come from the reference classes (the upstream AceStep model and transformers'
+Qwen3Model built on the meta device; the VAE's diffusers layout from `oobleck_shapes`, checked against
+diffusers by tests/bench/test_ace_bench.py); values are drawn straight in the stored dtype with torch.randn
+(on the GPU when there is one): no slow fp32 initialisers, no downloads. The silence latent is random too
+(15,000 frames, as shipped). Random weights cost what trained ones do.
 """
 
 from __future__ import annotations
@@ -61,6 +61,22 @@ VAE_REAL = dict(
 )
 # AceStepConfig's own defaults are the 2B release (README §6.2); only the variant keys are set for "real"
 DIT_REAL: dict = {}
+TINY = ROOT / "tests" / "fixtures" / "ace"
+# Keys of a saved config that name its file, class or version, not a size (dropped when one is reused).
+_NOT_SIZES = {"architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "model_version",
+              "is_turbo", "_name_or_path", "_class_name", "_diffusers_version"}  # fmt: skip
+
+
+def _tiny_sizes() -> dict:
+    """The sizes of the committed tiny checkpoints, read from their configs (never a second copy)."""
+
+    def read(name: str) -> dict:
+        config = json.loads((TINY / name / "config.json").read_text())
+        return {k: v for k, v in config.items() if k not in _NOT_SIZES}
+
+    return {"dit": read("acestep-v15-turbo"), "qwen": read("Qwen3-Embedding-0.6B"), "vae": read("vae")}
+
+
 SIZES = {
     "real": {"dit": DIT_REAL, "qwen": QWEN_REAL, "vae": VAE_REAL},
     "small": {  # the real layer shapes, fewer layers; the VAE at a quarter of its decoder width
@@ -74,37 +90,7 @@ SIZES = {
         "qwen": dict(QWEN_REAL, num_hidden_layers=4),
         "vae": dict(VAE_REAL, decoder_channels=32),
     },
-    "tiny": {  # tests/reference/ace.py's tiny checkpoints (A = 8 latent channels)
-        "dit": dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            sliding_window=4,
-            layer_types=["sliding_attention", "full_attention"],
-            num_lyric_encoder_hidden_layers=2,
-            num_timbre_encoder_hidden_layers=2,
-            num_attention_pooler_hidden_layers=1,
-            text_hidden_dim=32,
-            timbre_hidden_dim=8,
-            audio_acoustic_hidden_dim=8,
-            in_channels=24,
-            fsq_dim=64,
-        ),
-        "qwen": dict(
-            QWEN_REAL,
-            vocab_size=311,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-        ),
-        "vae": dict(VAE_REAL, encoder_hidden_size=16, decoder_channels=4, decoder_input_channels=8),
-    },
+    "tiny": _tiny_sizes(),  # the committed tiny checkpoints (tests/reference/ace.py wrote them)
 }
 
 

@@ -157,6 +157,10 @@ def true_peak(audio: np.ndarray, sample_rate: int) -> float:
     return float(np.abs(resample_poly(audio, factor, 1, axis=-1)).max(initial=0.0))
 
 
+LOUDNESS_RANGE = (-70.0, 0.0)  # the loudness targets (LUFS) the CLI's --normalize and the server take
+MIN_LOUDNESS_SECONDS = 0.4  # BS.1770's gating block: a shorter clip has no integrated loudness
+
+
 def loudness_normalize(
     audio: np.ndarray, sample_rate: int, target_lufs: float = -14.0, max_true_peak_db: float = -1.0
 ) -> tuple[np.ndarray, dict]:
@@ -166,8 +170,10 @@ def loudness_normalize(
 
     audio = np.asarray(audio, dtype=np.float64)
     meter = pyloudnorm.Meter(sample_rate)
-    if audio.shape[-1] < int(0.4 * sample_rate):
-        raise UserError("--normalize needs at least 0.4 s of audio (the BS.1770 gating block)")
+    if audio.shape[-1] < int(MIN_LOUDNESS_SECONDS * sample_rate):
+        raise UserError(
+            f"--normalize needs at least {MIN_LOUDNESS_SECONDS:g} s of audio (the BS.1770 gating block)"
+        )
     loudness = meter.integrated_loudness(audio.T)
     if not np.isfinite(loudness):  # digital silence: nothing to normalise
         return audio.astype(np.float32), {"loudness_lufs": None, "gain_db": 0.0, "target_lufs": target_lufs}

@@ -32,7 +32,11 @@ class AudioModel(Protocol):
     settings as keywords (its `Family.settings`); families whose `Family.streams` is true also take
     `stream=True` and then return an iterator of (batch, channels, n) chunks. A model with a `low_memory`
     attribute frees, when it is set, the weights a call is done with (read back on the next call): the CLI
-    sets it for a run of one generate call; the server and the Python API leave it off."""
+    sets it for a run of one generate call; the server and the Python API leave it off.
+
+    A long-form model (`Family.long_form`) may also have `window_steps(seconds, **settings) -> list[int]`:
+    the decoder steps of each window a `generate` call with these arguments runs (they add up to the
+    "generate" stage's total), so a progress display can say which window is running (the server)."""
 
     @property
     def sample_rate(self) -> int: ...
@@ -105,9 +109,13 @@ class Family:
     convert_settings: tuple[Setting, ...] = ()  # extra mlx-audio-convert options (e.g. a text encoder)
     streams: bool = False  # generate(..., stream=True) is supported
     long_form: bool = False  # seconds may exceed the model's window (max_seconds) in the CLI, batch and API
+    # with long_form: the longest clip one call makes (the server's and UI's limit beyond the window)
+    max_total_seconds: float | None = None
     verb: str = "generating"  # the CLI's progress label for the "generate" stage
     examples: tuple[str, ...] = ()  # example prompts the web UI offers (presets a user can start from)
     repos: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repos", frozenset(self.models.values()))
+        if self.long_form and self.max_total_seconds is None:
+            raise ValueError(f"family {self.name}: long_form needs max_total_seconds (the longest clip)")

@@ -86,6 +86,7 @@ def test_models(client):
         "top_p": 0.0,
         "guidance_coef": 3.0,
         "audio_prompt": None,  # an upload's id (test_server_uploads.py); no melody: not a melody model
+        "extend_stride": None,  # long form (test_server_output.py)
     }
     sa = models["sa"]
     assert sa["family"] == "stable_audio" and sa["sample_rate"] == 44100 and 0 < sa["max_seconds"] < 1
@@ -178,7 +179,7 @@ def test_concurrent_clients(server):
         ({"prompt": "x" * 1001}, "prompt"),
         ({"seconds": 0}, "seconds"),
         ({"seconds": -1}, "seconds"),
-        ({"seconds": 30.5}, "seconds"),
+        ({"seconds": 3600.5}, "seconds"),  # beyond the long-form limit (one window: test_server_output.py)
         ({"seconds": "5"}, "seconds"),
         ({"model": "nope"}, "model"),
         ({"seed": -1}, "seed"),

@@ -23,7 +23,7 @@ from .common import ArgumentParser, add_version_flag, interruptible_imports, run
 
 with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co load: one line, exit 130
     from .. import registry
-    from ..audio import check_output_path, loudness_normalize, loudness_report, write_audio
+    from ..audio import LOUDNESS_RANGE, check_output_path, loudness_normalize, loudness_report, write_audio
     from ..batch import FORMATS as BATCH_FORMATS
     from ..errors import UserError
     from ..family import Family
@@ -195,8 +195,11 @@ def _check_generic(args) -> list[str]:
         )
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.normalize is not None and not (-70 <= args.normalize <= 0):
-        raise UserError(f"--normalize takes a loudness in LUFS between -70 and 0, got {args.normalize}")
+    lo, hi = LOUDNESS_RANGE
+    if args.normalize is not None and not (lo <= args.normalize <= hi):
+        raise UserError(
+            f"--normalize takes a loudness in LUFS between {lo:g} and {hi:g}, got {args.normalize}"
+        )
     return prompts
 
 

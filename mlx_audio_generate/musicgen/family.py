@@ -71,7 +71,6 @@ SETTINGS = [
         exclusive_minimum=True,
         exclusive_maximum=True,
         batch=False,
-        server=False,
         metavar="SECONDS",
     ),  # fmt: skip
 ]
@@ -122,6 +121,7 @@ FAMILY = Family(
     quantize=QuantizeSpec("lm", frozenset({"enc_to_dec_proj", "audio_enc_to_dec_proj"}), (), "LM"),
     streams=True,
     long_form=True,
+    max_total_seconds=MAX_TOTAL_SECONDS,
     verb="generating",
     examples=(
         "lofi hip hop beat with warm piano chords and vinyl crackle, 80 BPM",

@@ -233,10 +233,7 @@ class MusicGen:
             temperature=temperature, top_k=top_k, top_p=top_p or None, guidance_scale=guidance_coef
         )
         hop = self.model.audio_encoder.config.hop_length
-        samples = round(seconds * self.sample_rate)
-        total = math.ceil(samples / hop)
-        window = round(window_seconds * self.frame_rate)
-        stride = stride_frames(extend_stride, window_seconds, self.frame_rate)
+        samples, total, window, stride = self._frames(seconds, window_seconds, extend_stride)
 
         window_samples = round(window_seconds * self.sample_rate)
         windows = len(plan_windows(total, window, stride))  # the count does not depend on a prompt
@@ -311,6 +308,41 @@ class MusicGen:
         return _Plan(
             plan, stride, codes, window_args, self.model.lm.config.num_codebooks, self.audio_channels
         )
+
+    def _frames(
+        self, seconds: float, window_seconds: float, extend_stride: float | None
+    ) -> tuple[int, int, int, int]:
+        """(samples, total frames, window frames, stride frames) of a clip (`stride_frames` checks the
+        stride)."""
+        samples = round(seconds * self.sample_rate)
+        total = math.ceil(samples / self.model.audio_encoder.config.hop_length)
+        window = round(window_seconds * self.frame_rate)
+        return samples, total, window, stride_frames(extend_stride, window_seconds, self.frame_rate)
+
+    def window_steps(
+        self,
+        seconds: float,
+        audio_prompt: AudioInput | None = None,
+        extend_stride: float | None = None,
+        window_seconds: float | None = None,
+        **_: object,
+    ) -> list[int]:
+        """The decoder steps of each window `generate` runs for these arguments (one entry: one window);
+        they add up to the "generate" stage's total, so a progress display can name the window that runs
+        (the server). Of the inputs only the audio prompt is read (its length sets the first window)."""
+        seconds = check_seconds(seconds, MAX_TOTAL_SECONDS)
+        window_seconds = self.max_seconds if window_seconds is None else window_seconds
+        samples, total, window, stride = self._frames(seconds, window_seconds, extend_stride)
+        prompt = 0
+        if audio_prompt is not None:
+            hop = self.model.audio_encoder.config.hop_length
+            cap = min(samples, window * hop)
+            prompt = math.ceil(
+                self._read(audio_prompt, "audio prompt", self.audio_channels, cap).shape[1] / hop
+            )
+        plan = plan_windows(total, window, stride, min(prompt, max(0, min(total, window) - 1)))
+        k = self.model.lm.config.num_codebooks
+        return [num_steps(w.new_frames, k, self.audio_channels) for w in plan]
 
     def generate_tokens(
         self,

@@ -27,6 +27,7 @@ from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
 from .history import MAX_TITLE_CHARS, History
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
+from .output import check_output, output_names, output_settings
 from .uploads import MAX_UPLOAD_BYTES, UploadError, Uploads
 
 log = logging.getLogger("mlx_audio_generate.server")
@@ -94,12 +95,14 @@ def _field(st: Setting, families: str) -> tuple[Any, Any]:
 
 
 def request_model() -> type[BaseModel]:
-    """JobRequest: the common fields plus every family's server settings (one field per name)."""
-    fields = {
-        name: _field(st, " / ".join(f.label for f in fams))
+    """JobRequest: the common fields, the output settings (output.py, every model) plus every family's
+    server settings (one field per name)."""
+    fields = {st.name: _field(st, "every model") for st in output_settings()}
+    fields.update(
+        (name, _field(st, " / ".join(f.label for f in fams)))
         for name, (st, fams) in registry.all_settings().items()
         if st.server
-    }
+    )
     return create_model("JobRequest", __base__=JobRequestBase, **fields)
 
 
@@ -137,9 +140,15 @@ class ModelInfo(BaseModel):
     family: str = Field(description="the model family (its settings are `params`)")
     family_label: str = Field(description="the family's name for people")
     sample_rate: int
-    max_seconds: float
+    max_seconds: float = Field(description="the model's window: the longest clip it makes in one piece")
+    max_total_seconds: float = Field(
+        description="the longest clip a request may ask for: beyond max_seconds (long_form models) the clip "
+        "is made of overlapping windows (extend_stride)"
+    )
+    long_form: bool = Field(description="seconds may exceed the window (max_seconds)")
     loaded: bool = Field(description="weights are in memory (the first job of a model loads them)")
     params: list[ParamInfo]
+    output: list[ParamInfo] = Field(description="the output settings (file format, loudness): every model")
     examples: list[str] = Field(description="example prompts of the model's family")
 
 
@@ -189,7 +198,16 @@ class JobInfo(BaseModel):
     title: str | None
     rating: int | None
     starred: bool
-    audio_url: str | None = Field(description="the WAV, once status is done")
+    audio_url: str | None = Field(description="the clip in its `format`, once status is done")
+    format: str = Field(description="the clip's file format (other formats: ?format= on download)")
+    normalize: float | None = Field(description="the loudness asked for (LUFS), null: as generated")
+    loudness: dict[str, Any] | None = Field(
+        description="with normalize, once written: what was reached (output_lufs, input_lufs, gain_db, "
+        "true_peak_dbtp, peak_limited: the true-peak ceiling kept it short of the target) and `report`, "
+        "one line for people"
+    )
+    windows: int | None = Field(description="long form: how many windows the clip is made of")
+    window: int | None = Field(description="long form, while generating: the window running (1 = first)")
 
 
 class ErrorItem(BaseModel):
@@ -209,20 +227,22 @@ class ValidationErrorBody(BaseModel):
 AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
 
 
-def _transcoded(wav: Path, fmt: str) -> Path:
-    """`wav` as `fmt` beside it (`<job id>.<fmt>`), made on the first request (atomically) and kept."""
+def _transcoded(clip: Path, fmt: str) -> Path:
+    """The clip as `fmt` beside it (`<job id>.<fmt>`), made on the first request (atomically) and kept."""
     from ..audio import _available_formats, read_audio, write_audio
 
-    target = wav.with_suffix(f".{fmt}")
+    target = clip.with_suffix(f".{fmt}")
     if target.is_file():
         return target
     if f".{fmt}" not in _available_formats():
-        raise HTTPException(415, f"this machine's libsndfile cannot write {fmt}; download the WAV")
+        raise HTTPException(
+            415, f"this machine's libsndfile cannot write {fmt}; download the {clip.suffix[1:].upper()}"
+        )
     import soundfile as sf
 
-    sample_rate = sf.info(str(wav)).samplerate
+    sample_rate = sf.info(str(clip)).samplerate
     try:
-        write_audio(target, read_audio(wav), sample_rate, sidecar=False)
+        write_audio(target, read_audio(clip), sample_rate, sidecar=False)
     except UserError as e:
         raise HTTPException(500, str(e)) from None
     return target
@@ -339,12 +359,15 @@ def build_job(req: BaseModel, models: dict[str, ModelEntry], find_audio: AudioFi
     entry = models.get(req.model)
     if entry is None:
         raise _invalid("model", f"unknown model '{req.model}'; available: {', '.join(models) or 'none'}")
-    if req.seconds > entry.max_seconds + 1e-9:
-        shown = math.floor(entry.max_seconds * 1000) / 1000  # never round the limit up
+    if req.seconds > entry.max_total_seconds + 1e-9:
+        shown = math.floor(entry.max_total_seconds * 1000) / 1000  # never round the limit up
         raise _invalid("seconds", f"seconds must be at most {shown:g} for model '{entry.name}'")
     if round(req.seconds * entry.sample_rate) < 1:
         raise _invalid("seconds", "seconds is shorter than one sample")
-    given = req.model_dump(exclude={"model", "prompt", "seconds", "seed"}, exclude_none=True)
+    output, bad = check_output(req.model_dump(include=output_names()), req.seconds)
+    if bad is not None:
+        raise _invalid(*bad)
+    given = req.model_dump(exclude={"model", "prompt", "seconds", "seed", *output}, exclude_none=True)
     for name in given:
         if name not in entry.params:
             raise _invalid(name, f"{name} does not apply to {entry.family} models like '{entry.name}'")
@@ -369,6 +392,7 @@ def build_job(req: BaseModel, models: dict[str, ModelEntry], find_audio: AudioFi
     seed = req.seed if req.seed is not None else random_seed()
     job = Job(req.model, entry.family, req.prompt, req.seconds, seed, params, entry.sample_rate)
     job.inputs = inputs
+    job.format, job.normalize = output["format"], output["normalize"]
     return job
 
 
@@ -530,10 +554,11 @@ def create_app(
         "/api/jobs/{job_id}/audio",
         response_class=FileResponse,
         responses={200: {"content": {f"audio/{f}": {} for f in AUDIO_TYPES}, "description": "the clip"}},
-        summary="A finished job's audio (WAV as generated, or FLAC / MP3 / OGG made from it once)",
+        summary="A finished job's audio (in the job's format, or WAV / FLAC / MP3 / OGG made from it once)",
     )
     def get_audio(
-        job_id: uuid.UUID, format: Literal["wav", "flac", "mp3", "ogg"] = Query("wav")
+        job_id: uuid.UUID,
+        format: Literal["wav", "flac", "mp3", "ogg"] | None = Query(None, description="default: the job's"),
     ) -> FileResponse:
         found = queue.audio_file(str(job_id))
         if found is None:
@@ -544,7 +569,8 @@ def create_app(
         path, name = found
         if not path.is_file():
             raise HTTPException(404, f"the audio of job {job_id} was removed from the output folder")
-        if format != "wav":
+        format = format or path.suffix[1:]
+        if f".{format}" != path.suffix:
             path = _transcoded(path, format)
             name = str(Path(name).with_suffix(f".{format}"))
         return FileResponse(

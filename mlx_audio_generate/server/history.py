@@ -18,12 +18,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the output settings (format, normalize) and the loudness reached
 STOPPED = "the server stopped before this job finished"
 COLUMNS = (
     "id", "model", "family", "prompt", "seconds", "seed", "params", "sample_rate", "status", "error",
     "created", "started", "finished", "stage_times", "title", "rating", "starred",
+    "format", "normalize", "loudness",
 )  # fmt: skip
+# Columns added after schema 1, added to an older file when it is opened (its rows: WAV, not normalised).
+ADDED_COLUMNS = {"format": "TEXT NOT NULL DEFAULT 'wav'", "normalize": "REAL", "loudness": "TEXT"}
 MAX_TITLE_CHARS = 200
 
 
@@ -47,12 +50,16 @@ class History:
                     title TEXT, rating INTEGER, starred INTEGER NOT NULL DEFAULT 0)"""
             )
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
                     f"{self.path} was written by a newer mlx-audio-generate (schema {version})"
                 )
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, decl in ADDED_COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            if version < SCHEMA_VERSION:
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -66,6 +73,8 @@ class History:
         values["starred"] = int(bool(values["starred"]))
         values["params"] = json.dumps(values["params"] or {})
         values["stage_times"] = json.dumps(values["stage_times"] or {})
+        values["format"] = values["format"] or "wav"
+        values["loudness"] = None if values["loudness"] is None else json.dumps(values["loudness"])
         names = ", ".join(values)
         marks = ", ".join(f":{k}" for k in values)
         update = ", ".join(f"{k}=excluded.{k}" for k in values if k != "id")
@@ -95,4 +104,5 @@ def _row(r: sqlite3.Row) -> dict[str, Any]:
     row["params"] = json.loads(row["params"] or "{}")
     row["stage_times"] = json.loads(row["stage_times"] or "{}")
     row["starred"] = bool(row["starred"])
+    row["loudness"] = None if row["loudness"] is None else json.loads(row["loudness"])
     return row

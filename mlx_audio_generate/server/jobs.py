@@ -8,9 +8,10 @@ With a `History` (history.py) every job is also a row in SQLite, written on subm
 state, and read back when the server starts: the history and its clips outlive the process.
 
 A running job reports its stage as the model does (progress.py): "loading" (the weights, first use only),
-"text", "generate", "decode", then "writing" (the file); each stage's start and end times are kept
-(`stage_times`), and the estimate of the time left (`eta`) comes from the steps done so far plus the decode
-time of the model's last finished job, scaled by length.
+"text", "generate", "decode", then "writing" (the loudness normalisation asked for, output.py, and the
+file); each stage's start and end times are kept (`stage_times`), and the estimate of the time left (`eta`)
+comes from the steps done so far plus the decode time of the model's last finished job, scaled by length.
+A long-form clip's steps run window after window (`window_steps`, from the model): the view says which.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..errors import UserError
 from ..weights import atomic_write
 from .history import MAX_TITLE_CHARS, History
 from .models import ModelEntry
+from .output import normalized
 
 log = logging.getLogger("mlx_audio_generate.server")
 
@@ -80,7 +82,7 @@ class JobCancelled(Exception):
     """Raised from the progress callback to stop a generation between two steps."""
 
 
-TRANSIENT = {"cancel_requested", "eta_hint", "stage", "step", "total", "inputs"}  # not in the history
+TRANSIENT = {"cancel_requested", "eta_hint", "stage", "step", "total", "inputs", "window_steps"}  # not kept
 
 
 @dataclass
@@ -108,6 +110,11 @@ class Job:
     starred: bool = False
     eta_hint: float | None = None  # seconds of decode expected after the last step (JobQueue._decode_hint)
     inputs: dict[str, str] = field(default_factory=dict)  # file settings -> server paths, never shown
+    # the output settings (output.py): the file's format, the loudness asked for and what was reached
+    format: str = "wav"
+    normalize: float | None = None
+    loudness: dict[str, Any] | None = None
+    window_steps: list[int] = field(default_factory=list)  # long form: the decoder steps of each window
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -146,7 +153,18 @@ class Job:
     @property
     def download_name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "-", self.prompt.lower()).strip("-")[:40] or "audio"
-        return f"{self.model}_{slug}_{self.seed}.wav"
+        return f"{self.model}_{slug}_{self.seed}.{self.format}"
+
+    def window(self) -> int | None:
+        """The window running now (1 = the first; long form), or None."""
+        if self.status != "running" or self.stage != "generate" or not self.window_steps:
+            return None
+        end = 0
+        for i, steps in enumerate(self.window_steps):
+            end += steps
+            if self.step < end:
+                return i + 1
+        return len(self.window_steps)
 
     def view(self, queue_position: int | None) -> dict[str, Any]:
         if self.status == "done":
@@ -183,11 +201,17 @@ class Job:
             "title": self.title,
             "rating": self.rating,
             "starred": self.starred,
+            "format": self.format,
+            "normalize": self.normalize,
+            "loudness": None if self.loudness is None else dict(self.loudness),
+            "windows": len(self.window_steps) or None,
+            "window": self.window(),
         }
 
 
 class JobQueue:
-    """In-order jobs over `models`, audio written to `output_dir/<job id>.wav` (+ a .json description)."""
+    """In-order jobs over `models`, audio written to `output_dir/<job id>.<format>` (+ a .json
+    description)."""
 
     def __init__(
         self,
@@ -307,7 +331,7 @@ class JobQueue:
             job = self._jobs.get(job_id)
             if job is None or job.status != "done":
                 return None
-            return self.output_dir / f"{job.id}.wav", job.download_name
+            return self.output_dir / f"{job.id}.{job.format}", job.download_name
 
     def redact(self, text: str) -> str:
         """`text` as a client may read it: no output or model folder, no absolute path (see redact_paths)."""
@@ -376,6 +400,12 @@ class JobQueue:
             if job.stage == "loading":
                 job.enter("text")
 
+        steps = getattr(model, "window_steps", None) if entry.long_form else None
+        if steps is not None:  # which window runs, for the page (the steps of all add up to the total)
+            windows = steps(job.seconds, **{**job.params, **job.inputs})
+            with self._cv:
+                job.window_steps = list(windows)
+
         def progress(done: int, total: int) -> None:
             with self._cv:
                 job.step, job.total = int(done), int(total)
@@ -394,13 +424,16 @@ class JobQueue:
         self._check_cancel(job)
         with self._cv:
             job.enter("writing")
-        path = self.output_dir / f"{job.id}.wav"
+        clip, loudness = normalized(audio[0], entry.sample_rate, job.normalize)
+        with self._cv:
+            job.loudness = loudness
+        path = self.output_dir / f"{job.id}.{job.format}"
         try:  # the folder may have been removed while the server runs: make it again
             self.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             reason = e.strerror or e
             raise UserError(f"cannot write the clip: {self.output_dir} cannot be made ({reason})") from None
-        write_audio(path, audio[0], entry.sample_rate)
+        write_audio(path, clip, entry.sample_rate)
         self._finish(job, "done")
         try:  # a description beside the clip, so the output folder makes sense on its own
             text = json.dumps(self.get(job.id), indent=2)

@@ -22,6 +22,7 @@ from .. import registry
 from ..converted import Converted, load_model, open_folder, read_meta
 from ..errors import UserError
 from ..settings import Setting
+from .output import output_settings
 
 log = logging.getLogger("mlx_audio_generate.server")
 
@@ -45,13 +46,17 @@ class ModelEntry:
         sample_rate: int,
         max_seconds: float,
         params: list[Setting],
+        max_total_seconds: float | None = None,
     ):
         self.name = name
         self.conv = conv
         self.folder = conv.folder
         self.family = conv.family
         self.sample_rate = sample_rate
-        self.max_seconds = max_seconds
+        self.max_seconds = max_seconds  # one window
+        # long-form families (Family.long_form): a request may ask for more than one window, up to this
+        self.long_form = max_total_seconds is not None
+        self.max_total_seconds = max_seconds if max_total_seconds is None else max_total_seconds
         self.params = {p.name: p for p in params}
         self._model: Any = None
         self._lock = threading.Lock()
@@ -71,7 +76,8 @@ class ModelEntry:
             raise UserError(
                 f"cannot read '{conv.folder}/config.json' ({e!r}); convert the model again"
             ) from None
-        return cls(name, conv, facts.sample_rate, facts.max_seconds, params)
+        total = fam.max_total_seconds if fam.long_form else None
+        return cls(name, conv, facts.sample_rate, facts.max_seconds, params, total)
 
     @property
     def loaded(self) -> bool:
@@ -84,6 +90,8 @@ class ModelEntry:
                 model = load_model(self.conv)  # a failure is not cached
                 self.sample_rate = int(model.sample_rate)
                 self.max_seconds = float(model.max_seconds)
+                if not self.long_form:
+                    self.max_total_seconds = self.max_seconds
                 self._model = model
             return self._model
 
@@ -94,8 +102,11 @@ class ModelEntry:
             "family_label": registry.get(self.family).label,
             "sample_rate": self.sample_rate,
             "max_seconds": self.max_seconds,
+            "max_total_seconds": self.max_total_seconds,
+            "long_form": self.long_form,
             "loaded": self.loaded,
             "params": [p.info() for p in self.params.values()],
+            "output": [p.info() for p in output_settings()],
             "examples": list(registry.get(self.family).examples),
         }
 

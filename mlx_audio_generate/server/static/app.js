@@ -63,10 +63,13 @@ function onModelChange() {
   const m = selectedModel();
   if (!m) return;
   localStorage.setItem("mlx-audio-generate.model", m.name);
-  const max = Math.floor(m.max_seconds * 1000) / 1000;
+  const max = Math.floor((m.max_total_seconds || m.max_seconds) * 1000) / 1000;
   $("model-info").textContent = `${m.family_label} · ${m.sample_rate / 1000} kHz`;
   $("seconds").max = String(max);
-  $("seconds-hint").textContent = `up to ${max} s`;
+  // long form: beyond one window the clip is made of overlapping windows (Advanced: extend stride)
+  $("seconds-hint").textContent = m.long_form
+    ? `up to ${max} s; beyond ${m.max_seconds} s in overlapping ${m.max_seconds} s windows`
+    : `up to ${max} s`;
   if (Number($("seconds").value) > max) $("seconds").value = String(max);
   renderParams(m);
   $("examples").replaceChildren(...(m.examples || []).map((text) => el("button", {
@@ -78,7 +81,7 @@ function onModelChange() {
 
 function renderParams(m) {
   studio.inputs.clear();
-  const fields = m.params.map((p) => {
+  const fields = [...m.params, ...(m.output || [])].map((p) => { // output: format, loudness (every model)
     if (p.kind === "file") return fileField(p, m);
     const id = `param-${p.name}`;
     let input;
@@ -267,7 +270,8 @@ function renderJob(job, prefix = "") {
   } else if (job.status === "running") {
     const label = STAGE_LABELS[job.stage] || "Working…";
     if (job.stage === "generate" && job.total) {
-      const steps = `step ${job.step} / ${job.total} · ${Math.round(job.progress * 100)}%`;
+      const win = job.windows > 1 && job.window ? `window ${job.window} of ${job.windows} · ` : "";
+      const steps = `${win}step ${job.step} / ${job.total} · ${Math.round(job.progress * 100)}%`;
       setStatus(label, prefix + [steps, timing(job)].filter(Boolean).join(" · "));
       setProgress(job.progress, false);
     } else if (job.stage === "decode" || job.stage === "writing") {
@@ -286,13 +290,14 @@ function renderJob(job, prefix = "") {
       attachWave($("player"), $("player-wave"));
       toggleSpectrogram($("player"), $("spectrogram").checked);
     }
-    $("download").href = job.audio_url;
-    $("download").download = job.download_name;
-    for (const fmt of ["flac", "mp3"]) {
-      $(`download-${fmt}`).href = `${job.audio_url}?format=${fmt}`;
-      $(`download-${fmt}`).download = job.download_name.replace(/\.wav$/, `.${fmt}`);
+    const stem = job.download_name.replace(/\.[a-z0-9]+$/, "");
+    for (const [link, fmt] of [["download", "wav"], ["download-flac", "flac"], ["download-mp3", "mp3"]]) {
+      $(link).href = fmt === job.format ? job.audio_url : `${job.audio_url}?format=${fmt}`; // made once
+      $(link).download = `${stem}.${fmt}`;
     }
     $("result-info").textContent = clipInfo(job);
+    $("result-loudness").textContent = job.loudness ? job.loudness.report : "";
+    $("result-loudness").hidden = !job.loudness;
     $("result").hidden = false;
   } else if (job.status === "failed") {
     setStatus("Failed", "");
@@ -305,7 +310,9 @@ function renderJob(job, prefix = "") {
 }
 
 function clipInfo(job) {
-  return `${job.model} · ${fmtSeconds(job.seconds)} · seed ${job.seed}`;
+  const loud = job.loudness && job.loudness.output_lufs != null ? ` · ${job.loudness.output_lufs} LUFS` : "";
+  const fmt = job.format && job.format !== "wav" ? ` · ${job.format.toUpperCase()}` : "";
+  return `${job.model} · ${fmtSeconds(job.seconds)} · seed ${job.seed}${loud}${fmt}`;
 }
 
 // ---------------------------------------------------------------------------------------------- history
@@ -386,7 +393,8 @@ function reuse(h) {
   }
   $("seconds").value = String(h.seconds);
   $("seed").value = String(h.seed);
-  for (const [name, value] of Object.entries(h.params || {})) {
+  const output = { format: h.format || "wav", normalize: h.normalize ?? "" };
+  for (const [name, value] of Object.entries({ ...(h.params || {}), ...output })) {
     const input = $(`param-${name}`);
     if (input) input.value = String(value);
   }

@@ -51,7 +51,8 @@ function writeRegions(model, name, regions) {
   }
 }
 
-// A file setting: upload (or pick a history clip via "Use as"), then a waveform to select regions on.
+// A file setting: upload, record (mic.js) or pick a history clip via "Use as", then a waveform to select
+// regions on.
 function fileField(p, model) {
   const id = `param-${p.name}`;
   const value = el("input", { type: "hidden", id, name: p.name, value: "" });
@@ -69,7 +70,7 @@ function fileField(p, model) {
   const hint = el("small", { className: "hint", textContent: p.help + (selectable.length
     ? " · drag on the waveform to select the region" : "") });
   const field = el("div", { className: "field wide file-field" },
-    el("label", { htmlFor: picker.id, textContent: p.label }), picker,
+    el("label", { htmlFor: picker.id, textContent: p.label }), el("div", { className: "file-pick" }, picker),
     el("div", { className: "file-line" }, name, clear), player, wave, hint, value);
 
   const show = (ref, label, url) => {
@@ -93,17 +94,26 @@ function fileField(p, model) {
       studio.inputs.set(p.name, { regions });
     }
   };
-  picker.addEventListener("change", async () => {
-    const file = picker.files[0];
-    if (!file) return;
-    name.textContent = `uploading ${file.name}…`;
-    const res = await api(`/api/uploads?name=${encodeURIComponent(file.name)}`, {
-      method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
-    picker.value = "";
+  const upload = async (body, filename) => {
+    name.textContent = `uploading ${filename}…`;
+    const res = await api(`/api/uploads?name=${encodeURIComponent(filename)}`, {
+      method: "POST", body, headers: { "Content-Type": "application/octet-stream" } });
     if (!res.ok) { name.textContent = "none"; return showError(errorText(res)); }
     const u = res.data;
     show(u.id, `${u.name} · ${fmtSeconds(u.seconds)} · ${u.sample_rate / 1000} kHz`, u.audio_url);
+  };
+  picker.addEventListener("change", async () => {
+    const file = picker.files[0];
+    if (!file) return;
+    await upload(file, file.name);
+    picker.value = "";
   });
+  const record = micButton(`${id}-record`, wave, {
+    onStart: () => { clear.click(); name.textContent = "recording…"; },
+    onWav: (blob) => upload(blob, "recording.wav"),
+    onError: (message) => { name.textContent = "none"; showError(message); },
+  });
+  if (record) field.querySelector(".file-pick").append(record);
   clear.addEventListener("click", () => {
     value.value = "";
     name.textContent = "none";

@@ -27,6 +27,7 @@ from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
 from .history import MAX_TITLE_CHARS, History
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
+from .preset_routes import FamilyPresetInfo, preset_router
 from .uploads import MAX_UPLOAD_BYTES, UploadError, Uploads
 
 log = logging.getLogger("mlx_audio_generate.server")
@@ -141,6 +142,7 @@ class ModelInfo(BaseModel):
     loaded: bool = Field(description="weights are in memory (the first job of a model loads them)")
     params: list[ParamInfo]
     examples: list[str] = Field(description="example prompts of the model's family")
+    presets: list[FamilyPresetInfo] = Field(description="the family's presets that fit this model")
 
 
 class JobCreated(BaseModel):
@@ -580,6 +582,8 @@ def create_app(
             raise HTTPException(404, f"no upload {upload_id} on this server")
         up, path = found
         return FileResponse(path, filename=up.name, content_disposition_type="inline")
+
+    app.include_router(preset_router(models, history))  # /api/presets: the user's presets
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:

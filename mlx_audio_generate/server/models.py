@@ -22,6 +22,7 @@ from .. import registry
 from ..converted import Converted, load_model, open_folder, read_meta
 from ..errors import UserError
 from ..settings import Setting
+from .presets import family_presets
 
 log = logging.getLogger("mlx_audio_generate.server")
 
@@ -97,6 +98,7 @@ class ModelEntry:
             "loaded": self.loaded,
             "params": [p.info() for p in self.params.values()],
             "examples": list(registry.get(self.family).examples),
+            "presets": family_presets(self),
         }
 
 

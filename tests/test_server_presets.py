@@ -4,6 +4,7 @@ naming the field, kept in the server's SQLite file across a restart of the real 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import httpx
@@ -98,6 +99,8 @@ def test_save_list_apply_delete(client):
         ({"settings": {"top_k": "5"}}, "settings.top_k", "valid integer"),
         ({"settings": {"top_k": True}}, "settings.top_k", "valid integer"),
         ({"settings": {"temperature": 9.0}}, "settings.temperature", "less than or equal to 5"),
+        ({"settings": {"temperature": float("nan")}}, "settings.temperature", "finite number"),
+        ({"settings": {"top_k": {"a": [1]}}}, "settings.top_k", "valid integer"),
         ({"settings": {"audio_prompt": "x"}}, "settings.audio_prompt", "audio input"),
         ({"settings": []}, "settings", "valid dictionary"),
         ({"model": "sa", "settings": {"sampler": "dpmpp-3m-sde"}, "seconds": 0.5}, "settings.sampler",
@@ -105,7 +108,8 @@ def test_save_list_apply_delete(client):
     ],
 )  # fmt: skip
 def test_invalid_presets_are_refused(client, change, field, words):
-    r = client.post("/api/presets", json={**GOOD, **change})
+    body = json.dumps({**GOOD, **change})  # json.dumps writes NaN as JSON's parsers accept it
+    r = client.post("/api/presets", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     body = r.json()
     assert words in body["message"] and body["message"].startswith(field), body["message"]

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .settings import Setting
+from .errors import UserError
+from .settings import Setting, check_prompts, check_seconds, check_settings
 
 if TYPE_CHECKING:
     from .converted import Converted
@@ -91,6 +92,42 @@ class ConvertJob:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named starting point the web UI offers: a prompt, a length and some of the family's settings
+    (those left out keep the checkpoint's defaults). Declared as data in each family's family.py."""
+
+    name: str  # what the picker shows: "Lofi beat, 80 BPM"
+    prompt: str
+    seconds: float
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self, settings: list[Setting], max_seconds: float | None = None) -> dict[str, Any]:
+        """The preset's settings checked against a schema (a family's, or one checkpoint's): every key is one
+        of `settings` (and offered by the server), every value passes its `Setting.check`, the prompt is a
+        prompt and the seconds fit `max_seconds`. Returns the checked settings; a UserError otherwise."""
+        where = f"preset {self.name!r}"
+        if not self.name.strip():
+            raise UserError("a preset has an empty name")
+        check_prompts(self.prompt, f"{where}: prompt")
+        check_seconds(self.seconds, max_seconds, f"{where}: seconds")
+        offered = [st for st in settings if st.server and st.kind != "file"]
+        try:
+            checked = check_settings(offered, self.settings, fill_defaults=False)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        return {k: v for k, v in checked.items() if k in self.settings}
+
+    def info(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """What GET /api/models lists (with the checked settings)."""
+        return {
+            "name": self.name,
+            "prompt": self.prompt,
+            "seconds": float(self.seconds),
+            "settings": settings,
+        }
+
+
+@dataclass(frozen=True)
 class Family:
     name: str  # recorded in converted folders; `--model NAME --weights-dir DIR` names it
     label: str  # how people call it: "MusicGen"
@@ -113,6 +150,7 @@ class Family:
     max_total_seconds: float | None = None
     verb: str = "generating"  # the CLI's progress label for the "generate" stage
     examples: tuple[str, ...] = ()  # example prompts the web UI offers (presets a user can start from)
+    presets: tuple[Preset, ...] = ()  # named prompt + settings bundles the web UI offers (Preset)
     repos: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

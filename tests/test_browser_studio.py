@@ -142,6 +142,7 @@ def test_inpaint_a_region_selected_on_the_waveform(page, server, tmp_path):
     wave = page.get_by_test_id("param-inpaint_audio-wave")
     expect(wave.locator("div")).not_to_have_count(0)
     page.wait_for_timeout(500)  # the waveform is drawn once the audio is decoded
+    wave.scroll_into_view_if_needed()  # the mouse only reaches what is inside the viewport
     box = wave.bounding_box()
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + 0.25 * box["width"], y)

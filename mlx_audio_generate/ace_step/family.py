@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
+from ..family import AudioModel, ConvertJob, Family, ModelFacts, Preset, QuantizeSpec
 from ..settings import SEED_LIMIT, Setting
 
 MAIN_REPO = "ACE-Step/Ace-Step1.5"
@@ -254,6 +254,30 @@ def _facts(config: dict[str, Any]) -> ModelFacts:
     )
 
 
+# The web UI's presets (data: tests/seam/test_family_presets.py checks them against `settings(None)`):
+# song metadata (lyrics, language, BPM, key, time signature) the DiT is conditioned on. Steps and guidance
+# stay the checkpoint's (turbo takes no guidance); the one preset with 50 steps is offered only by base /
+# SFT checkpoints, whose schema allows them (turbo's ends at 20).
+POP_LYRICS = """[Verse]
+City lights are calling out my name
+Every street is humming the same refrain
+
+[Chorus]
+We are golden, we are young tonight
+Dancing in the neon light"""
+PRESETS = (
+    Preset("Pop song with lyrics", "upbeat pop, bright synths, catchy female vocals", 60.0,
+           {"lyrics": POP_LYRICS, "language": "en", "bpm": 120, "keyscale": "C major", "timesignature": "4"}),
+    Preset("Lofi instrumental", "lofi hip hop, mellow Rhodes, dusty drums, instrumental", 90.0,
+           {"lyrics": "[Instrumental]", "bpm": 80, "keyscale": "F minor", "timesignature": "4"}),
+    Preset("Folk waltz", "melancholic indie folk waltz, acoustic guitar, soft male vocals", 60.0,
+           {"lyrics": "[Instrumental]", "bpm": 90, "keyscale": "D major", "timesignature": "3"}),
+    Preset("Rock anthem (base / SFT, 50 steps)",
+           "energetic rock anthem, distorted guitars, big drums, gang vocals", 120.0,
+           {"lyrics": "[Instrumental]", "bpm": 140, "keyscale": "E minor", "timesignature": "4",
+            "steps": 50}),
+)  # fmt: skip
+
 CONVERT_SETTINGS = (
     Setting("components", "text", None, "VAE / text encoder source",
             f"where the VAE ({VAE_FOLDER}/) and text encoder ({TEXT_ENCODER_FOLDER}/) come from: a folder "
@@ -284,4 +308,5 @@ FAMILY = Family(
         "energetic rock anthem, distorted guitars, big drums, gang vocals",
         "lofi hip hop, mellow Rhodes, dusty drums, instrumental",
     ),
+    presets=PRESETS,
 )

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
+from ..family import AudioModel, ConvertJob, Family, ModelFacts, Preset, QuantizeSpec
 from ..settings import Setting
 from .longform import DEFAULT_STRIDE, DEFAULT_WINDOW
 
@@ -76,6 +76,21 @@ SETTINGS = [
 ]
 
 
+# The web UI's presets (data: tests/seam/test_family_presets.py checks them against SETTINGS). Lengths stay
+# inside the 30 s window; guidance 3 and top-k 250 are audiocraft's defaults, shown where a preset moves
+# the others.
+PRESETS = (
+    Preset("Lofi beat, 80 BPM", "lofi hip hop beat with warm piano chords and vinyl crackle, 80 BPM", 15.0,
+           {"guidance_coef": 3.0, "temperature": 1.0, "top_k": 250}),
+    Preset("Synthwave drive", "80s synthwave, driving bassline, gated drums, 110 BPM", 20.0,
+           {"guidance_coef": 3.5}),
+    Preset("Acoustic folk (steady)", "acoustic folk guitar, fingerpicked, warm and intimate", 12.0,
+           {"temperature": 0.8, "top_k": 150, "guidance_coef": 4.0}),
+    Preset("Orchestral trailer", "epic orchestral trailer music, big brass and taiko drums", 30.0,
+           {"guidance_coef": 5.0, "top_k": 250}),
+)  # fmt: skip
+
+
 def _detect(folder: Path) -> bool:
     from ..hub import read_json
 
@@ -129,4 +144,5 @@ FAMILY = Family(
         "acoustic folk guitar, fingerpicked, warm and intimate",
         "epic orchestral trailer music, big brass and taiko drums",
     ),
+    presets=PRESETS,
 )

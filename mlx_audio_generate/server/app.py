@@ -28,6 +28,7 @@ from .history import MAX_TITLE_CHARS, History
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
 from .output import check_output, output_names, output_settings
+from .preset_routes import FamilyPresetInfo, preset_router
 from .uploads import MAX_UPLOAD_BYTES, UploadError, Uploads
 
 log = logging.getLogger("mlx_audio_generate.server")
@@ -150,6 +151,7 @@ class ModelInfo(BaseModel):
     params: list[ParamInfo]
     output: list[ParamInfo] = Field(description="the output settings (file format, loudness): every model")
     examples: list[str] = Field(description="example prompts of the model's family")
+    presets: list[FamilyPresetInfo] = Field(description="the family's presets that fit this model")
 
 
 class JobCreated(BaseModel):
@@ -606,6 +608,8 @@ def create_app(
             raise HTTPException(404, f"no upload {upload_id} on this server")
         up, path = found
         return FileResponse(path, filename=up.name, content_disposition_type="inline")
+
+    app.include_router(preset_router(models, history))  # /api/presets: the user's presets
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:

@@ -23,6 +23,7 @@ from ..converted import Converted, load_model, open_folder, read_meta
 from ..errors import UserError
 from ..settings import Setting
 from .output import output_settings
+from .presets import family_presets
 
 log = logging.getLogger("mlx_audio_generate.server")
 
@@ -108,6 +109,7 @@ class ModelEntry:
             "params": [p.info() for p in self.params.values()],
             "output": [p.info() for p in output_settings()],
             "examples": list(registry.get(self.family).examples),
+            "presets": family_presets(self),
         }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..diffusion.samplers import default_sampler
-from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
+from ..family import AudioModel, ConvertJob, Family, ModelFacts, Preset, QuantizeSpec
 from ..settings import MAX_PROMPT_CHARS, Setting
 
 MODELS = {
@@ -143,6 +143,22 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
     ]
 
 
+# The web UI's presets (data: tests/seam/test_family_presets.py checks them against `settings(None)`).
+# Lengths fit open-small's ~11.9 s window. Steps / CFG / sampler differ tenfold between the distilled small
+# (8 steps, CFG 1) and 1.0 (100 steps, CFG 7), so the presets that set them are the 1.0-style ones: the
+# server offers a preset only for checkpoints whose schema takes it (dpmpp-3m-sde is a v-objective sampler).
+PRESETS = (
+    Preset("Drum loop, 120 BPM", "drum loop, 120 BPM, tight kick and crisp hi-hats", 8.0,
+           {"negative_prompt": "vocals, speech, reverb wash"}),
+    Preset("Foley: footsteps on gravel", "foley: footsteps on gravel, close mic, dry", 6.0,
+           {"negative_prompt": "music, melody"}),
+    Preset("Ambient pad", "ambient pad, slow evolving, warm analog synth", 11.0,
+           {"negative_prompt": "drums, percussion"}),
+    Preset("Drum loop, 120 BPM (1.0, 100 steps)", "drum loop, 120 BPM, tight kick and crisp hi-hats", 8.0,
+           {"steps": 100, "cfg_scale": 7.0, "sampler": "dpmpp-3m-sde", "negative_prompt": "vocals, speech"}),
+)  # fmt: skip
+
+
 def _detect(folder: Path) -> bool:
     """A stable-audio-tools model_config.json, except the newer models' over a SAME autoencoder or a
     T5Gemma conditioner (another family's: this one cannot run them)."""
@@ -223,4 +239,5 @@ FAMILY = Family(
         "foley: footsteps on gravel, close mic",
         "rain on a tin roof with distant thunder",
     ),
+    presets=PRESETS,
 )

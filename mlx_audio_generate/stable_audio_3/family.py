@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..family import AudioModel, ConvertJob, Family, ModelFacts, QuantizeSpec
+from ..family import AudioModel, ConvertJob, Family, ModelFacts, Preset, QuantizeSpec
 from ..settings import MAX_PROMPT_CHARS, Setting
 
 _VARIANTS = ("small-music", "small-sfx", "medium")
@@ -76,6 +76,19 @@ def settings(config: dict[str, Any] | None) -> list[Setting]:
                 "(.safetensors with lora_config metadata)", metavar="PATH[:S],...", max_length=4000,
                 batch=False, server=False),
     ]  # fmt: skip
+
+
+# The web UI's presets (data: tests/seam/test_family_presets.py checks them against `settings(None)`).
+# Steps / CFG / sampler stay the checkpoint's: the post-trained models (8 steps, CFG 1) and the -base ones
+# (50 steps, CFG 7) want different ones. A negative prompt only acts under CFG > 1 (the -base models).
+PRESETS = (
+    Preset("Ambient pad", "ambient pad, slow evolving, shimmering reverb, warm analog synth", 30.0),
+    Preset("Sound effect: door slam", "a heavy wooden door slams shut in a stone hallway, close mic", 4.0,
+           {"negative_prompt": "music"}),
+    Preset("Drum loop, 120 BPM", "drum loop 120 BPM, punchy kick, shuffled hi-hats", 8.0,
+           {"negative_prompt": "vocals"}),
+    Preset("Cinematic riser", "cinematic riser with a deep impact at the end", 10.0),
+)  # fmt: skip
 
 
 def _read_config(folder: Path) -> dict[str, Any] | None:
@@ -156,5 +169,6 @@ FAMILY = Family(
         "foley: footsteps on a wooden floor",
         "cinematic riser with a deep impact at the end",
     ),
+    presets=PRESETS,
     streams=True,  # generate(stream=True): the decoded audio tile by tile (generate.py)
 )

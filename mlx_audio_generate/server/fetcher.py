@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import threading
 import time
 from collections import deque
@@ -32,13 +31,13 @@ from typing import Any
 
 from .. import registry
 from ..errors import UserError
+from ..resolve_child import resolve_in_child
 from .jobs import MAX_ERROR_CHARS, redact_paths
 from .models import ModelEntry
 
 log = logging.getLogger("mlx_audio_generate.server")
 
 DTYPES = ("float16", "bfloat16", "float32")  # mlx-audio-convert --dtype (weights.DTYPES; that imports MLX)
-REPORT_EVERY_SECONDS = 0.1  # the child's progress messages, at most this often per stage (and the last)
 
 
 class FetchRefused(Exception):
@@ -135,38 +134,6 @@ class Fetch:
             "finished": self.finished,
             "stage_times": {k: list(v) for k, v in self.stage_times.items()},
         }
-
-
-# ------------------------------------------------------------------------------------- the child process
-
-
-def _fetch_in_child(repo: str, dtype: str | None, dest: str, conn: Any) -> None:
-    """Runs in the child process: resolve `repo` into the cache at `dest`, sending ("stage", stage, done,
-    total) messages, then ("done", folder) or ("failed", one line)."""
-    os.environ["MLX_AUDIO_GENERATE_CACHE"] = dest
-    last: dict[str, float] = {}
-
-    def on_stage(stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total or now - last.get(stage, 0.0) >= REPORT_EVERY_SECONDS:
-            last[stage] = now
-            conn.send(("stage", stage, int(done), int(total)))
-
-    try:
-        from ..resolve import resolve
-
-        folder = resolve(repo, dtype=dtype, quiet=True, on_stage=on_stage)
-        conn.send(("done", str(folder)))
-    except UserError as e:
-        conn.send(("failed", str(e)))
-    except MemoryError:
-        conn.send(("failed", "out of memory while converting; close other programs or pick a smaller model"))
-    except Exception as e:  # a bug: one line for the page; the server's log gets the traceback
-        log.exception("fetching %s failed", repo)
-        first = str(e).splitlines()[0] if str(e) else ""
-        conn.send(("failed", f"internal error: {type(e).__name__}: {first}"))
-    finally:
-        conn.close()
 
 
 # -------------------------------------------------------------------------------------------- the fetcher
@@ -377,7 +344,7 @@ class Fetcher:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no MLX state, no inherited threads
         receive, send = ctx.Pipe(duplex=False)
         child = ctx.Process(
-            target=_fetch_in_child, args=(fetch.repo, fetch.dtype, str(self.dest), send), daemon=True,
+            target=resolve_in_child, args=(fetch.repo, fetch.dtype, str(self.dest), send), daemon=True,
             name=f"mlx-audio-fetch-{fetch.name}",
         )  # fmt: skip
         with self._cv:

@@ -1,0 +1,209 @@
+"""Fetching models from the server (fetcher.py, fetch_routes.py): the real server process, offline, against a
+Hugging Face cache holding tiny checkpoints in the released layout (as tests/test_hub.py builds it).
+
+facebook/musicgen-small is the tiny MusicGen of conftest; facebook/musicgen-stereo-small is a copy whose
+weights file is not safetensors (its conversion fails); every other repo is missing (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_hub import populate_hf_cache
+from test_server import submit, wait_job
+
+from mlx_audio_generate.hub import download_patterns
+from mlx_audio_generate.server.launch import serve
+
+httpx = pytest.importorskip("httpx")
+
+
+def wait_fetch(client, name: str, timeout: float = 60.0) -> tuple[dict, list[str]]:
+    """The fetch's final view, and the stages seen while polling it."""
+    deadline, seen = time.monotonic() + timeout, []
+    while True:
+        r = client.get(f"/api/models/fetch/{name}")
+        assert r.status_code == 200, r.text
+        view = r.json()
+        if view["stage"] and (not seen or seen[-1] != view["stage"]):
+            seen.append(view["stage"])
+        if view["state"] != "fetching":
+            return view, seen
+        assert time.monotonic() < deadline, f"fetch still {view['stage']} after {timeout} s: {view}"
+        time.sleep(0.05)
+
+
+def hf_size(folder: Path, repo: str) -> int:
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    return sum(
+        files[f].stat().st_size for f in filter_repo_objects(files, allow_patterns=download_patterns(repo))
+    )
+
+
+@pytest.fixture(scope="module")
+def hf_cache(tmp_path_factory, musicgen_dir) -> Path:
+    cache = tmp_path_factory.mktemp("hf-cache")
+    populate_hf_cache(cache, "facebook/musicgen-small", musicgen_dir)
+    broken = tmp_path_factory.mktemp("broken-src") / "musicgen"
+    shutil.copytree(musicgen_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    populate_hf_cache(cache, "facebook/musicgen-stereo-small", broken)
+    return cache
+
+
+def start(root: Path, hf_cache: Path, *extra: str):
+    args = ["--models-dir", str(root / "models"), "--data-dir", str(root / "data"), *extra]
+    (root / "models").mkdir(exist_ok=True)
+    env = {"HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1"}
+    return serve(args, log_path=root / "server.log", env=env)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, hf_cache, musicgen_converted):
+    root = tmp_path_factory.mktemp("fetch-server")
+    with start(root, hf_cache, "--model", f"tiny={musicgen_converted}") as srv:
+        yield SimpleNamespace(url=srv.url, models=root / "models", log=root / "server.log")
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def catalog(client) -> dict[str, dict]:
+    body = client.get("/api/catalog").json()
+    return {m["name"]: m for m in body["models"]}
+
+
+def test_catalog_lists_every_registry_model(client, musicgen_dir):
+    from mlx_audio_generate import registry
+
+    body = client.get("/api/catalog").json()
+    assert body["fetch_enabled"] is True
+    items = {m["name"]: m for m in body["models"]}
+    assert list(items) == list(registry.short_names())  # every name, in the registry's order
+    small = items["musicgen-small"]
+    assert (small["family"], small["family_label"], small["repo"]) == (
+        "musicgen",
+        "MusicGen",
+        "facebook/musicgen-small",
+    )
+    # in the Hugging Face cache: its size is what a conversion reads of it, measured on disk
+    assert small["downloaded"] is True and small["size_bytes"] == hf_size(
+        musicgen_dir, "facebook/musicgen-small"
+    )
+    medium = items["musicgen-medium"]  # not cached, and offline: no size
+    assert (medium["state"], medium["downloaded"], medium["size_bytes"], medium["fetch"]) == (
+        "fetchable", False, None, None
+    )  # fmt: skip
+    # "tiny" was converted from a local folder: it stands for no registry model
+    assert all(m["served_as"] == [] for m in items.values() if m["name"] != "musicgen-small")
+
+
+def test_fetch_shows_progress_and_serves_the_model(client, server):
+    assert "musicgen-small" not in [m["name"] for m in client.get("/api/models").json()]
+    r = client.post("/api/models/fetch", json={"name": "musicgen-small"})
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == "/api/models/fetch/musicgen-small"
+    assert (r.json()["state"], r.json()["stage"]) == ("fetching", "queued")
+    again = client.post("/api/models/fetch", json={"name": "musicgen-small"})  # once at a time per name
+    assert again.status_code == 409 and "already being fetched" in again.json()["message"], again.text
+    assert catalog(client)["musicgen-small"]["state"] == "fetching"
+    job = submit(client)  # generation runs while the model is fetched (another process converts it)
+
+    view, seen = wait_fetch(client, "musicgen-small")
+    assert view["state"] == "done" and view["error"] is None, view
+    assert view["served_as"] == "musicgen-small" and view["progress"] == 1.0
+    assert list(view["stage_times"]) == ["download", "convert", "adding"]  # in this order, each ended
+    assert all(end is not None and end >= start for start, end in view["stage_times"].values())
+    assert view["tensors_total"] > 0 and view["tensors_done"] == view["tensors_total"]
+    assert set(seen) <= {"queued", "download", "convert", "adding"}
+    assert wait_job(client, job)["status"] == "done"
+
+    # served without a restart: listed, described from its config, and it generates
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    assert models["musicgen-small"]["family"] == "musicgen"
+    done = wait_job(client, submit(client, model="musicgen-small", seconds=0.5, seed=3))
+    assert done["status"] == "done", done
+    assert client.get(done["audio_url"]).content[:4] == b"RIFF"
+    entry = catalog(client)["musicgen-small"]
+    assert (entry["state"], entry["served_as"]) == ("served", ["musicgen-small"])
+
+    # written into the first --models-dir in the CLI cache's layout, nothing else: a restart serves it
+    assert sorted(p.name for p in server.models.iterdir()) == ["facebook--musicgen-small"]
+    assert sorted(p.name for p in (server.models / "facebook--musicgen-small").iterdir()) == ["original"]
+    from mlx_audio_generate.server import discover_models
+
+    assert list(discover_models({}, [server.models])) == ["musicgen-small"]
+    again = client.post("/api/models/fetch", json={"name": "musicgen-small"})
+    assert again.status_code == 409 and "already served" in again.json()["message"], again.text
+
+
+def test_failed_fetches_are_one_line_and_leave_nothing(client, server):
+    # offline, and not in the Hugging Face cache
+    r = client.post("/api/models/fetch", json={"name": "musicgen-medium"})
+    assert r.status_code == 202, r.text
+    view, _ = wait_fetch(client, "musicgen-medium")
+    assert view["state"] == "failed" and "not in the local Hugging Face cache" in view["error"], view
+    # in the cache, but its weights are not safetensors: the conversion fails
+    assert client.post("/api/models/fetch", json={"name": "musicgen-stereo-small"}).status_code == 202
+    broken, _ = wait_fetch(client, "musicgen-stereo-small")
+    assert broken["state"] == "failed" and broken["served_as"] is None, broken
+    for v in (view, broken):
+        assert (
+            "\n" not in v["error"] and "/" + "tmp" not in v["error"] and str(server.models) not in v["error"]
+        )
+    items = catalog(client)
+    assert items["musicgen-medium"]["state"] == items["musicgen-stereo-small"]["state"] == "failed"
+    assert items["musicgen-stereo-small"]["fetch"]["error"] == broken["error"]
+    # nothing half-written: no entry, no staging folder of either (the earlier fetch's entry may be there)
+    assert {p.name for p in server.models.iterdir()} <= {"facebook--musicgen-small"}
+    names = [m["name"] for m in client.get("/api/models").json()]
+    assert "musicgen-medium" not in names and "musicgen-stereo-small" not in names
+    # a failed fetch may be tried again (and fails again, the same way)
+    assert client.post("/api/models/fetch", json={"name": "musicgen-medium"}).status_code == 202
+    assert wait_fetch(client, "musicgen-medium")[0]["error"] == view["error"]
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"name": "facebook/musicgen-small"}, 404, "not a model this server can fetch"),  # never a repo id
+        ({"name": "../../etc/passwd"}, 404, "not a model this server can fetch"),  # nor a path
+        ({"name": "musicgen-smal"}, 404, "did you mean musicgen-small?"),
+        ({"name": "musicgen-small", "dtype": "int8"}, 422, "dtype must be one of"),
+        ({"name": "musicgen-small", "repo": "x/y"}, 422, "repo"),
+        ({"name": "x" * 65}, 422, "name"),
+    ],
+)
+def test_fetch_requests_refused(client, body, status, message):
+    r = client.post("/api/models/fetch", json=body)
+    assert r.status_code == status and message in r.json()["message"], r.text
+    assert client.get("/api/models/fetch/nothing-here").status_code == 404
+
+
+def test_no_fetch_lists_but_refuses(tmp_path, hf_cache, musicgen_converted):
+    with (
+        start(tmp_path, hf_cache, "--no-fetch", "--model", f"tiny={musicgen_converted}") as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        body = c.get("/api/catalog").json()
+        assert body["fetch_enabled"] is False and body["models"][0]["state"] == "fetchable"
+        r = c.post("/api/models/fetch", json={"name": "musicgen-small"})
+        assert r.status_code == 403 and "--no-fetch" in r.json()["message"], r.text
+        assert c.get("/api/models/fetch/musicgen-small").status_code == 404
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_no_models_is_fine_when_the_page_can_fetch_them(tmp_path, hf_cache):
+    with start(tmp_path, hf_cache) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.get("/api/models").json() == []
+        assert c.post("/api/models/fetch", json={"name": "musicgen-small"}).status_code == 202
+        assert wait_fetch(c, "musicgen-small")[0]["state"] == "done"
+        assert [m["name"] for m in c.get("/api/models").json()] == ["musicgen-small"]

@@ -62,6 +62,7 @@ class CatalogEntry(BaseModel):
 
 class Catalog(BaseModel):
     fetch_enabled: bool = Field(description="false: the server was started with --no-fetch")
+    served: list[str] = Field(description="the names of every model served now (GET /api/models)")
     models: list[CatalogEntry]
 
 

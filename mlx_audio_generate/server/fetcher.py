@@ -272,7 +272,7 @@ class Fetcher:
                     "size_bytes": size if size is not None else self._hub_sizes.get(repo),
                     "downloaded": downloaded, "state": state, "served_as": served, "fetch": view,
                 })  # fmt: skip
-        return {"fetch_enabled": self.enabled, "models": items}
+        return {"fetch_enabled": self.enabled, "served": list(self.models), "models": items}
 
     # -- sizes -------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -18,16 +19,34 @@ REPORT_EVERY_SECONDS = 0.1  # progress messages: at most this often per stage, p
 
 def resolve_in_child(repo: str, dtype: str | None, dest: str, conn: Any) -> None:
     """Resolve `repo` into the cache at `dest` (resolve.resolve), sending ("stage", stage, done, total)
-    messages (convert.convert's on_stage) on `conn`, then ("done", folder) or ("failed", one line)."""
+    messages (convert.convert's on_stage: at most one per stage every REPORT_EVERY_SECONDS, and the last
+    state of a burst a moment later) on `conn`, then ("done", folder) or ("failed", one line)."""
     os.environ["MLX_AUDIO_GENERATE_CACHE"] = dest
-    last: dict[str, float] = {}
+    lock = threading.Lock()  # huggingface_hub reports from its download threads
+    latest: dict[str, tuple[int, int]] = {}  # per stage, the last state not sent yet
+    sent: dict[str, float] = {}
+
+    def send(stage: str) -> None:  # under the lock
+        done, total = latest.pop(stage)
+        sent[stage] = time.monotonic()
+        conn.send(("stage", stage, done, total))
 
     def on_stage(stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total or now - last.get(stage, 0.0) >= REPORT_EVERY_SECONDS:
-            last[stage] = now
-            conn.send(("stage", stage, int(done), int(total)))
+        with lock:
+            latest[stage] = (int(done), int(total))
+            if done >= total or time.monotonic() - sent.get(stage, 0.0) >= REPORT_EVERY_SECONDS:
+                send(stage)
 
+    def flush() -> None:  # the state a burst of reports ended on, REPORT_EVERY_SECONDS later at most
+        while True:
+            time.sleep(REPORT_EVERY_SECONDS)
+            with lock:
+                if conn.closed:
+                    return
+                for stage in list(latest):
+                    send(stage)
+
+    threading.Thread(target=flush, name="progress-flush", daemon=True).start()
     try:
         from .resolve import resolve
 
@@ -42,4 +61,5 @@ def resolve_in_child(repo: str, dtype: str | None, dest: str, conn: Any) -> None
         first = str(e).splitlines()[0] if str(e) else ""
         conn.send(("failed", f"internal error: {type(e).__name__}: {first}"))
     finally:
-        conn.close()
+        with lock:
+            conn.close()

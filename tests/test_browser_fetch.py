@@ -1,14 +1,17 @@
 """Fetching a model from the page in a real headless Chromium (as tests/test_browser_studio.py): a server
-with no model yet, offline, over a Hugging Face cache holding the tiny MusicGen as facebook/musicgen-small
-(tests/test_server_fetch.py); click Fetch, see the row fetching and then served, select the model, generate.
-No request leaves 127.0.0.1. Screenshots go to the folder printed at the end (MLX_AUDIO_SCREENSHOTS)."""
+with no model yet, whose Hugging Face hub is tests/local_hub.py on a loopback port holding the tiny MusicGen
+as facebook/musicgen-small (sent slowly, so the download can be watched); click Fetch, see the bytes counted
+and the row served, the model selected, generate with it. No request of the page leaves the server.
+Screenshots go to the folder printed at the end (MLX_AUDIO_SCREENSHOTS)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from local_hub import LocalHub
 from test_browser import CHROMIUM_ARGS, chromium_path
 from test_browser_studio import shots, wait_done
-from test_hub import populate_hf_cache
 
 from mlx_audio_generate.server.launch import serve
 
@@ -16,12 +19,12 @@ from mlx_audio_generate.server.launch import serve
 @pytest.fixture(scope="module")
 def server(musicgen_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-fetch")
-    populate_hf_cache(root / "hf", "facebook/musicgen-small", musicgen_dir)
     (root / "models").mkdir()
     args = ["--models-dir", str(root / "models"), "--data-dir", str(root / "data")]
-    env = {"HF_HUB_CACHE": str(root / "hf"), "HF_HUB_OFFLINE": "1"}
-    with serve(args, log_path=root / "server.log", env=env) as srv:
-        yield srv
+    with LocalHub({"facebook/musicgen-small": musicgen_dir}, delay=0.1) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(root / "hf")}
+        with serve(args, log_path=root / "server.log", env=env) as srv:
+            yield srv
 
 
 @pytest.fixture()
@@ -57,17 +60,21 @@ def test_fetch_a_model_then_generate_with_it(page, server, tmp_path):
     expect(page.get_by_test_id("model").locator("option")).to_have_count(0)
     row = page.locator('[data-testid="catalog-item"][data-name="musicgen-small"]')
     expect(row).to_have_attribute("data-state", "fetchable")
-    expect(row).to_contain_text("MusicGen")
-    expect(row).to_contain_text("downloaded")  # in the Hugging Face cache: no download needed
-    expect(row).not_to_contain_text("size unknown")
+    expect(row).to_contain_text("MusicGen · 1.4 MB")  # the hub's file listing, asked by the server
+    expect(row).not_to_contain_text("downloaded")
     other = page.locator('[data-testid="catalog-item"][data-name="musicgen-medium"]')
-    expect(other).to_contain_text("size unknown")  # offline: the hub cannot say
+    expect(other).to_contain_text("size unknown")  # a repo this hub does not have
     expect(page.get_by_test_id("catalog-summary")).to_contain_text("0 served")
     page.screenshot(path=str(out / "catalog.png"), full_page=True)
 
     row.get_by_test_id("fetch-button").click()
     expect(row).to_have_attribute("data-state", "fetching")  # shown from the POST's answer at once
     expect(row.get_by_test_id("fetch-progress")).to_be_visible()
+    # the bytes written of the files' total while the weights arrive (the small files come first)
+    expect(row.get_by_test_id("fetch-status")).to_have_text(
+        re.compile(r"downloading [\d.]+ kB / 1\.4 MB · file \d / 5")
+    )
+    expect(row.get_by_test_id("fetch-progress")).to_have_attribute("aria-valuenow", re.compile(r"^\d$"))
     page.screenshot(path=str(out / "fetching.png"), full_page=True)
     served = page.locator('[data-testid="catalog-item"][data-name="musicgen-small"][data-state="served"]')
     expect(served).to_be_visible(timeout=60_000)
@@ -100,9 +107,11 @@ def test_failed_fetch_shows_its_error(page, server):
     if page.get_by_test_id("models-panel").get_attribute("open") is None:  # (open when nothing is served)
         page.locator("#models-panel summary").click()
     row = page.locator('[data-testid="catalog-item"][data-name="musicgen-large"]')
-    row.get_by_test_id("fetch-button").click()  # not in the Hugging Face cache, offline
+    row.get_by_test_id("fetch-button").click()  # a repo this hub does not have
     expect(row).to_have_attribute("data-state", "failed", timeout=60_000)
-    expect(row.get_by_test_id("fetch-error")).to_contain_text("not in the local Hugging Face cache")
+    expect(row.get_by_test_id("fetch-error")).to_contain_text(
+        "Hugging Face repo 'facebook/musicgen-large' not found"
+    )
     expect(row.get_by_test_id("fetch-button")).to_have_text("Retry")
     assert not page.problems, page.problems
     assert not page.foreign, page.foreign

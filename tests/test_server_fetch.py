@@ -1,5 +1,6 @@
 """Fetching models from the server (fetcher.py, fetch_routes.py): the real server process, offline, against a
-Hugging Face cache holding tiny checkpoints in the released layout (as tests/test_hub.py builds it).
+Hugging Face cache holding tiny checkpoints in the released layout (as tests/test_hub.py builds it), and
+online against a hub on a loopback port (tests/local_hub.py) that huggingface_hub downloads from for real.
 
 facebook/musicgen-small is the tiny MusicGen of conftest; facebook/musicgen-stereo-small is a copy whose
 weights file is not safetensors (its conversion fails); every other repo is missing (HF_HUB_OFFLINE=1)."""
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from local_hub import LocalHub
 from test_hub import populate_hf_cache
 from test_server import submit, wait_job
 
@@ -21,13 +23,15 @@ from mlx_audio_generate.server.launch import serve
 httpx = pytest.importorskip("httpx")
 
 
-def wait_fetch(client, name: str, timeout: float = 60.0) -> tuple[dict, list[str]]:
-    """The fetch's final view, and the stages seen while polling it."""
+def wait_fetch(client, name: str, timeout: float = 60.0, views: list | None = None) -> tuple[dict, list[str]]:
+    """The fetch's final view, and the stages seen while polling it (every view polled: `views`)."""
     deadline, seen = time.monotonic() + timeout, []
     while True:
         r = client.get(f"/api/models/fetch/{name}")
         assert r.status_code == 200, r.text
         view = r.json()
+        if views is not None:
+            views.append(view)
         if view["stage"] and (not seen or seen[-1] != view["stage"]):
             seen.append(view["stage"])
         if view["state"] != "fetching":
@@ -207,3 +211,50 @@ def test_no_models_is_fine_when_the_page_can_fetch_them(tmp_path, hf_cache):
         assert c.post("/api/models/fetch", json={"name": "musicgen-small"}).status_code == 202
         assert wait_fetch(c, "musicgen-small")[0]["state"] == "done"
         assert [m["name"] for m in c.get("/api/models").json()] == ["musicgen-small"]
+
+
+def test_download_from_a_hub_with_byte_progress(tmp_path, musicgen_dir):
+    repo = "facebook/musicgen-small"
+    (tmp_path / "models").mkdir()
+    args = ["--models-dir", str(tmp_path / "models"), "--data-dir", str(tmp_path / "data")]
+    with LocalHub({repo: musicgen_dir}, delay=0.05) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf")}  # online: HF_HUB_OFFLINE unset
+        with (
+            serve(args, env=env, log_path=tmp_path / "server.log") as srv,
+            httpx.Client(base_url=srv.url) as c,
+        ):
+            # before any download, the size comes from the hub's file listing (asked in the background)
+            deadline = time.monotonic() + 30
+            while (entry := catalog(c)["musicgen-small"])["size_bytes"] is None:
+                assert time.monotonic() < deadline, entry
+                time.sleep(0.1)
+            size = hf_size(musicgen_dir, repo)
+            assert entry["size_bytes"] == size and entry["downloaded"] is False
+            assert not any(r.startswith("GET /facebook") for r in hub.requests)  # listed (HEAD) only
+
+            assert c.post("/api/models/fetch", json={"name": "musicgen-small"}).status_code == 202
+            views: list[dict] = []
+            view, seen = wait_fetch(c, "musicgen-small", views=views)
+            assert view["state"] == "done", view
+            assert (
+                seen[seen.index("download") :]
+                == ["download", "convert", "adding"][: len(seen) - seen.index("download")]
+            )
+            # bytes and files counted up while downloading; at the end, all of them
+            partial = [
+                v for v in views if v["stage"] == "download" and 0 < v["bytes_done"] < v["bytes_total"]
+            ]
+            assert partial, [(v["stage"], v["bytes_done"], v["bytes_total"]) for v in views]
+            assert all(0 < v["progress"] < 1 for v in partial)
+            assert (view["bytes_done"], view["bytes_total"]) == (size, size)
+            assert view["files_done"] == view["files_total"] > 1
+            assert f"GET /{repo}/resolve/{'f' * 40}/model.safetensors" in hub.requests
+            job = wait_job(c, submit(c, model="musicgen-small", seconds=0.5))
+            assert job["status"] == "done", job
+            assert catalog(c)["musicgen-small"]["downloaded"] is True
+
+            # a repo the hub does not have: one line, nothing left behind
+            assert c.post("/api/models/fetch", json={"name": "musicgen-medium"}).status_code == 202
+            failed, _ = wait_fetch(c, "musicgen-medium")
+            assert failed["state"] == "failed" and "not found" in failed["error"], failed
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["facebook--musicgen-small"]

@@ -63,6 +63,7 @@ class CatalogEntry(BaseModel):
 class Catalog(BaseModel):
     fetch_enabled: bool = Field(description="false: the server was started with --no-fetch")
     served: list[str] = Field(description="the names of every model served now (GET /api/models)")
+    sizes_pending: bool = Field(description="the hub is being asked for sizes: ask again in a moment")
     models: list[CatalogEntry]
 
 

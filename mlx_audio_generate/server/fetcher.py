@@ -272,7 +272,13 @@ class Fetcher:
                     "size_bytes": size if size is not None else self._hub_sizes.get(repo),
                     "downloaded": downloaded, "state": state, "served_as": served, "fetch": view,
                 })  # fmt: skip
-        return {"fetch_enabled": self.enabled, "served": list(self.models), "models": items}
+        pending = self._size_thread is not None and self._size_thread.is_alive()
+        return {
+            "fetch_enabled": self.enabled,
+            "served": list(self.models),
+            "sizes_pending": pending,
+            "models": items,
+        }
 
     # -- sizes -------------------------------------------------------------------------------------------
 

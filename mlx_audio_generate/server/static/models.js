@@ -5,6 +5,7 @@
 "use strict";
 
 const CATALOG_POLL_MS = 400;
+const SIZES_POLL_MS = 1000; // while the server asks the hub for the sizes
 // select: models fetched from this page, picked once served; loading: a request is on its way
 const catalog = { timer: null, data: null, select: new Set(), loading: false };
 
@@ -34,6 +35,7 @@ async function loadCatalog() {
   if (added.length) await modelsAdded(added);
   renderCatalog(res.data);
   if (res.data.models.some((m) => m.state === "fetching")) catalog.timer = setTimeout(loadCatalog, CATALOG_POLL_MS);
+  else if (res.data.sizes_pending) catalog.timer = setTimeout(loadCatalog, SIZES_POLL_MS);
 }
 
 async function modelsAdded(names) {

@@ -178,7 +178,7 @@ def test_failed_fetches_are_one_line_and_leave_nothing(client, server):
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        ({"name": "facebook/musicgen-small"}, 404, "not a model this server can fetch"),  # never a repo id
+        ({"name": "facebook/musicgen-small"}, 404, "can fetch; did you mean musicgen-small?"),  # no repo id
         ({"name": "../../etc/passwd"}, 404, "not a model this server can fetch"),  # nor a path
         ({"name": "musicgen-smal"}, 404, "did you mean musicgen-small?"),
         ({"name": "musicgen-small", "dtype": "int8"}, 422, "dtype must be one of"),
@@ -258,3 +258,24 @@ def test_download_from_a_hub_with_byte_progress(tmp_path, musicgen_dir):
             failed, _ = wait_fetch(c, "musicgen-medium")
             assert failed["state"] == "failed" and "not found" in failed["error"], failed
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["facebook--musicgen-small"]
+
+
+def test_cached_conversion_is_added_from_the_cli_cache(tmp_path, hf_cache, musicgen_converted):
+    # without --models-dir, fetches go to the CLI's cache; a conversion already there is only added
+    cache = tmp_path / "cli-cache"
+    shutil.copytree(musicgen_converted, cache / "facebook--musicgen-small" / "original")
+    args = ["--model", f"tiny={musicgen_converted}", "--data-dir", str(tmp_path / "data")]
+    env = {
+        "HF_HUB_CACHE": str(tmp_path / "empty-hf"),
+        "HF_HUB_OFFLINE": "1",
+        "MLX_AUDIO_GENERATE_CACHE": str(cache),
+    }
+    with serve(args, env=env, log_path=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url) as c:
+        entry = catalog(c)["musicgen-small"]
+        assert (entry["state"], entry["downloaded"]) == ("cached", False)
+        assert c.post("/api/models/fetch", json={"name": "musicgen-small"}).status_code == 202
+        view, _ = wait_fetch(c, "musicgen-small")
+        assert view["state"] == "done" and view["tensors_total"] == 0, view  # nothing downloaded or converted
+        assert sorted(m["name"] for m in c.get("/api/models").json()) == ["musicgen-small", "tiny"]
+        assert catalog(c)["musicgen-small"]["state"] == "served"
+    assert sorted(p.name for p in cache.iterdir()) == ["facebook--musicgen-small"]

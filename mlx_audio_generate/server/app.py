@@ -397,7 +397,7 @@ def create_app(
 
     @app.get("/api/models", response_model=list[ModelInfo], summary="Models this server can run")
     def list_models() -> list[dict[str, Any]]:
-        return [m.info() for m in models.values()]
+        return [m.info() for m in list(models.values())]  # a copy: fetches add models meanwhile
 
     def create_job(req: BaseModel, response: Response) -> dict[str, Any]:
         job = build_job(req, models, find_audio)

@@ -20,6 +20,7 @@ listing of each repo (a dry run: nothing is downloaded); until then (or offline)
 
 from __future__ import annotations
 
+import difflib
 import logging
 import multiprocessing
 import threading
@@ -203,12 +204,18 @@ class Fetcher:
                 403, "fetching models is off on this server (--no-fetch); its owner can fetch them with "
                 "mlx-audio-convert or start it without --no-fetch",
             )  # fmt: skip
-        repo = registry.short_names().get(name)
+        names = registry.short_names()
+        repo = names.get(name)
         if repo is None:
-            from ..hub import did_you_mean
-
-            guess = did_you_mean(name)
-            hint = guess if guess else "GET /api/catalog lists the models this server can fetch"
+            # a near miss, or a repo id whose model is listed: name the catalog's name (never the repo id)
+            by_repo = {r: n for n, r in names.items()}
+            close = difflib.get_close_matches(name.split("/")[-1], list(names), n=1, cutoff=0.8)
+            guess = by_repo.get(name) or (close[0] if close else None)
+            hint = (
+                f"did you mean {guess}?"
+                if guess
+                else "GET /api/catalog lists the models this server can fetch"
+            )
             raise FetchRefused(404, f"'{name[:64]}' is not a model this server can fetch; {hint}")
         if dtype is not None and dtype not in DTYPES:
             raise FetchRefused(

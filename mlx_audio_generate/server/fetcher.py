@@ -243,9 +243,12 @@ class Fetcher:
 
     def catalog(self) -> dict[str, Any]:
         """Every registry model with its state (module doc), in the registry's order."""
-        if self.ask_hub_for_sizes and self._size_thread is None:
-            self._size_thread = threading.Thread(target=self._ask_sizes, name="mlx-audio-sizes", daemon=True)
-            self._size_thread.start()
+        with self._cv:  # requests are answered in several threads: one asking thread only
+            if self.ask_hub_for_sizes and self._size_thread is None:
+                self._size_thread = threading.Thread(
+                    target=self._ask_sizes, name="mlx-audio-sizes", daemon=True
+                )
+                self._size_thread.start()
         from ..resolve import cached_conversion
 
         served_by_source: dict[str, list[str]] = {}

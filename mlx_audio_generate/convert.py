@@ -15,7 +15,7 @@ from .converted import is_converted, malformed_files, read_meta
 from .errors import UserError
 from .family import ConvertJob
 from .hub import check_json_files, fetch, is_repo_id
-from .progress import tqdm_bar
+from .progress import HubMeter, OnStage, tqdm_bar
 from .quantize import check_options
 from .weights import make_temp_dir
 
@@ -59,19 +59,23 @@ def convert(
     quantize_group_size: int = 64,
     quiet: bool = True,
     options: Mapping[str, Any] | None = None,
+    on_stage: OnStage | None = None,
     **family_options: Any,
 ) -> Path:
     """Convert `model` (repo id or folder) into `output`; the folder appears only once complete.
     `quantize_bits` (None, 4 or 8) quantizes the family's core (LM / DiT) linear layers in groups of
     `quantize_group_size`. `options` (or keywords): the family's convert settings (`Family.convert_settings`,
     e.g. t5=...). Unless `quiet`, a tqdm bar on stderr counts the tensors converted (downloads show Hugging
-    Face's). `force` replaces a previous conversion in `output`, never other files nor the checkpoint."""
+    Face's). `on_stage(stage, done, total)` gets the same progress instead of bars: "files" and "download"
+    (bytes) of each checkpoint fetched, then "convert" (tensors); the server's fetches show it (fetcher.py).
+    `force` replaces a previous conversion in `output`, never other files nor the checkpoint."""
     check_options(quantize_bits, quantize_group_size)
     options = {**(options or {}), **family_options}
     output = Path(output).expanduser()
     _check_output(output, force)
     parent = output.parent
-    src = _fetch_announced(model, trust_remote_code, quiet)
+    meter = HubMeter.reporting(on_stage) if on_stage is not None else None
+    src = _fetch_announced(model, trust_remote_code, quiet, tqdm_class=meter)
     _check_apart(output, src)
     _refuse_converted(model, src)
     family = registry.detect(src)
@@ -83,7 +87,7 @@ def convert(
 
     def fetch_more(name: str, patterns: list[str] | None = None) -> Path:
         # another checkpoint the conversion reads (e.g. a text encoder); `patterns`: only those files
-        folder = _fetch_announced(name, trust_remote_code, quiet, patterns)
+        folder = _fetch_announced(name, trust_remote_code, quiet, patterns, tqdm_class=meter)
         _check_apart(output, folder)
         check_json_files(folder)
         return folder
@@ -106,7 +110,11 @@ def convert(
         source=str(model),
         quantize_bits=quantize_bits,
         quantize_group_size=quantize_group_size,
-        progress=tqdm_bar(f"converting {_shown_source(model)}", quiet, unit="tensor"),
+        progress=(
+            tqdm_bar(f"converting {_shown_source(model)}", quiet, unit="tensor")
+            if on_stage is None
+            else lambda done, total: on_stage("convert", done, total)
+        ),
         options=options,
         fetch=fetch_more,
     )
@@ -132,13 +140,17 @@ def convert(
 
 
 def _fetch_announced(
-    model: str, trust_remote_code: bool, quiet: bool, patterns: list[str] | None = None
+    model: str,
+    trust_remote_code: bool,
+    quiet: bool,
+    patterns: list[str] | None = None,
+    tqdm_class: type | None = None,
 ) -> Path:
     """`hub.fetch`, saying "downloading..." first when it goes to the hub (a download is most of the wait
     on first use; the "converting" bar comes after it)."""
     if not quiet and is_repo_id(model) and not Path(model).expanduser().is_dir():
         print(f"downloading {model} (or reusing the Hugging Face cache)...", file=sys.stderr, flush=True)
-    return fetch(model, trust_remote_code=trust_remote_code, patterns=patterns)
+    return fetch(model, trust_remote_code=trust_remote_code, patterns=patterns, tqdm_class=tqdm_class)
 
 
 def _shown_source(model: str) -> str:

@@ -52,7 +52,8 @@ def check_json_files(folder: Path) -> None:
                 raise UserError(f"{path} is not a valid tokenizer ({e}); re-download it") from None
 
 
-def _patterns(repo_id: str) -> list[str]:
+def download_patterns(repo_id: str) -> list[str]:
+    """The files a conversion of `repo_id` reads (its family's download patterns, else DEFAULT_PATTERNS)."""
     for fam in registry.families().values():
         if repo_id in fam.repos | fam.extra_repos and fam.download_patterns is not None:
             return list(fam.download_patterns(repo_id))
@@ -78,10 +79,15 @@ def did_you_mean(name: str) -> str:
 
 
 def fetch(
-    model: str, trust_remote_code: bool = False, allow_pickle: bool = True, patterns: list[str] | None = None
+    model: str,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = True,
+    patterns: list[str] | None = None,
+    tqdm_class: type | None = None,
 ) -> Path:
     """A local folder for `model` (a folder path or a HF repo id), downloading into the HF cache if needed.
-    `patterns` narrows the download to the files a caller reads (default: the family's download patterns)."""
+    `patterns` narrows the download to the files a caller reads (default: the family's download patterns);
+    `tqdm_class`: huggingface_hub's progress bars (e.g. progress.HubMeter; default: its own)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -103,16 +109,16 @@ def fetch(
         from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise UserError("huggingface_hub is not installed; pip install huggingface_hub") from None
-    patterns = list(patterns) if patterns is not None else _patterns(model)
+    patterns = list(patterns) if patterns is not None else download_patterns(model)
     try:
-        folder = Path(snapshot_download(model, allow_patterns=patterns))
+        folder = Path(snapshot_download(model, allow_patterns=patterns, tqdm_class=tqdm_class))
         has_weights = any(folder.rglob("*.safetensors"))  # subfolders too (ACE-Step: vae/, ...)
         if not has_weights and allow_pickle:
             # Some repos (e.g. musicgen-large) ship only pickle weights; they are read with
             # torch.load(weights_only=True), which never executes code.
             pickles = patterns + ["pytorch_model*.bin*"]
             _check_torch_for_pickles(model, pickles)
-            folder = Path(snapshot_download(model, allow_patterns=pickles))
+            folder = Path(snapshot_download(model, allow_patterns=pickles, tqdm_class=tqdm_class))
     except GatedRepoError:
         raise UserError(
             f"'{model}' is gated: accept its licence on huggingface.co and set HF_TOKEN (or `hf auth login`)"

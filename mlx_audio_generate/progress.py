@@ -137,3 +137,53 @@ def eval_weights(weights: dict[str, mx.array], progress: Progress | None = None)
     for i, value in enumerate(weights.values()):
         mx.eval(value)
         progress(i + 1, total)
+
+
+class HubMeter:
+    """A stand-in for the tqdm class huggingface_hub's `snapshot_download(tqdm_class=...)` draws with: it
+    draws nothing and reports to `on_stage` instead: "files" (files fetched of the snapshot's files) and
+    "download" (bytes written of the files' total size, the bar huggingface_hub calls "Reconstructing").
+    The other bar (network bytes, whose total is a guess) is not reported. Subclass it per download with
+    `HubMeter.reporting(on_stage)`: huggingface_hub makes its bars from the class, in several threads."""
+
+    on_stage: OnStage | None = None
+
+    @classmethod
+    def reporting(cls, on_stage: OnStage) -> type[HubMeter]:
+        return type("HubMeterReporting", (cls,), {"on_stage": staticmethod(on_stage)})
+
+    def __init__(self, *args: object, total: float | None = None, initial: float = 0, desc: str = "",
+                 unit: str = "it", **kwargs: object):  # fmt: skip
+        self.total, self.n, self.desc, self.unit = total, initial or 0, desc or "", unit
+        self.format_dict: dict[str, object] = {}
+
+    def _stage(self) -> str | None:
+        if self.unit == "B":
+            return "download" if self.desc.startswith("Reconstruct") else None
+        return "files" if self.desc.startswith("Fetching") else None
+
+    def refresh(self, *args: object, **kwargs: object) -> None:
+        stage = self._stage()
+        if stage is not None and self.on_stage is not None and self.total:
+            self.on_stage(stage, int(min(self.n, self.total)), int(self.total))
+
+    def update(self, n: float | None = 1) -> None:
+        self.n += n or 0
+        self.refresh()
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        self.desc = desc or ""
+
+    set_description_str = set_description
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> HubMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -24,6 +24,7 @@ from . import registry
 from .converted import FORMAT_VERSION, is_converted, read_meta
 from .errors import UserError
 from .hub import did_you_mean, is_repo_id
+from .progress import OnStage
 
 # content_key's bounds: a checkpoint is a handful of files a few folders deep; a huge tree (someone's home
 # folder named by mistake) is fingerprinted on its first files, breadth-first, so the top-level configs and
@@ -84,6 +85,14 @@ def cache_dir(model: str, dtype: str | None) -> Path:
     return cache_root() / key / f"{dtype or 'original'}--{content_key(folder)}"
 
 
+def cached_conversion(repo: str, dtype: str | None = None, root: Path | None = None) -> Path | None:
+    """The usable conversion of repo id `repo` in `dtype` in the cache at `root` (default: cache_root()),
+    or None when there is none (yet)."""
+    base = cache_root() if root is None else Path(root).expanduser()
+    target = base / repo.replace("/", "--") / (dtype or "original")
+    return target if _usable(target) else None
+
+
 def _ours(folder: Path) -> bool:
     """A folder the cache may remove: one written by this tool (our config.json metadata), or empty."""
     if folder.is_symlink() or not folder.is_dir():
@@ -116,8 +125,10 @@ def resolve(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     quiet: bool = False,
+    on_stage: OnStage | None = None,
 ) -> Path:
-    """A converted folder for `model`: a converted folder as is; otherwise fetched + converted once."""
+    """A converted folder for `model`: a converted folder as is; otherwise fetched + converted once.
+    `on_stage`: the fetch's and conversion's progress (convert.convert), for callers that draw their own."""
     fams = registry.families()
     if model in fams:
         example = fams[model].example
@@ -152,7 +163,10 @@ def resolve(
     remove_stale_partials(target.parent, target.name)  # (and those of earlier versions, staged beside)
     staging = cache_root() / f".{key}.{os.getpid()}"
     try:
-        convert(repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, force=True, quiet=quiet)
+        convert(
+            repo, staging, dtype=dtype, trust_remote_code=trust_remote_code, force=True, quiet=quiet,
+            on_stage=on_stage,
+        )  # fmt: skip
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -42,7 +42,13 @@ def setup_arg_parser() -> ArgumentParser:
         default=[],
         metavar="DIR",
         help="serve every converted folder inside DIR, named after its folder (repeatable); DIR may be "
-        "mlx-audio-generate's cache (~/.cache/mlx-audio-generate)",
+        "mlx-audio-generate's cache (~/.cache/mlx-audio-generate). Models fetched from the page are "
+        "converted into the first DIR (without one: into that cache)",
+    )
+    p.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="the page lists the models it could fetch but may not download or convert any (shared servers)",
     )
     p.add_argument(
         "--data-dir",
@@ -179,14 +185,15 @@ def _main(argv: list[str] | None) -> int:
     named = parse_models(args.model)
     if not named and not args.models_dir:
         raise UserError(
-            f"no models: pass --model [NAME=]MODEL (e.g. --model {_example()}) or --models-dir DIR"
+            f"no models: pass --model [NAME=]MODEL (e.g. --model {_example()}) or --models-dir DIR (e.g. "
+            "mlx-audio-generate's cache ~/.cache/mlx-audio-generate: the page fetches more into it)"
         )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     from ..server import discover_models
 
     models = discover_models(named, args.models_dir)
-    if not models:
+    if not models and args.no_fetch:  # with fetching on, the page can fetch the first one
         raise UserError(
             f"no converted models found in {', '.join(args.models_dir)}; convert one with mlx-audio-convert"
         )
@@ -220,9 +227,12 @@ def _run_server(args: Any, models: dict[str, Any], sock: socket.socket) -> None:
     app = create_app(
         models, output_dir, max_queue=args.max_queue, allowed_hosts=allowed_hosts, history=history,
         uploads_dir=data_dir / "uploads", max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        fetch_enabled=not args.no_fetch, fetch_dir=args.models_dir[0] if args.models_dir else None,
     )  # fmt: skip
 
-    listed = ", ".join(f"{m.name} ({m.family})" for m in models.values())
+    listed = (
+        ", ".join(f"{m.name} ({m.family})" for m in models.values()) or "none yet (fetch them on the page)"
+    )
     bare = args.host.strip("[]")
     host = f"[{bare}]" if ":" in bare else bare
     print(

@@ -19,25 +19,25 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import registry
 from ..errors import UserError
 from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT, Setting, random_seed
+from .body_limit import MAX_BODY_BYTES, BodyLimit
+from .fetch_routes import fetch_router
+from .fetcher import Fetcher
 from .history import MAX_TITLE_CHARS, History
 from .jobs import Job, JobQueue, QueueFull
 from .models import ModelEntry
 from .output import check_output, output_names, output_settings
 from .preset_routes import FamilyPresetInfo, preset_router
-from .uploads import MAX_UPLOAD_BYTES, UploadError, Uploads
+from .upload_routes import upload_router
+from .uploads import MAX_UPLOAD_BYTES, Uploads
 
 log = logging.getLogger("mlx_audio_generate.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
 SWAGGER = "/static/vendor/swagger-ui"  # shipped in the package: /docs works offline and calls no CDN
-# A job request is a few hundred bytes (prompts are at most MAX_PROMPT_CHARS): anything much larger is refused
-# before it is read in full or parsed, so no body can make the server allocate or answer megabytes.
-MAX_BODY_BYTES = 64 * 1024
 # Error bodies are bounded too: at most this many problems listed (plus their count), short lines.
 MAX_ERROR_ITEMS = 20
 MAX_MESSAGE_CHARS = 1000
@@ -123,17 +123,6 @@ class ParamInfo(BaseModel):
     choices: list[str] | None = None
     max_length: int | None = None
     region: RegionInfo | None = None
-
-
-class UploadInfo(BaseModel):
-    id: str
-    name: str
-    format: str
-    sample_rate: int
-    channels: int
-    seconds: float
-    bytes: int
-    audio_url: str
 
 
 class ModelInfo(BaseModel):
@@ -285,64 +274,6 @@ def _validation_response(errors: list[dict[str, Any]], redact: Callable[[str], s
     return JSONResponse(body, status_code=422)
 
 
-def _too_large(limit: int = MAX_BODY_BYTES) -> JSONResponse:
-    if limit == MAX_BODY_BYTES:
-        msg = f"request body is larger than {limit} bytes; a job request is a small JSON object"
-    else:
-        msg = f"the file is larger than {limit // (1024 * 1024)} MB"
-    return JSONResponse({"message": msg, "detail": msg}, status_code=413)
-
-
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413 before the app reads or parses them.
-
-    A declared Content-Length over the limit is refused at once; a body without one (chunked) is read up
-    to the limit here and then handed on, so at most `limit` bytes are ever held. (The server discards the
-    rest of a refused body, and the connection stays usable.)"""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, larger: dict[str, int] | None = None):
-        self.app, self.default, self.larger = app, limit, larger or {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.larger.get(scope.get("path", ""), self.default)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:  # the HTTP server holds the body to exactly this length
-            try:
-                declared = int(length)
-            except ValueError:  # uvicorn refuses these itself; another server might not
-                declared = limit + 1
-            if declared > limit:
-                await _too_large(limit)(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                await _too_large(limit)(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        async def replay() -> Message:
-            nonlocal body
-            if body is not None:
-                first, body = body, None
-                return first
-            return await receive()  # after the body: the disconnect, whenever it comes
-
-        await self.app(scope, replay, send)
-
-
 AudioFinder = Callable[[str], "tuple[Path, float] | None"]
 
 
@@ -414,13 +345,21 @@ def create_app(
     history: History | None = None,
     uploads_dir: str | Path | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    fetch_enabled: bool = True,
+    fetch_dir: str | Path | None = None,
 ) -> FastAPI:
     """The app; its lifespan starts and stops the worker. `allowed_hosts` (Host header names) defaults to
     loopback names only, which stops DNS-rebinding pages from reaching a server bound to 127.0.0.1.
     `history`: where jobs are remembered across restarts (history.py); None keeps them in memory only.
-    `uploads_dir`: where uploaded audio is kept (default `output_dir/uploads`)."""
+    `uploads_dir`: where uploaded audio is kept (default `output_dir/uploads`). `fetch_enabled`: the page may
+    fetch models of the catalog into `fetch_dir` (default: the CLI's cache; fetcher.py)."""
     queue = JobQueue(models, output_dir, max_queue=max_queue, history=history)
     uploads = Uploads(Path(output_dir) / "uploads" if uploads_dir is None else uploads_dir, max_upload_bytes)
+    if fetch_dir is None:
+        from ..resolve import cache_root
+
+        fetch_dir = cache_root()
+    fetcher = Fetcher(models, fetch_dir, enabled=fetch_enabled)
 
     def find_audio(ref: str) -> tuple[Path, float] | None:
         """An upload, else a finished job's clip ("send to init / inpaint")."""
@@ -436,7 +375,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue.start()
+        fetcher.start()
         yield
+        fetcher.stop()
         queue.stop()
 
     app = FastAPI(
@@ -447,7 +388,7 @@ def create_app(
         redoc_url=None,
         responses={422: {"model": ValidationErrorBody, "description": "invalid request"}},
     )
-    app.state.queue = queue
+    app.state.queue, app.state.fetcher = queue, fetcher
     # Added first, so it runs after the Host check: a refused host never has its body read.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger={"/api/uploads": max_upload_bytes})
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
@@ -482,7 +423,7 @@ def create_app(
 
     @app.get("/api/models", response_model=list[ModelInfo], summary="Models this server can run")
     def list_models() -> list[dict[str, Any]]:
-        return [m.info() for m in models.values()]
+        return [m.info() for m in list(models.values())]  # a copy: fetches add models meanwhile
 
     def create_job(req: BaseModel, response: Response) -> dict[str, Any]:
         job = build_job(req, models, find_audio)
@@ -579,35 +520,8 @@ def create_app(
             path, media_type=AUDIO_TYPES[format], filename=name, content_disposition_type="inline"
         )
 
-    @app.post(
-        "/api/uploads",
-        status_code=201,
-        response_model=UploadInfo,
-        summary="Upload audio for a file setting (melody, init / inpaint audio, audio prompt)",
-        responses={413: {"description": "the file is too large"}, 415: {"description": "not audio"}},
-        openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
-    )
-    async def upload(
-        request: Request, name: str = Query("audio", max_length=255, description="the file's name")
-    ) -> dict[str, Any]:
-        data = await request.body()  # bounded by BodyLimit
-        try:
-            up = uploads.add(data, name)
-        except UploadError as e:
-            raise HTTPException(e.status, str(e)) from None
-        return uploads.describe(up)
-
-    @app.get(
-        "/api/uploads/{upload_id}/audio",
-        response_class=FileResponse,
-        summary="An uploaded file, as it was uploaded",
-    )
-    def get_upload(upload_id: uuid.UUID) -> FileResponse:
-        found = uploads.get(str(upload_id))
-        if found is None:
-            raise HTTPException(404, f"no upload {upload_id} on this server")
-        up, path = found
-        return FileResponse(path, filename=up.name, content_disposition_type="inline")
+    app.include_router(upload_router(uploads))
+    app.include_router(fetch_router(fetcher))
 
     app.include_router(preset_router(models, history))  # /api/presets: the user's presets
 

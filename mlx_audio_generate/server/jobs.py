@@ -336,7 +336,7 @@ class JobQueue:
     def redact(self, text: str) -> str:
         """`text` as a client may read it: no output or model folder, no absolute path (see redact_paths)."""
         folders: dict[str | Path, str] = {self.output_dir: "the output folder"}
-        for entry in self.models.values():
+        for entry in list(self.models.values()):  # a copy: the fetch thread adds models meanwhile
             folders[entry.folder] = f"the folder of model {entry.name}"
         return redact_paths(text, folders)
 

@@ -3,7 +3,8 @@
 `init_group()` joins the ranks a launcher started and refuses the two set-ups that would otherwise run
 wrongly: ranks that did not connect (each would do the whole job) and, under NCCL, a rank whose GPU does
 not exist (`mlx.launch --backend nccl` gives rank r `CUDA_VISIBLE_DEVICES=r`, so `-n 2` on a one-GPU machine
-leaves rank 1 without a GPU; MLX would then run it on the CPU or fail deep inside NCCL's set-up).
+leaves rank 1 without a GPU: MLX's CUDA build then fails at import, "cudaMallocManaged ... no CUDA-capable
+device is detected"). The console scripts run that check before they import MLX (cli/common.py).
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ def check_nccl_rank(env: dict[str, str] | None = None, gpus: int | None = None) 
     gpus = gpu_count() if gpus is None else gpus
     rank = env.get("MLX_RANK", "?")
     visible = env.get("CUDA_VISIBLE_DEVICES", "")
-    if gpus is None:
-        import mlx.core as mx
+    if gpus is None:  # no driver listing: ask MLX (a CUDA build cannot be imported without a GPU)
+        try:
+            import mlx.core as mx
 
-        if mx.cuda.is_available():
-            return
+            if mx.cuda.is_available():
+                return
+        except ImportError:
+            pass
         gpus = 0
     if gpus == 0 or (visible.isdigit() and int(visible) >= gpus):
         plural = "" if gpus == 1 else "s"

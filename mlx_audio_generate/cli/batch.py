@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import ArgumentParser, add_version_flag, interruptible_imports, run_main
+from .common import ArgumentParser, add_version_flag, interruptible_imports, refuse_gpu_less_rank, run_main
 
 with interruptible_imports("mlx-audio-generate"):  # `python -m` (mlx.launch) starts here
+    refuse_gpu_less_rank("mlx-audio-generate")  # before MLX (mlx.launch --backend nccl)
     from .. import batch as B
     from .. import registry
     from ..converted import open_folder, read_meta

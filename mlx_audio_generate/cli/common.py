@@ -48,6 +48,18 @@ def interruptible_imports(prog: str) -> Iterator[None]:
         raise SystemExit(_report_interrupt(prog, e)) from None
 
 
+def refuse_gpu_less_rank(prog: str) -> None:
+    """Under `mlx.launch --backend nccl`, refuse a rank whose GPU does not exist (distributed.check_nccl_rank)
+    with one line and exit 2. Called before MLX is imported: its CUDA build fails at import on such a rank."""
+    from ..distributed import check_nccl_rank
+
+    try:
+        check_nccl_rank()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 @contextlib.contextmanager
 def _signals_as_exceptions() -> Iterator[None]:
     """SIGTERM raises `Terminated` inside the block; the previous handlers are restored after it (tests run

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import ArgumentParser, add_version_flag, interruptible_imports, run_main
+from .common import ArgumentParser, add_version_flag, interruptible_imports, refuse_gpu_less_rank, run_main
 
 with interruptible_imports("mlx-audio-generate"):  # Ctrl-C while numpy & co load: one line, exit 130
+    refuse_gpu_less_rank("mlx-audio-generate")  # before MLX (mlx.launch --backend nccl)
     from .. import registry
     from ..audio import LOUDNESS_RANGE, check_output_path, loudness_normalize, loudness_report, write_audio
     from ..batch import FORMATS as BATCH_FORMATS

@@ -14,8 +14,9 @@ stages "files" and "download" from huggingface_hub, then "convert", tensors); wh
 folder is described (config.json only) and added to the served models, so GET /api/models lists it at once.
 
 Sizes: a cached Hugging Face snapshot's files are measured on disk; otherwise, with fetching on and the hub
-not offline (HF_HUB_OFFLINE), the first catalog request starts a thread that asks the hub for the file
-listing of each repo (a dry run: nothing is downloaded); until then (or offline) the size is unknown.
+not offline (HF_HUB_OFFLINE), the first catalog request that asks for sizes (`?sizes=true`: the page sends it
+while its Models panel is open) starts a thread that asks the hub for the file listing of each repo (a dry
+run: nothing is downloaded); until then (or offline) the size is unknown.
 """
 
 from __future__ import annotations

@@ -266,6 +266,34 @@ VIEW_OPS = {
 }  # fmt: skip
 
 
+@contextmanager
+def gpu_fast_ops():
+    """While active on the CPU, mx.fast's layer_norm / rms_norm / rope / SDPA each build ONE stand-in
+    primitive (a Concatenate of their array inputs) instead of their decomposed CPU fallback graphs, as each
+    is one kernel on the GPU; so `count_ops` here counts the graph the GPU runs. For counting only: the
+    values are wrong. Clear compiled-function caches before and after (they trace what they see)."""
+    if mx.default_device().type == mx.DeviceType.gpu:
+        yield
+        return
+
+    def one(*arrays, like):
+        flat = [a.reshape(-1) for a in arrays if isinstance(a, mx.array)]
+        flat = mx.concatenate(flat + [flat[0][:1]])  # two inputs at least: a concatenate of one is a no-op
+        return flat[: like.size].reshape(like.shape).astype(like.dtype)
+
+    fast = mx.fast
+    saved = {n: getattr(fast, n) for n in ("layer_norm", "rms_norm", "rope", "scaled_dot_product_attention")}
+    fast.layer_norm = lambda x, w, b, eps: one(x, like=x)
+    fast.rms_norm = lambda x, w, eps: one(x, like=x)
+    fast.rope = lambda a, *args, **kw: one(a, like=a)
+    fast.scaled_dot_product_attention = lambda q, k, v, **kw: one(q, k, v, like=q)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(fast, n, f)
+
+
 def count_ops(*outputs) -> tuple[int, int, dict[str, int]]:
     """Primitives in the (unevaluated) graph of `outputs`: (all, non-view, per-name counts).
 

@@ -276,17 +276,19 @@ def gpu_fast_ops():
         yield
         return
 
-    def one(*arrays, like):
-        flat = [a.reshape(-1) for a in arrays if isinstance(a, mx.array)]
+    def one(*args, like, **kw):
+        # every array input of the dtype (masks, biases computed in-graph count too; no casts added)
+        arrays = [a for a in (*args, *kw.values()) if isinstance(a, mx.array) and a.dtype == like.dtype]
+        flat = [a.reshape(-1) for a in arrays]
         flat = mx.concatenate(flat + [flat[0][:1]])  # two inputs at least: a concatenate of one is a no-op
-        return flat[: like.size].reshape(like.shape).astype(like.dtype)
+        return flat[: like.size].reshape(like.shape)
 
     fast = mx.fast
     saved = {n: getattr(fast, n) for n in ("layer_norm", "rms_norm", "rope", "scaled_dot_product_attention")}
-    fast.layer_norm = lambda x, w, b, eps: one(x, like=x)
-    fast.rms_norm = lambda x, w, eps: one(x, like=x)
-    fast.rope = lambda a, *args, **kw: one(a, like=a)
-    fast.scaled_dot_product_attention = lambda q, k, v, **kw: one(q, k, v, like=q)
+    fast.layer_norm = lambda x, *a, **kw: one(x, *a, like=x, **kw)
+    fast.rms_norm = lambda x, *a, **kw: one(x, *a, like=x, **kw)
+    fast.rope = lambda a, *args, **kw: one(a, *args, like=a, **kw)
+    fast.scaled_dot_product_attention = lambda q, k, v, **kw: one(q, k, v, like=q, **kw)
     try:
         yield
     finally:

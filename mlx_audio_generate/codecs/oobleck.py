@@ -259,8 +259,8 @@ def upsample(x: mx.array, up: nn.ConvTranspose1d, stride: int, mode: str = "matm
     s, pad = stride, math.ceil(stride / 2)
     n, length, _ = x.shape
     if mode == "matmul":
-        w_now = w[:, :s].transpose(2, 1, 0).reshape(cin, s * cout)  # taps reading x[q]
-        w_prev = w[:, s:].transpose(2, 1, 0).reshape(cin, s * cout)  # taps reading x[q - 1]
+        taps = w.transpose(2, 1, 0).reshape(cin, k * cout)  # one copy; column r * cout + c is W[c, r]
+        w_now, w_prev = taps[:, : s * cout], taps[:, s * cout :]  # taps reading x[q] / x[q - 1]
         xp = mx.pad(x, [(0, 0), (1, 1), (0, 0)])
         z = mx.addmm(xp[:, :-1] @ w_prev, xp[:, 1:], w_now)
     elif mode == "conv":

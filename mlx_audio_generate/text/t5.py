@@ -123,13 +123,17 @@ class T5LayerNorm(nn.Module):
         super().__init__()
         self.weight = mx.ones((dims,))
         self.eps = eps
+        # the half-precision path's rms_norm weight: x * 1 is exact. Not a parameter; evaluated now, or a
+        # compiled encoder would trace (and rerun) the `ones` that makes it.
+        self._unit = mx.ones((dims,), dtype=mx.float32)
+        mx.eval(self._unit)
 
     def __call__(self, x: mx.array) -> mx.array:
         if x.dtype == mx.float32 and self.weight.dtype == mx.float32:
             return mx.fast.rms_norm(x, self.weight, self.eps)
         # Half precision: transformers normalises in float32 (x * rsqrt(mean(x^2) + eps) on the float32 copy:
         # one rms_norm kernel) and rounds to the weight dtype before the multiply.
-        x = mx.fast.rms_norm(x.astype(mx.float32), None, self.eps)
+        x = mx.fast.rms_norm(x.astype(mx.float32), self._unit, self.eps)
         if self.weight.dtype in (mx.float16, mx.bfloat16):
             x = x.astype(self.weight.dtype)
         return self.weight * x

@@ -560,7 +560,11 @@ def main() -> None:
             except Exception as e:
                 log(f"profile {name} failed: {e!r}")
     rows, prof_rows, thr_rows, count_rows, ab_rows = [], [], [], [], []
-    base = import_base(args.ab_base) if args.ab_base else None
+    base = None
+    if args.ab_base and (Path(args.ab_base) / "mlx_audio_generate").is_dir():
+        base = import_base(args.ab_base)
+    elif args.ab_base:
+        log(f"--ab-base {args.ab_base} holds no mlx_audio_generate/: no A/B")
     for name in parse_list(args.models):
         st = dict(SETTINGS[name])
         override = args.steps_small if name == "small" else args.steps_10

@@ -163,7 +163,9 @@ def set_variant(m, variant: str, samplers=None) -> None:
     """compiled / compiled-matmul / eager on the DiT, the VAE, T5 and the samplers' fused step arithmetic."""
     m.dit.compiled = m.vae.compiled = m.t5.compiled = variant.startswith("compiled")
     m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
-    (samplers or _samplers()).FUSE = variant.startswith("compiled")
+    steps = getattr(samplers or _samplers(), "fs", None)  # the fused step arithmetic (absent in older code)
+    if steps is not None:
+        steps.FUSE = variant.startswith("compiled")
 
 
 def cond_arrays(dc) -> list:

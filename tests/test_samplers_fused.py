@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
+from mlx_audio_generate.diffusion import sampler_steps
 from mlx_audio_generate.diffusion import samplers as S
 from tests.test_samplers import (  # noqa: F401 - collected again here, with the fixture below
     B,
@@ -22,7 +23,7 @@ from tests.test_samplers import (  # noqa: F401 - collected again here, with the
 
 @pytest.fixture(autouse=True)
 def fused_everywhere(monkeypatch):
-    monkeypatch.setattr(S, "FUSE", True)
+    monkeypatch.setattr(sampler_steps, "FUSE", True)
 
 
 @pytest.mark.parametrize(
@@ -39,7 +40,7 @@ def test_fused_equals_eager(monkeypatch, objective, name, dtype):
         return S.sample(model, noise, 6, objective=objective, sampler=name, key=mx.random.key(5))
 
     fused = run()
-    monkeypatch.setattr(S, "FUSE", False)
+    monkeypatch.setattr(sampler_steps, "FUSE", False)
     eager = run()
     assert fused.dtype == eager.dtype == dtype
     assert mx.array_equal(fused, eager)

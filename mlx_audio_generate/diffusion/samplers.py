@@ -17,12 +17,8 @@ The references draw per-step noise from torch's global generator (ping-pong) or 
 N(0, 1), so the default here draws i.i.d. standard normals from an explicit MLX key: the same distribution,
 not the same bits. Parity tests inject the reference's noise through `noise_fn`.
 
-Speed: on the GPU the per-step arithmetic of the default samplers (pingpong, dpmpp-3m-sde / 2m-sde, the
-v denoiser's scalings) and the default noise draw run as compiled functions (`_fused`): each is one fused
-kernel instead of one kernel per operation (~25 a step for dpmpp-3m-sde), with the step's scalars passed as
-arrays in x's dtype (what a Python float is cast to) so one trace serves every step; the same operations in
-the same order, so the values are those of the eager code. `FUSE = True/False` overrides the default (the
-CPU runs them eagerly: its compiled kernels need a C++ compiler at run time).
+Speed: the default samplers' step arithmetic and noise draw are sampler_steps.py's fused functions
+(compiled on the GPU, the same values); without a callback one step is queued ahead (`_LookAhead`).
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import inpaint
+from . import sampler_steps as fs
 
 ModelFn = Callable[[mx.array, mx.array], mx.array]  # (x, t of shape (batch,), float32) -> prediction
 DenoiserFn = Callable[[mx.array, np.float32], mx.array]  # (x, sigma) -> clean estimate
@@ -47,25 +44,6 @@ Callback = Callable[["StepInfo"], None]
 SamplerFn = Callable[..., mx.array]
 
 _F = np.float32
-
-# None: compile the samplers' step arithmetic on the GPU only (see the module doc); True/False force it.
-FUSE: bool | None = None
-
-
-def _fused(fn: Callable) -> Callable:
-    """`fn` through mx.compile where FUSE says so (one trace per shape/dtype), else `fn` itself."""
-    compiled = mx.compile(fn)
-
-    def run(*args):
-        use = mx.default_device().type == mx.DeviceType.gpu if FUSE is None else FUSE
-        return compiled(*args) if use else fn(*args)
-
-    return run
-
-
-def _s(value: float, like: mx.array) -> mx.array:
-    """A step scalar as an array of `like`'s dtype: what `float(value) * like` casts it to."""
-    return mx.array(float(value), dtype=like.dtype)
 
 
 # stable-audio-open-1.0's model card (sample_k's own defaults are 0.01 / 100 / dpmpp-2m-sde).
@@ -207,12 +185,7 @@ def _hook(hook: StepHook | None, i: int, sigma: np.float32, x: mx.array) -> mx.a
 def gaussian_noise(key: mx.array, steps: int) -> NoiseFn:
     """Default per-step noise: i.i.d. N(0, 1), one subkey per step, so a key fixes the whole trajectory."""
     keys = mx.random.split(key, max(steps, 1))
-    return lambda i, shape: _normal(keys[i], shape)
-
-
-# mx.random.normal(shape, key=key), fused on the GPU (the random bits and their transform: two kernels); the
-# shape, a non-array argument, is part of the compiled function's cache key.
-_normal = _fused(lambda key, shape: mx.random.normal(shape, key=key))
+    return lambda i, shape: fs.normal(keys[i], shape)
 
 
 def v_denoiser(model_fn: ModelFn) -> DenoiserFn:
@@ -223,14 +196,10 @@ def v_denoiser(model_fn: ModelFn) -> DenoiserFn:
         root = np.sqrt(s2)
         c_skip, c_out, c_in = _F(1) / s2, -sigma * _F(1) / root, _F(1) / root
         t = np.arctan(sigma) / _F(math.pi) * _F(2)
-        v = model_fn(_scale(x, _s(c_in, x)), _tvec(x, t))
-        return _v_out(v, x, _s(c_out, v), _s(c_skip, x))
+        v = model_fn(fs.scale(x, fs.scalar(c_in, x)), _tvec(x, t))
+        return fs.v_out(v, x, fs.scalar(c_out, v), fs.scalar(c_skip, x))
 
     return denoise
-
-
-_scale = _fused(lambda x, c: x * c)
-_v_out = _fused(lambda v, x, c_out, c_skip: v * c_out + x * c_skip)
 
 
 # ------------------------------------------------------------------------------- rectified flow samplers
@@ -333,20 +302,13 @@ def rf_pingpong(
         v = model_fn(x, _tvec(x, tc))
         # The reference draws noise for the last step too but scales it by t = 0: skipping it is exact.
         if tn != 0:
-            den, x = _pingpong_step(x, v, _noise(noise_fn, i, x), _s(tc, x), _s(_F(1) - tn, x), _s(tn, x))
+            den, x = fs.pingpong(
+                x, v, _noise(noise_fn, i, x), fs.scalar(tc, x), fs.scalar(_F(1) - tn, x), fs.scalar(tn, x)
+            )
         else:
-            den = x = _rf_denoised(x, v, _s(tc, x))
+            den = x = fs.rf_denoised(x, v, fs.scalar(tc, x))
         _step(callback, i, n, tc, x, den)
     return x
-
-
-def _pingpong_math(x, v, noise, tc, keep, tn):
-    den = x - tc * v
-    return den, keep * den + tn * noise
-
-
-_pingpong_step = _fused(_pingpong_math)
-_rf_denoised = _fused(lambda x, v, tc: x - tc * v)
 
 
 # ------------------------------------------------------------------------------------ k-diffusion samplers
@@ -453,32 +415,20 @@ def dpmpp_2m_sde(
         else:
             h = np.log(s) - np.log(sn)  # (-log sn) - (-log s)
             eta_h = _F(1.0) * h
-            a, b = _s(sn / s * np.exp(-eta_h), x), _s(-np.expm1(-h - eta_h), x)
+            a, b = fs.scalar(sn / s * np.exp(-eta_h), x), fs.scalar(-np.expm1(-h - eta_h), x)
             noise = _noise(noise_fn, i, x)
-            ns = (_s(sn, x), _s(np.sqrt(-np.expm1(_F(-2) * eta_h)), x))
+            ns = (fs.scalar(sn, x), fs.scalar(np.sqrt(-np.expm1(_F(-2) * eta_h)), x))
             if old is None:
-                x = _sde2_first(x, den, noise, a, b, *ns)
+                x = fs.sde2_first(x, den, noise, a, b, *ns)
             else:
                 r = h_last / h
-                x = _sde2_next(
-                    x, den, old, noise, a, b, _s(_F(0.5) * -np.expm1(-h - eta_h) * (_F(1) / r), x), *ns
+                x = fs.sde2_next(
+                    x, den, old, noise, a, b, fs.scalar(_F(0.5) * -np.expm1(-h - eta_h) * (_F(1) / r), x), *ns
                 )
             h_last = h
         old = den
         _step(callback, i, n, s, x, den)
     return x
-
-
-def _sde2_first_math(x, den, noise, a, b, sn, sq):
-    return (a * x + b * den) + noise * sn * sq
-
-
-def _sde2_next_math(x, den, old, noise, a, b, c, sn, sq):
-    x = a * x + b * den
-    return (x + c * (den - old)) + noise * sn * sq
-
-
-_sde2_first, _sde2_next = _fused(_sde2_first_math), _fused(_sde2_next_math)
 
 
 def dpmpp_3m_sde(
@@ -503,45 +453,31 @@ def dpmpp_3m_sde(
         else:
             h = np.log(s) - np.log(sn)
             h_eta = h * _F(2.0)  # h * (eta + 1)
-            a, b = _s(np.exp(-h_eta), x), _s(-np.expm1(-h_eta), x)
+            a, b = fs.scalar(np.exp(-h_eta), x), fs.scalar(-np.expm1(-h_eta), x)
             phi_2 = np.expm1(-h_eta) / h_eta + _F(1)
             noise = _noise(noise_fn, i, x)
-            ns = (_s(sn, x), _s(np.sqrt(-np.expm1(_F(-2) * h * _F(1.0))), x))
+            ns = (fs.scalar(sn, x), fs.scalar(np.sqrt(-np.expm1(_F(-2) * h * _F(1.0))), x))
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
                 phi_3 = phi_2 / h_eta - _F(0.5)
-                rs = (_s(r0, x), _s(r1, x), _s(r0 + r1, x), _s(phi_2, x), _s(phi_3, x))
-                x = _sde3_third(x, den, den_1, den_2, noise, a, b, *rs, *ns)
+                rs = (
+                    fs.scalar(r0, x),
+                    fs.scalar(r1, x),
+                    fs.scalar(r0 + r1, x),
+                    fs.scalar(phi_2, x),
+                    fs.scalar(phi_3, x),
+                )
+                x = fs.sde3_third(x, den, den_1, den_2, noise, a, b, *rs, *ns)
             elif h_1 is not None:
-                x = _sde3_second(x, den, den_1, noise, a, b, _s(phi_2, x), _s(h_1 / h, x), *ns)
+                x = fs.sde3_second(
+                    x, den, den_1, noise, a, b, fs.scalar(phi_2, x), fs.scalar(h_1 / h, x), *ns
+                )
             else:
-                x = _sde3_first(x, den, noise, a, b, *ns)
+                x = fs.sde3_first(x, den, noise, a, b, *ns)
         den_1, den_2 = den, den_1
         h_1, h_2 = h, h_1
         _step(callback, i, n, s, x, den)
     return x
-
-
-def _sde3_first_math(x, den, noise, a, b, sn, sq):
-    return (a * x + b * den) + noise * sn * sq
-
-
-def _sde3_second_math(x, den, den_1, noise, a, b, phi_2, r, sn, sq):
-    x = a * x + b * den
-    return (x + phi_2 * ((den - den_1) / r)) + noise * sn * sq
-
-
-def _sde3_third_math(x, den, den_1, den_2, noise, a, b, r0, r1, r01, phi_2, phi_3, sn, sq):
-    x = a * x + b * den
-    d1_0 = (den - den_1) / r0
-    d1_1 = (den_1 - den_2) / r1
-    d1 = d1_0 + (d1_0 - d1_1) * r0 / r01
-    d2 = (d1_0 - d1_1) / r01
-    return (x + phi_2 * d1 - phi_3 * d2) + noise * sn * sq
-
-
-_sde3_first, _sde3_second = _fused(_sde3_first_math), _fused(_sde3_second_math)
-_sde3_third = _fused(_sde3_third_math)
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -20,8 +20,9 @@ Speed: `forward` and `guided` run through `mx.compile` (one trace per shape/dtyp
 implicit inputs so reloading or casting them is seen) on the GPU, eagerly on the CPU, whose compiled kernels
 need a C++ compiler at run time; `StableAudioDiT.compiled = True/False` overrides. Compiling fuses the
 elementwise work around the matmuls (norm/bias/residual adds, GLU, CFG combination) and removes the Python
-cost of building ~25 ops per block every step; the cross-attention K/V come from `condition` once per
-generation.
+cost of building ~25 ops per block every step; the cross-attention K/V and the prepended token's constant
+part (global conditioning + the timestep MLP's output bias, `DiTConditioning.token_bias`) come from
+`condition` once per generation; a CFG pair runs its input projections and timestep token on B rows.
 
 Classifier-free guidance follows the reference's batch-CFG path: one batch of 2B with the conditional tokens
 first and zeros (or the negative prompt's tokens, zeroed where its mask is False) second; the global

@@ -266,6 +266,36 @@ VIEW_OPS = {
 }  # fmt: skip
 
 
+@contextmanager
+def gpu_fast_ops():
+    """While active on the CPU, mx.fast's layer_norm / rms_norm / rope / SDPA each build ONE stand-in
+    primitive (a Concatenate of their array inputs) instead of their decomposed CPU fallback graphs, as each
+    is one kernel on the GPU; so `count_ops` here counts the graph the GPU runs. For counting only: the
+    values are wrong. Clear compiled-function caches before and after (they trace what they see)."""
+    if mx.default_device().type == mx.DeviceType.gpu:
+        yield
+        return
+
+    def one(*args, like, **kw):
+        # every array input of the dtype (masks, biases computed in-graph count too; no casts added)
+        arrays = [a for a in (*args, *kw.values()) if isinstance(a, mx.array) and a.dtype == like.dtype]
+        flat = [a.reshape(-1) for a in arrays]
+        flat = mx.concatenate(flat + [flat[0][:1]])  # two inputs at least: a concatenate of one is a no-op
+        return flat[: like.size].reshape(like.shape)
+
+    fast = mx.fast
+    saved = {n: getattr(fast, n) for n in ("layer_norm", "rms_norm", "rope", "scaled_dot_product_attention")}
+    fast.layer_norm = lambda x, *a, **kw: one(x, *a, like=x, **kw)
+    fast.rms_norm = lambda x, *a, **kw: one(x, *a, like=x, **kw)
+    fast.rope = lambda a, *args, **kw: one(a, *args, like=a, **kw)
+    fast.scaled_dot_product_attention = lambda q, k, v, **kw: one(q, k, v, like=q, **kw)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(fast, n, f)
+
+
 def count_ops(*outputs) -> tuple[int, int, dict[str, int]]:
     """Primitives in the (unevaluated) graph of `outputs`: (all, non-view, per-name counts).
 

@@ -2,6 +2,8 @@
 
     python bench/stable_audio.py --models small,1.0 --dtype float16 --out sa.md
     python bench/stable_audio.py --models small --steps-small 2 --refs sat           # a CPU run
+    git archive <commit> mlx_audio_generate | tar -x -C /tmp/base                    # an A/B:
+    python bench/stable_audio.py --ab-base /tmp/base --refs diffusers --out sa.md
 
 Random weights cost what trained ones do. Whole clip = T5 + conditioning + every sampler step (the DiT with
 CFG) + the Oobleck decode of the full window, after one warm-up generation (compilation, kernel caches).
@@ -9,19 +11,32 @@ References: diffusers `StableAudioPipeline` (1.0 only: diffusers has no QK-norm 
 small) fed the T5 output, and stable-audio-tools (DiT wrapper + pretransform + T5 in fp16, `sample_rf` /
 `sample_k` exactly as `generate_diffusion_cond` calls them; conditioning tokens from a random-weight T5).
 `--tiny` shrinks every model (a smoke test of the script, not a benchmark).
+
+Kernel counts: the non-view MLX primitives of each part of one generation (T5 + conditioning, one DiT call,
+one whole sampler step, the VAE decode) as the GPU runs them (on the CPU `common.gpu_fast_ops` makes each
+mx.fast op one primitive, as on the GPU). `--ab-base DIR` times another checkout's package (B, e.g. main
+before a change) against this one (A) in the same process on the same weights, in alternating rounds.
+`--profile-vae` times each decoder block and the whole decode per `OobleckVAE.upsample` formulation.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import shutil
+import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from common import (
     Report,
     TorchMem,
     count_ops,
+    gpu_fast_ops,
     log,
     mlx_device,
     mx,
@@ -130,9 +145,40 @@ def build_ours(name: str, dtype: str, tiny: bool):
     return m
 
 
-def run_ours(m, batch: int, steps: int, cfg: float, sampler: str, seconds: float, seed: int = 0) -> dict:
-    from mlx_audio_generate.diffusion.samplers import sample
+def import_base(root: str):
+    """The other checkout's package as `mag_b` (its imports are relative): (full_model, samplers)."""
+    tmp = Path(tempfile.mkdtemp())
+    shutil.copytree(Path(root) / "mlx_audio_generate", tmp / "mag_b")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("mag_b.stable_audio.full_model"), importlib.import_module(
+        "mag_b.diffusion.samplers"
+    )
 
+
+def _samplers():
+    return importlib.import_module("mlx_audio_generate.diffusion.samplers")
+
+
+def set_variant(m, variant: str, samplers=None) -> None:
+    """compiled / compiled-matmul / eager on the DiT, the VAE, T5 and the samplers' fused step arithmetic."""
+    m.dit.compiled = m.vae.compiled = m.t5.compiled = variant.startswith("compiled")
+    m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
+    steps = getattr(samplers or _samplers(), "fs", None)  # the fused step arithmetic (absent in older code)
+    if steps is not None:
+        steps.FUSE = variant.startswith("compiled")
+
+
+def cond_arrays(dc) -> list:
+    """Every array of a DiTConditioning (a base checkout's may lack `arrays()`)."""
+    if hasattr(dc, "arrays"):
+        return dc.arrays()
+    return [a for k, v in dc.kv or [] for a in (k, v)] + [a for a in (dc.global_embed,) if a is not None]
+
+
+def run_ours(
+    m, batch: int, steps: int, cfg: float, sampler: str, seconds: float, seed: int = 0, samplers=None
+) -> dict:
+    sample = (samplers or _samplers()).sample
     rng = np.random.default_rng(seed)
     t: dict = {}
     mx_sync()
@@ -142,7 +188,7 @@ def run_ours(m, batch: int, steps: int, cfg: float, sampler: str, seconds: float
     hidden = m.t5(ids, mask)
     cond = m.conditioner((hidden, mask), {"seconds_start": [0.0] * batch, "seconds_total": [seconds] * batch})
     dc = m.dit.cfg_condition(cond.cross_attn_cond, cond.global_cond, cfg)
-    mx.eval(dc.kv, dc.global_embed)
+    mx.eval(cond_arrays(dc))
     t1 = time.perf_counter()
     key = mx.random.key(seed)
     noise = mx.random.normal((batch, m.dit.config.io_channels, m.latent_frames), key=key).astype(m.dit.dtype)
@@ -161,6 +207,83 @@ def run_ours(m, batch: int, steps: int, cfg: float, sampler: str, seconds: float
     t3 = time.perf_counter()
     t.update(text=t1 - t0, dit=t2 - t1, vae=t3 - t2, total=t3 - t0, step=(t2 - t1) / steps)
     return t
+
+
+def count_kernels(m, st: dict, samplers=None) -> list[list]:
+    """(part, all primitives, non-view) of one generation at batch 1, as the GPU runs it (see the module doc).
+
+    A sampler step is counted as the graph of k + 1 steps less that of k (nothing evaluated in between):
+    pingpong's noisy step, dpmpp-3m-sde's third-order step, each with its DiT call, update and noise."""
+    S = samplers or _samplers()
+    cfg, sampler = st["cfg"], st["sampler"]
+    rows = []
+    fns = [j.fns for j in (m.dit._jit, m.vae._jit, getattr(m.t5, "_jit", None)) if j is not None]
+    saved_step = S._step
+    with gpu_fast_ops():
+        for f in fns:
+            f.clear()
+        try:
+            ids = mx.array(np.random.default_rng(0).integers(5, 32000, (1, PROMPT_TOKENS)).astype(np.int32))
+            mask = mx.ones((1, PROMPT_TOKENS), dtype=mx.int32)
+            cond = m.conditioner((m.t5(ids, mask), mask), {"seconds_start": [0.0], "seconds_total": [10.0]})
+            dc = m.dit.cfg_condition(cond.cross_attn_cond, cond.global_cond, cfg)
+            rows.append(["T5 + conditioning", *count_ops(*cond_arrays(dc))[:2]])
+            mx.eval(cond_arrays(dc))  # (values are the stand-ins': only the graph is of interest)
+            shape = (1, m.dit.config.io_channels, m.latent_frames)
+            x = mx.zeros(shape, dtype=m.dit.dtype)
+            tt = mx.array(np.full((1,), 0.5, np.float32))
+            mx.eval(x, tt)
+            rows.append(["one DiT call" + (" (CFG pair)" if cfg != 1 else ""),
+                         *count_ops(m.dit.guided(x, tt, dc, cfg))[:2]])  # fmt: skip
+            S._step = lambda *a, **k: None  # nothing evaluated: the graph of every step stays
+
+            def graph(k: int):
+                fn = lambda x, t: m.dit.guided(x, t, dc, cfg)  # noqa: E731
+                return count_ops(
+                    S.sample(fn, x, k, objective=m.objective, sampler=sampler, key=mx.random.key(0))
+                )[:2]
+
+            k = 3 if sampler.startswith("dpmpp-3m") else 2
+            (a1, n1), (a0, n0) = graph(k + 1), graph(k)
+            rows.append([f"one sampler step ({sampler}: DiT + update + noise)", a1 - a0, n1 - n0])
+            S._step = saved_step
+            lat = mx.zeros((1, m.vae.config.latent_dim, m.latent_frames), dtype=m.dit.dtype)
+            mx.eval(lat)
+            rows.append(["VAE decode", *count_ops(m.vae.decode(lat))[:2]])
+        finally:
+            S._step = saved_step
+            for f in fns:
+                f.clear()
+    return rows
+
+
+def profile_vae(name: str, m, rep: Report) -> None:
+    """Each decoder block and the whole (compiled) decode per OobleckVAE.upsample formulation."""
+    vae, dec, dt = m.vae, m.vae.decoder, m.dit.dtype
+    modes = [u for u in ("matmul", "conv", "transpose") if hasattr(vae, "upsample")] or ["transpose"]
+    z = mx.random.normal((1, m.latent_frames, vae.config.latent_dim)).astype(dt)
+    lat = z.transpose(0, 2, 1)
+    mx.eval(z, lat)
+    rows = []
+    for mode in modes:
+        if hasattr(vae, "upsample"):
+            vae.upsample = mode
+        h = dec.conv_in(z)
+        mx.eval(h)
+        for i, b in enumerate(dec.blocks):
+            fn = mx.compile(lambda a, b=b: b(a))
+            t = _time(lambda fn=fn, h=h: fn(h), reps=3)
+            nxt = fn(h)
+            mx.eval(nxt)
+            rows.append(
+                [mode, f"block {i}: {h.shape[-1]} -> {nxt.shape[-1]} ch, {nxt.shape[1]} samples", 1000 * t]
+            )
+            h = nxt
+        vae.compiled = True
+        rows.append([mode, "whole decode (compiled)", 1000 * _time(lambda: vae.decode(lat), reps=3)])
+    if hasattr(vae, "upsample"):
+        vae.upsample = "matmul"
+    rep.table(["upsample", f"VAE decode part ({name}, {m.window_samples} samples)", "ms"], rows)
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -423,6 +546,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of this script")
     ap.add_argument("--no-warmup", action="store_true", help="skip ours' warm-up (CPU: nothing to compile)")
     ap.add_argument("--profile", action="store_true", help="time the DiT step's parts and the VAE's blocks")
+    ap.add_argument("--profile-vae", action="store_true", help="decoder blocks per upsample formulation")
+    ap.add_argument("--ab-base", help="another checkout (holding mlx_audio_generate/) to time as B against A")
+    ap.add_argument("--ab-rounds", type=int, default=3, help="alternating A/B rounds (median reported)")
     ap.add_argument("--out")
     args = ap.parse_args()
     ref_dtype = args.ref_dtype or args.dtype
@@ -435,7 +561,12 @@ def main() -> None:
                 mx_free()
             except Exception as e:
                 log(f"profile {name} failed: {e!r}")
-    rows, prof_rows, thr_rows = [], [], []
+    rows, prof_rows, thr_rows, count_rows, ab_rows = [], [], [], [], []
+    base = None
+    if args.ab_base and (Path(args.ab_base) / "mlx_audio_generate").is_dir():
+        base = import_base(args.ab_base)
+    elif args.ab_base:
+        log(f"--ab-base {args.ab_base} holds no mlx_audio_generate/: no A/B")
     for name in parse_list(args.models):
         st = dict(SETTINGS[name])
         override = args.steps_small if name == "small" else args.steps_10
@@ -446,8 +577,7 @@ def main() -> None:
         m = build_ours(name, args.dtype, args.tiny)
         window = m.window_samples / m.sample_rate
         for variant in parse_list(args.variants):
-            m.dit.compiled = m.vae.compiled = variant.startswith("compiled")
-            m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
+            set_variant(m, variant)
             for batch in parse_list(args.batches, int):
                 if variant == "eager" and batch != 1:
                     continue
@@ -470,28 +600,22 @@ def main() -> None:
                                       best["vae"], best["total"]])  # fmt: skip
                 thr_rows.append([clip, variant, batch, best["total"], batch * window / best["total"]])
                 log(f"   {variant} batch {batch}: {best}")
-        # ops per DiT call (graph primitives), eager and compiled
+        set_variant(m, "compiled")
         try:
-            dc = m.dit.cfg_condition(
-                mx.zeros((1, m.text_max_length + len(m.conditioner.numbers), 768)),
-                mx.zeros((1, m.dit.config.global_cond_dim)) if m.dit.config.global_cond_dim else None,
-                max(st["cfg"], 1.0),
-            )
-            x = mx.zeros((1, m.dit.config.io_channels, m.latent_frames), dtype=m.dit.dtype)
-            tt = mx.full((1,), 0.5)
-            mx.eval(dc.kv, dc.global_embed, x, tt)
-            counts = {}
-            for variant in ("eager", "compiled"):
-                m.dit.compiled = variant == "compiled"
-                counts[variant] = count_ops(m.dit.guided(x, tt, dc, st["cfg"]))
-            rep.para(
-                f"Graph of one DiT call ({clip}, batch 1): eager {counts['eager'][0]} primitives "
-                f"({counts['eager'][1]} non-view), compiled {counts['compiled'][0]} "
-                f"({counts['compiled'][1]} non-view). Eager top ops: "
-                + ", ".join(f"{k} {v}" for k, v in list(counts["eager"][2].items())[:12])
-            )
+            for part, a, nv in count_kernels(m, st):
+                count_rows.append([clip, "A (this checkout)" if base else "ours", part, nv, a])
         except Exception as e:
-            log(f"op count failed: {e!r}")
+            log(f"kernel count failed: {e!r}")
+        if base is not None:
+            try:
+                ab_rows += ab_run(m, base, name, args, st, clip, count_rows)
+            except Exception as e:
+                log(f"A/B {name} failed: {e!r}")
+        if args.profile_vae:
+            try:
+                profile_vae(name, m, rep)
+            except Exception as e:
+                log(f"VAE profile {name} failed: {e!r}")
         del m
         mx_free()
         for ref in refs:
@@ -528,7 +652,46 @@ def main() -> None:
         thr_rows,
         note="Throughput: batch x the model's window (47.6 s for 1.0, 11.9 s for small) / wall time.",
     )
+    rep.table(
+        ["clip", "checkout", "part", "kernels (non-view primitives)", "all primitives"],
+        count_rows,
+        note="Kernels of one generation's parts (batch 1, compiled; on the CPU counted as the GPU runs it).",
+    )
+    if ab_rows:
+        rep.table(
+            ["clip", "checkout", "whole clip (s), median", "rounds (s)", "ms / step", "T5 + cond (s)",
+             "VAE decode (s)"],
+            ab_rows,
+            note=f"A/B, one process, same weights, alternating rounds (B = {args.ab_base}), compiled.",
+        )  # fmt: skip
     rep.para(f"MLX device: {mlx_device()}.")
+
+
+def ab_run(m, base, name: str, args, st: dict, clip: str, count_rows: list) -> list[list]:
+    """Time A (`m`, this checkout) and B (the base checkout's model on m's weights) in alternating rounds."""
+    full_model_b, samplers_b = base
+    b = full_model_b.StableAudioModel(sa_config(name, args.tiny), t5_config(args.tiny))
+    b.update(m.parameters())
+    set_variant(m, "compiled")
+    set_variant(b, "compiled", samplers_b)
+    for part, a, nv in count_kernels(b, st, samplers_b):
+        count_rows.append([clip, "B (base)", part, nv, a])
+    runs = {"A (this checkout)": (m, None), "B (base)": (b, samplers_b)}
+    args_run = (1, st["steps"], st["cfg"], st["sampler"], st["seconds"])
+    for model, smp in runs.values():  # warm-up of both
+        run_ours(model, 1, min(st["steps"], 2), *args_run[2:], samplers=smp)
+    res: dict = {k: [] for k in runs}
+    for _ in range(args.ab_rounds):
+        for k, (model, smp) in runs.items():
+            res[k].append(run_ours(model, *args_run, samplers=smp))
+    out = []
+    for k, rs in res.items():
+        med = lambda key, rs=rs: statistics.median(r[key] for r in rs)  # noqa: E731
+        out.append([clip, k, med("total"), " / ".join(f"{r['total']:.3f}" for r in rs), 1000 * med("step"),
+                    med("text"), med("vae")])  # fmt: skip
+        log(f"   A/B {k}: {out[-1]}")
+    del b
+    return out
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ The references draw per-step noise from torch's global generator (ping-pong) or 
 (dpmpp SDE samplers). Brownian increments over disjoint intervals, normalised as k-diffusion does, are i.i.d.
 N(0, 1), so the default here draws i.i.d. standard normals from an explicit MLX key: the same distribution,
 not the same bits. Parity tests inject the reference's noise through `noise_fn`.
+
+Speed: the default samplers' step arithmetic and noise draw are sampler_steps.py's fused functions
+(compiled on the GPU, the same values); without a callback one step is queued ahead (`_LookAhead`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import inpaint
+from . import sampler_steps as fs
 
 ModelFn = Callable[[mx.array, mx.array], mx.array]  # (x, t of shape (batch,), float32) -> prediction
 DenoiserFn = Callable[[mx.array, np.float32], mx.array]  # (x, sigma) -> clean estimate
@@ -40,6 +44,7 @@ Callback = Callable[["StepInfo"], None]
 SamplerFn = Callable[..., mx.array]
 
 _F = np.float32
+
 
 # stable-audio-open-1.0's model card (sample_k's own defaults are 0.01 / 100 / dpmpp-2m-sde).
 V_SIGMA_MIN = 0.3
@@ -138,11 +143,31 @@ def polyexponential_sigmas(
 
 
 def _tvec(x: mx.array, t: np.float32) -> mx.array:
-    return mx.full((x.shape[0],), float(t), dtype=mx.float32)
+    # from host memory (mx.full would be one more kernel a step)
+    return mx.array(np.full((x.shape[0],), t, dtype=_F))
+
+
+class _LookAhead:
+    """What `sample` passes for "no callback": each step is scheduled (`mx.async_eval`) and the one before
+    it waited for, so the next step's graph is built and queued while the device still computes this one,
+    and at most two steps are in flight (memory)."""
+
+    def __init__(self) -> None:
+        self.prev: list[mx.array] = []
+
+    def advance(self, *arrays: mx.array) -> None:
+        mx.async_eval(*arrays)
+        mx.eval(self.prev)
+        self.prev = list(arrays)
 
 
 def _step(callback: Callback | None, i: int, n: int, sigma: np.float32, x: mx.array, den: mx.array) -> None:
-    mx.eval(x, den)  # bound the lazy graph to one step (memory; progress shows real time)
+    """Bound the lazy graph to one step (memory); with a callback (progress shows real time) the step is
+    evaluated before it runs."""
+    if isinstance(callback, _LookAhead):
+        callback.advance(x, den)
+        return
+    mx.eval(x, den)
     if callback is not None:
         callback(StepInfo(i, n, float(sigma), x, den))
 
@@ -160,7 +185,7 @@ def _hook(hook: StepHook | None, i: int, sigma: np.float32, x: mx.array) -> mx.a
 def gaussian_noise(key: mx.array, steps: int) -> NoiseFn:
     """Default per-step noise: i.i.d. N(0, 1), one subkey per step, so a key fixes the whole trajectory."""
     keys = mx.random.split(key, max(steps, 1))
-    return lambda i, shape: mx.random.normal(shape, key=keys[i])
+    return lambda i, shape: fs.normal(keys[i], shape)
 
 
 def v_denoiser(model_fn: ModelFn) -> DenoiserFn:
@@ -171,7 +196,8 @@ def v_denoiser(model_fn: ModelFn) -> DenoiserFn:
         root = np.sqrt(s2)
         c_skip, c_out, c_in = _F(1) / s2, -sigma * _F(1) / root, _F(1) / root
         t = np.arctan(sigma) / _F(math.pi) * _F(2)
-        return model_fn(x * float(c_in), _tvec(x, t)) * float(c_out) + x * float(c_skip)
+        v = model_fn(fs.scale(x, fs.scalar(c_in, x)), _tvec(x, t))
+        return fs.v_out(v, x, fs.scalar(c_out, v), fs.scalar(c_skip, x))
 
     return denoise
 
@@ -273,9 +299,14 @@ def rf_pingpong(
     n = len(t) - 1
     for i in range(n):
         tc, tn = t[i], t[i + 1]
-        den = x - float(tc) * model_fn(x, _tvec(x, tc))
+        v = model_fn(x, _tvec(x, tc))
         # The reference draws noise for the last step too but scales it by t = 0: skipping it is exact.
-        x = float(_F(1) - tn) * den + float(tn) * _noise(noise_fn, i, x) if tn != 0 else den
+        if tn != 0:
+            den, x = fs.pingpong(
+                x, v, _noise(noise_fn, i, x), fs.scalar(tc, x), fs.scalar(_F(1) - tn, x), fs.scalar(tn, x)
+            )
+        else:
+            den = x = fs.rf_denoised(x, v, fs.scalar(tc, x))
         _step(callback, i, n, tc, x, den)
     return x
 
@@ -384,11 +415,16 @@ def dpmpp_2m_sde(
         else:
             h = np.log(s) - np.log(sn)  # (-log sn) - (-log s)
             eta_h = _F(1.0) * h
-            x = float(sn / s * np.exp(-eta_h)) * x + float(-np.expm1(-h - eta_h)) * den
-            if old is not None:
+            a, b = fs.scalar(sn / s * np.exp(-eta_h), x), fs.scalar(-np.expm1(-h - eta_h), x)
+            noise = _noise(noise_fn, i, x)
+            ns = (fs.scalar(sn, x), fs.scalar(np.sqrt(-np.expm1(_F(-2) * eta_h)), x))
+            if old is None:
+                x = fs.sde2_first(x, den, noise, a, b, *ns)
+            else:
                 r = h_last / h
-                x = x + float(_F(0.5) * -np.expm1(-h - eta_h) * (_F(1) / r)) * (den - old)
-            x = x + _noise(noise_fn, i, x) * float(sn) * float(np.sqrt(-np.expm1(_F(-2) * eta_h)))
+                x = fs.sde2_next(
+                    x, den, old, noise, a, b, fs.scalar(_F(0.5) * -np.expm1(-h - eta_h) * (_F(1) / r), x), *ns
+                )
             h_last = h
         old = den
         _step(callback, i, n, s, x, den)
@@ -417,19 +453,27 @@ def dpmpp_3m_sde(
         else:
             h = np.log(s) - np.log(sn)
             h_eta = h * _F(2.0)  # h * (eta + 1)
-            x = float(np.exp(-h_eta)) * x + float(-np.expm1(-h_eta)) * den
+            a, b = fs.scalar(np.exp(-h_eta), x), fs.scalar(-np.expm1(-h_eta), x)
             phi_2 = np.expm1(-h_eta) / h_eta + _F(1)
+            noise = _noise(noise_fn, i, x)
+            ns = (fs.scalar(sn, x), fs.scalar(np.sqrt(-np.expm1(_F(-2) * h * _F(1.0))), x))
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
-                d1_0 = (den - den_1) / float(r0)
-                d1_1 = (den_1 - den_2) / float(r1)
-                d1 = d1_0 + (d1_0 - d1_1) * float(r0) / float(r0 + r1)
-                d2 = (d1_0 - d1_1) / float(r0 + r1)
                 phi_3 = phi_2 / h_eta - _F(0.5)
-                x = x + float(phi_2) * d1 - float(phi_3) * d2
+                rs = (
+                    fs.scalar(r0, x),
+                    fs.scalar(r1, x),
+                    fs.scalar(r0 + r1, x),
+                    fs.scalar(phi_2, x),
+                    fs.scalar(phi_3, x),
+                )
+                x = fs.sde3_third(x, den, den_1, den_2, noise, a, b, *rs, *ns)
             elif h_1 is not None:
-                x = x + float(phi_2) * ((den - den_1) / float(h_1 / h))
-            x = x + _noise(noise_fn, i, x) * float(sn) * float(np.sqrt(-np.expm1(_F(-2) * h * _F(1.0))))
+                x = fs.sde3_second(
+                    x, den, den_1, noise, a, b, fs.scalar(phi_2, x), fs.scalar(h_1 / h, x), *ns
+                )
+            else:
+                x = fs.sde3_first(x, den, noise, a, b, *ns)
         den_1, den_2 = den, den_1
         h_1, h_2 = h, h_1
         _step(callback, i, n, s, x, den)
@@ -531,6 +575,7 @@ def sample(
             raise ValueError(f"sampler {sampler!r} is stochastic: pass key= (or noise_fn=)")
         noise_fn = gaussian_noise(key, steps)
     fn = SAMPLERS[family][sampler]
+    callback = callback or _LookAhead()
 
     if family == "v":
         sigma_max = V_SIGMA_MAX if sigma_max is None else sigma_max

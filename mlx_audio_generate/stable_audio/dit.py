@@ -20,8 +20,9 @@ Speed: `forward` and `guided` run through `mx.compile` (one trace per shape/dtyp
 implicit inputs so reloading or casting them is seen) on the GPU, eagerly on the CPU, whose compiled kernels
 need a C++ compiler at run time; `StableAudioDiT.compiled = True/False` overrides. Compiling fuses the
 elementwise work around the matmuls (norm/bias/residual adds, GLU, CFG combination) and removes the Python
-cost of building ~25 ops per block every step; the cross-attention K/V come from `condition` once per
-generation.
+cost of building ~25 ops per block every step; the cross-attention K/V and the prepended token's constant
+part (global conditioning + the timestep MLP's output bias, `DiTConditioning.token_bias`) come from
+`condition` once per generation; a CFG pair runs its input projections and timestep token on B rows.
 
 Classifier-free guidance follows the reference's batch-CFG path: one batch of 2B with the conditional tokens
 first and zeros (or the negative prompt's tokens, zeroed where its mask is False) second; the global
@@ -318,20 +319,34 @@ class DiTConditioning:
 
     `kv`: per block, the cross-attention keys/values (N, kv_heads, S, head_dim), None without cross-attention;
     `global_embed`: the projected global conditioning (N, D) before the timestep embedding is added (or None);
-    `batch`: N, the model batch (2B when it holds a CFG pair: conditional rows first).
+    `batch`: N, the model batch (2B when it holds a CFG pair: conditional rows first);
+    `token_bias`: the prepended token's constant part, `global_embed` + the timestep MLP's output bias (its
+    last GEMM adds it: one kernel fewer a step), (N, D), or (D,) without global conditioning.
     """
 
     kv: list[tuple[mx.array, mx.array]] | None
     global_embed: mx.array | None
     batch: int
     cfg_pair: bool = False
+    token_bias: mx.array | None = None
+
+    def arrays(self) -> list[mx.array]:
+        """Every array of the conditioning (to evaluate it once, before the steps)."""
+        out = [a for k, v in self.kv or [] for a in (k, v)]
+        return out + [a for a in (self.global_embed, self.token_bias) if a is not None]
 
     def first_half(self) -> DiTConditioning:
         """The conditional half of a CFG pair (what the reference runs outside `cfg_interval`)."""
         h = self.batch // 2
         kv = None if self.kv is None else [(k[:h], v[:h]) for k, v in self.kv]
         g = None if self.global_embed is None else self.global_embed[:h]
-        return DiTConditioning(kv, g, h, cfg_pair=False)
+        tb = self.token_bias
+        return DiTConditioning(kv, g, h, cfg_pair=False, token_bias=tb[:h] if _rows(tb) else tb)
+
+
+def _rows(a: mx.array | None) -> bool:
+    """Whether a token bias has a row per batch entry (not one (D,) row for all)."""
+    return a is not None and a.ndim == 2
 
 
 def _rescale(cond_out: mx.array, cfg_out: mx.array, scale_phi: float) -> mx.array:
@@ -366,6 +381,7 @@ class StableAudioDiT(nn.Module):
         # Underscored: not a parameter, so it stays float32 whatever dtype the weights are cast to.
         self._inv_freq = rope_inv_freq(c.rotary_dim)
         self._rope_freqs = mx.array(1.0 / self._inv_freq)
+        self._cos_row = mx.array([[True], [False]])  # timestep_embed's [cos, sin] halves
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -396,7 +412,14 @@ class StableAudioDiT(nn.Module):
                 raise UserError(f"global_cond must be (batch, {c.global_cond_dim}), got {global_cond.shape}")
             g = self.to_global_embed(global_cond.astype(dt))
             batch = global_cond.shape[0] if batch is None else batch
-        return DiTConditioning(kv, g, batch if batch is not None else 0)
+        return DiTConditioning(kv, g, batch if batch is not None else 0, token_bias=self._token_bias(g))
+
+    def _token_bias(self, global_embed: mx.array | None) -> mx.array | None:
+        """global_embed + the timestep MLP's fc2 bias (None: a quantized fc2, which adds its own bias)."""
+        fc2 = self.to_timestep_embed.fc2
+        if isinstance(fc2, nn.QuantizedLinear):
+            return global_embed
+        return fc2.bias if global_embed is None else global_embed + fc2.bias
 
     def cfg_condition(
         self,
@@ -427,10 +450,21 @@ class StableAudioDiT(nn.Module):
 
     # -- denoiser --------------------------------------------------------------------------------------------
 
-    def timestep_embed(self, t: mx.array) -> mx.array:
-        w = self.timestep_features["weight"]
-        f = (2 * math.pi * t[:, None]) @ w.T  # FourierFeatures: 2*pi*input @ weight.T, then [cos, sin]
-        return self.to_timestep_embed(mx.concatenate([mx.cos(f), mx.sin(f)], axis=-1))
+    def timestep_embed(self, t: mx.array, bias: mx.array | None = None) -> mx.array:
+        """to_timestep_embed(FourierFeatures(t)) in the model's dtype, t (N,) or (N, 1, 1); `bias` (a
+        `token_bias`) replaces fc2's bias."""
+        w = self.timestep_features["weight"]  # (F/2, 1)
+        # FourierFeatures: f = 2*pi*t @ weight.T, then [cos f, sin f]. With one input feature the matmul is a
+        # single product, so it is computed elementwise (the same roundings) and, with the cast of t, in one
+        # fused kernel: (N, 2, F/2) picks cos in row 0 and sin in row 1, a view of (N, F) once contiguous.
+        t = t.reshape(-1, 1, 1)
+        f = (2 * math.pi * t.astype(self.dtype)) * w[:, 0]
+        feats = mx.where(self._cos_row, mx.cos(f), mx.sin(f)).reshape(t.shape[0], -1)
+        mlp = self.to_timestep_embed
+        if bias is None or isinstance(mlp.fc2, nn.QuantizedLinear):
+            out = mlp(feats)
+            return out if bias is None else out + bias
+        return mx.addmm(bias, nn.silu(mlp.fc1(feats)), mlp.fc2.weight.T)
 
     def _attention_impl(self) -> str:
         return "sdpa" if self.attention == "auto" else self.attention
@@ -459,37 +493,54 @@ class StableAudioDiT(nn.Module):
         """One model pass: x (N, io, L), t (N,) or scalar -> (N, io, L), N = cond.batch (if it is set)."""
         self._check(tuple(x.shape), cond.batch)
         t = mx.array(t)
+        bias = self._bias_of(cond)
         if not self._use_compiled():
-            return self._denoise(x, t, cond.kv, cond.global_embed)
-        has_kv, has_g = cond.kv is not None, cond.global_embed is not None
+            return self._denoise(x, t, cond.kv, bias)
+        has_kv, has_b = cond.kv is not None, bias is not None
 
         def make():
-            def fn(x, t, kv, g):
-                return self._denoise(x, t, kv if has_kv else None, g if has_g else None)
+            def fn(x, t, kv, b):
+                return self._denoise(x, t, kv if has_kv else None, b if has_b else None)
 
             return fn
 
-        fn = self._compiled_fn(("forward", has_kv, has_g, self._attention_impl()), make)
-        return fn(x, t, cond.kv or [], cond.global_embed if has_g else mx.array(0.0))
+        fn = self._compiled_fn(("forward", has_kv, has_b, self._attention_impl()), make)
+        return fn(x, t, cond.kv or [], bias if has_b else mx.array(0.0))
+
+    def _bias_of(self, cond: DiTConditioning) -> mx.array | None:
+        """The token bias of `cond` (made from its global_embed for a DiTConditioning built without one)."""
+        return cond.token_bias if cond.token_bias is not None else self._token_bias(cond.global_embed)
 
     def _denoise(
-        self, x: mx.array, t: mx.array, kv: list[tuple[mx.array, mx.array]] | None, g_cond: mx.array | None
+        self,
+        x: mx.array,
+        t: mx.array,
+        kv: list[tuple[mx.array, mx.array]] | None,
+        bias: mx.array | None,
+        pair: bool = False,
     ) -> mx.array:
-        """The model pass itself, without checks (what mx.compile traces)."""
+        """The model pass itself, without checks (what mx.compile traces). With `pair` the model batch is
+        x's batch twice (a CFG pair: both halves see the same x, t and global conditioning, so the input
+        projections and the timestep token run once and are repeated by the token concatenation)."""
         c, dt = self.config, self.dtype
         n, ch, length = x.shape
         # The reference casts x, t and the conditioning to the model's dtype (timestep features included).
         x = x.astype(dt)
-        t = mx.broadcast_to(t.astype(dt).reshape(-1), (n,))
-        g = self.timestep_embed(t)
-        if g_cond is not None:
-            g = g_cond + g
+        # (views only: the cast of t fuses with the timestep features)
+        g = self.timestep_embed(mx.broadcast_to(t.reshape(-1, 1, 1), (n, 1, 1)), bias)  # the prepended token
         h = x.transpose(0, 2, 1)  # channels-last (N, L, io)
-        h = self.preprocess_conv(h) + h
+        h = residual_linear(h, h, self.preprocess_conv)  # 1x1 conv + residual: one GEMM
         if c.patch_size > 1:  # "b (t p) c -> b t (c p)"
             p = c.patch_size
             h = h.reshape(n, length // p, p, ch).transpose(0, 1, 3, 2).reshape(n, length // p, ch * p)
-        h = mx.concatenate([g[:, None, :], self.project_in(h)], axis=1)
+        h = self.project_in(h)
+        if pair:
+            rows, tokens, d = 2 * n, h.shape[1] + 1, h.shape[2]
+            g2, h2 = mx.broadcast_to(g[None, :, None], (2, n, 1, d)), mx.broadcast_to(h[None], (2, *h.shape))
+            h = mx.concatenate([g2, h2], axis=2).reshape(rows, tokens, d)
+            n = rows
+        else:
+            h = mx.concatenate([g[:, None, :], h], axis=1)
         impl = self._attention_impl()
         for i, blk in enumerate(self.blocks):
             h = blk(h, None if kv is None else kv[i], self._rope_freqs, c.rotary_dim, impl)
@@ -497,16 +548,15 @@ class StableAudioDiT(nn.Module):
         if c.patch_size > 1:  # "b (c p) t -> b c (t p)"
             p = c.patch_size
             h = h.reshape(n, length // p, ch, p).transpose(0, 1, 3, 2).reshape(n, length, ch)
-        h = self.postprocess_conv(h) + h
+        h = residual_linear(h, h, self.postprocess_conv)
         return h.transpose(0, 2, 1)
 
     def _cfg_pair(
-        self, x: mx.array, t: mx.array, kv: list | None, g_cond: mx.array | None, scale: mx.array
+        self, x: mx.array, t: mx.array, kv: list | None, bias: mx.array | None, scale: mx.array
     ) -> tuple[mx.array, mx.array]:
         """Both CFG passes as one batch of 2B; returns (conditional output, guided output)."""
         b = x.shape[0]
-        t = mx.broadcast_to(t.reshape(-1), (b,))
-        out = self._denoise(mx.concatenate([x, x], axis=0), mx.concatenate([t, t], axis=0), kv, g_cond)
+        out = self._denoise(x, mx.broadcast_to(t.reshape(-1), (b,)), kv, bias, pair=True)
         cond_out, uncond_out = out[:b], out[b:]
         # A Python float scale multiplies in the output's dtype; so does this array scale.
         return cond_out, uncond_out + (cond_out - uncond_out) * scale.astype(out.dtype)
@@ -541,20 +591,26 @@ class StableAudioDiT(nn.Module):
         t = mx.array(t)
         scale = mx.array(cfg_scale, dtype=mx.float32)
         phi = float(scale_phi)
+        bias = self._pair_bias(cond)
         if not self._use_compiled():
-            cond_out, cfg_out = self._cfg_pair(x, t, cond.kv, cond.global_embed, scale)
+            cond_out, cfg_out = self._cfg_pair(x, t, cond.kv, bias, scale)
             return cfg_out if phi == 0.0 else _rescale(cond_out, cfg_out, phi)
-        has_kv, has_g = cond.kv is not None, cond.global_embed is not None
+        has_kv, has_b = cond.kv is not None, bias is not None
 
         def make():
-            def fn(x, t, kv, g, scale):
-                cond_out, cfg_out = self._cfg_pair(x, t, kv if has_kv else None, g if has_g else None, scale)
+            def fn(x, t, kv, b, scale):
+                cond_out, cfg_out = self._cfg_pair(x, t, kv if has_kv else None, b if has_b else None, scale)
                 return cfg_out if phi == 0.0 else _rescale(cond_out, cfg_out, phi)
 
             return fn
 
-        fn = self._compiled_fn(("guided", has_kv, has_g, phi, self._attention_impl()), make)
-        return fn(x, t, cond.kv or [], cond.global_embed if has_g else mx.array(0.0), scale)
+        fn = self._compiled_fn(("guided", has_kv, has_b, phi, self._attention_impl()), make)
+        return fn(x, t, cond.kv or [], bias if has_b else mx.array(0.0), scale)
+
+    def _pair_bias(self, cond: DiTConditioning) -> mx.array | None:
+        """A CFG pair's token bias for its B conditional rows (the halves share the global conditioning)."""
+        tb = self._bias_of(cond)
+        return tb[: cond.batch // 2] if _rows(tb) else tb
 
     def __call__(
         self,

@@ -60,6 +60,7 @@ class StableAudioModel(nn.Module):
         vae_cfg = OobleckConfig.from_dict(m["pretransform"])
         check_weights(itemsize, t5_cfg, cond_cfg, dit_cfg, vae_cfg)
         self.t5 = T5Encoder(t5_cfg)
+        self.t5.compiled = None  # compiled on the GPU (its prompts are always padded to one length)
         self.conditioner = StableAudioConditioner(cond_cfg)
         self.dit = StableAudioDiT(dit_cfg)
         self.vae = OobleckVAE(vae_cfg)

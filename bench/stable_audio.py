@@ -469,7 +469,7 @@ def profile(name: str, dtype: str, tiny: bool, rep: Report) -> None:
     t_gemm = _time(gemms)
     t_self = _time(lambda: mx.fast.scaled_dot_product_attention(q, q, q, scale=hd**-0.5))
     t_cross = _time(lambda: mx.fast.scaled_dot_product_attention(q, kc, kc, scale=hd**-0.5))
-    from mlx_audio_generate.stable_audio.dit import _attend
+    from mlx_audio_generate.stable_audio.dit_blocks import _attend
 
     t_self_mm = _time(lambda: _attend(q, q, q, hd**-0.5, "matmul"))
     t_cross_mm = _time(lambda: _attend(q, kc, kc, hd**-0.5, "matmul"))

@@ -42,9 +42,7 @@ from ..diffusion.dit_parts import MLP as _MLP
 from ..diffusion.dit_parts import Compiled as _Compiled
 from ..diffusion.dit_parts import (
     DiTWidths,
-    GLUFeedForward,
     check_inv_freq,
-    partial_rope,
     rope_inv_freq,
     take_conv1x1,
     take_linears,
@@ -55,6 +53,7 @@ from ..errors import UserError
 from ..memory import check_bounds
 from ..quantize import residual_linear
 from ..weights import Checkpoint
+from .dit_blocks import TransformerBlock
 
 # DiffusionTransformer/ContinuousTransformer/TransformerBlock options whose reference defaults we implement.
 # Any other value in a config changes the computation, so it is refused rather than ignored.
@@ -170,147 +169,6 @@ class DiTConfig(DiTWidths):
         )
         check_bounds(cfg, DIT_BOUNDS, "DiT")
         return cfg
-
-
-class _LayerNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = mx.ones((dim,))
-        self.bias = mx.zeros((dim,))
-        self.eps = eps
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
-
-
-def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, impl: str) -> mx.array:
-    """softmax(q k^T * scale) v over (B, H, N, D) queries and (B, Hk, S, D) keys/values, Hk dividing H
-    (query head h reads KV head h // (H / Hk), repeat_interleave's grouping).
-
-    impl "sdpa": MLX's fused kernel. "matmul": two matmuls around a precise (fp32) softmax; with KV groups
-    the G = H / Hk query heads of a group are stacked along the tokens so K/V are read once per group. On
-    the H100 MLX-CUDA's SDPA ran these long non-causal sequences at ~55 TFLOP/s; the matmuls run at several
-    times that (bench/stable_audio.py --profile). The CPU's SDPA is this same decomposition."""
-    if impl == "sdpa":
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    b, h, n, d = q.shape
-    hk = k.shape[1]
-    q = (q * scale).reshape(b, hk, (h // hk) * n, d)
-    p = mx.softmax(q @ k.swapaxes(-1, -2), axis=-1, precise=True)
-    return (p @ v).reshape(b, h, n, d)
-
-
-def _l2_normalize(x: mx.array) -> mx.array:
-    # F.normalize: x / max(||x||, 1e-12)
-    return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-class Attention(nn.Module):
-    """Self-attention (fused `qkv`) or cross-attention (`q` + fused `kv`, possibly fewer KV heads)."""
-
-    def __init__(self, dim: int, head_dim: int, qk_norm: str, context_dim: int | None = None):
-        super().__init__()
-        self.num_heads = dim // head_dim
-        self.head_dim = head_dim
-        self.scale = head_dim**-0.5
-        self.qk_norm = qk_norm
-        if context_dim is None:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        else:
-            self.kv_heads = context_dim // head_dim
-            if self.kv_heads == 0 or self.num_heads % self.kv_heads:
-                raise UserError(
-                    f"cross-attention context width {context_dim} does not fit head_dim {head_dim}"
-                )
-            self.q = nn.Linear(dim, dim, bias=False)
-            self.kv = nn.Linear(context_dim, 2 * context_dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-        if qk_norm == "ln":
-            self.q_norm = _LayerNorm(head_dim, 1e-6)
-            self.k_norm = _LayerNorm(head_dim, 1e-6)
-
-    def _norm_q(self, q: mx.array) -> mx.array:
-        return self.q_norm(q) if self.qk_norm == "ln" else _l2_normalize(q) if self.qk_norm == "l2" else q
-
-    def _norm_k(self, k: mx.array) -> mx.array:
-        return self.k_norm(k) if self.qk_norm == "ln" else _l2_normalize(k) if self.qk_norm == "l2" else k
-
-    def context_kv(self, context: mx.array) -> tuple[mx.array, mx.array]:
-        """Cross-attention keys/values (B, kv_heads, S, head_dim) of a context: reusable across steps."""
-        b, s, _ = context.shape
-        k, v = mx.split(self.kv(context).reshape(b, s, 2, self.kv_heads, self.head_dim), 2, axis=2)
-        return self._norm_k(k[:, :, 0].transpose(0, 2, 1, 3)), v[:, :, 0].transpose(0, 2, 1, 3)
-
-    def _out(self, o: mx.array, residual: mx.array | None) -> mx.array:
-        """Output projection of (B, H, N, D) heads; `residual + out(o)` as one GEMM (addmm) when given
-        (the plain sum for a quantized `out`, see quantize.residual_linear)."""
-        b, _, n, _ = o.shape
-        o = o.transpose(0, 2, 1, 3).reshape(b, n, -1)
-        if residual is None:
-            return self.out(o)
-        return residual_linear(residual, o, self.out)
-
-    def __call__(
-        self,
-        x: mx.array,
-        rope_freqs: mx.array,
-        rotary_dim: int,
-        impl: str = "sdpa",
-        residual: mx.array | None = None,
-    ) -> mx.array:
-        b, n, _ = x.shape
-        # Split views, not integer indexing (a gather kernel per q/k/v on MLX).
-        q, k, v = (
-            a.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-            for a in mx.split(self.qkv(x), 3, axis=-1)
-        )
-        q, k = self._norm_q(q), self._norm_k(k)
-        # The reference rotates in float32 (half-split layout = MLX's non-traditional rope) and casts back.
-        q, k = partial_rope(q, rotary_dim, rope_freqs), partial_rope(k, rotary_dim, rope_freqs)
-        o = _attend(q.astype(v.dtype), k.astype(v.dtype), v, self.scale, impl)
-        return self._out(o, residual)
-
-    def cross(
-        self,
-        x: mx.array,
-        k: mx.array,
-        v: mx.array,
-        impl: str = "sdpa",
-        residual: mx.array | None = None,
-    ) -> mx.array:
-        b, n, _ = x.shape
-        q = self._norm_q(self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3))
-        # Query head h reads KV head h // (heads / kv_heads): repeat_interleave's grouping.
-        o = _attend(q, k, v, self.scale, impl)
-        return self._out(o, residual)
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        d = cfg.embed_dim
-        self.pre_norm = _LayerNorm(d, 1e-5)
-        self.self_attn = Attention(d, cfg.head_dim, cfg.qk_norm)
-        self.has_cross = cfg.cond_token_dim > 0
-        if self.has_cross:
-            self.cross_norm = _LayerNorm(d, 1e-5)
-            self.cross_attn = Attention(d, cfg.head_dim, cfg.qk_norm, context_dim=cfg.cond_embed_dim)
-        self.ff_norm = _LayerNorm(d, 1e-5)
-        self.ff = GLUFeedForward(d, int(d * cfg.ff_mult))
-
-    def __call__(
-        self,
-        x: mx.array,
-        kv: tuple[mx.array, mx.array] | None,
-        rope_freqs: mx.array,
-        rotary_dim: int,
-        impl: str = "sdpa",
-    ) -> mx.array:
-        # The residual adds of both attentions ride in their output GEMMs (addmm: fewer kernels per block).
-        x = self.self_attn(self.pre_norm(x), rope_freqs, rotary_dim, impl, residual=x)
-        if kv is not None:
-            x = self.cross_attn.cross(self.cross_norm(x), *kv, impl=impl, residual=x)
-        return x + self.ff(self.ff_norm(x))
 
 
 @dataclass

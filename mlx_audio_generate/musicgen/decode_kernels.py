@@ -4,13 +4,20 @@ A decode step (one position per row) is bound by host time per kernel, not by th
 docs/benchmarks.md). MLX runs LayerNorm, the matrix-vector product and the residual add / GELU after it as
 separate kernels; these fuse them:
 
-- `ln_matvec(x, g, b, eps, w, gelu)`: T(gelu?(W @ T(layer_norm(x)))) per row: the LayerNorm rounded to T
-  before the product, exactly where the unfused path stores it.
+- `ln_matvec(x, g, b, eps, w, gelu, parts)`: T(gelu?(W @ T(layer_norm(x)))) per row: the LayerNorm rounded to
+  T before the product, exactly where the unfused path stores it. `parts = 3` writes the fused QKV product as
+  (3, B, 1, N / 3), so q and k/v are contiguous views (MLX's SDPA copies a strided q; the cache write reads
+  k/v contiguous).
 - `matvec_add(x, w, res)`: res + T(W @ x), the residual add after the product rounded to T.
 
-Per layer that is 9 kernels instead of 16. Shapes: x (B, 1, D) row-contiguous, w (N, D), D % 8 == 0.
-Accumulation is fp32 like MLX's GEMV; one warp per output row reads its weight row once, 16 bytes per lane,
-for all B rows. `reference_*` are the same maths as MLX ops (the CPU / fp32 path and the tests' yardstick).
+Shapes: x (B, 1, D) row-contiguous, w (N, D), D % 8 == 0, B <= MAX_ROWS. Accumulation is fp32 like MLX's GEMV.
+Each weight row is read once for all B rows, 16 bytes per lane; `WPR` warps share one row (split-K over D,
+partial sums added in a fixed order through shared memory) so long rows (fc2's 4x-wide input) and narrow
+outputs still fill the GPU, and each warp can take `RPW` rows (its input loads shared by them). `config`
+picks both from the shape; the constants below are what bench/kernel_probe.py measures and tunes.
+The LayerNorm statistics are one warp per input row; the normalized rows are staged in (dynamic) shared
+memory up to MAX_STAGED_BYTES, past that each warp normalizes its input chunks on the fly (no B x D limit).
+`reference_*` are the same maths as MLX ops (the CPU / fp32 path and the tests' yardstick).
 """
 
 from __future__ import annotations
@@ -27,141 +34,243 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// acc[b] = W row `wr` . x row b (x: B rows of D, global or shared memory), summed over the warp: each lane
-// reads VEC = 8 elements of a 2-byte T per 16-byte load; compile-time trip counts so the loads unroll.
-template <typename T, int B, int D>
-__device__ __forceinline__ void warp_row_dots(const T* wr, const T* x, int lane, float* acc) {
-  constexpr int VEC = 8;
-  constexpr int ITERS = (D + 32 * VEC - 1) / (32 * VEC);
+// 8 consecutive elements (16 bytes) of row b of the input at column c, as floats.
+template <typename T, int D>
+struct XPlain {  // global or shared memory, used as stored
+  const T* x;
+  __device__ __forceinline__ void operator()(int b, int c, float* v) const {
+    const uint4 raw = *reinterpret_cast<const uint4*>(x + b * D + c);
+    const T* t = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = 0.f;
+    for (int j = 0; j < 8; ++j) v[j] = static_cast<float>(t[j]);
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ void ln_chunk(const T* x, const T* g, const T* beta, float mean, float rstd, T* out) {
+  const uint4 xr = *reinterpret_cast<const uint4*>(x);
+  const uint4 gr = *reinterpret_cast<const uint4*>(g);
+  const uint4 br = *reinterpret_cast<const uint4*>(beta);
+  const T* xv = reinterpret_cast<const T*>(&xr);
+  const T* gv = reinterpret_cast<const T*>(&gr);
+  const T* bv = reinterpret_cast<const T*>(&br);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    out[j] = T((static_cast<float>(xv[j]) - mean) * rstd * static_cast<float>(gv[j]) + static_cast<float>(bv[j]));
+  }
+}
+
+template <typename T, int D>
+struct XNorm {  // layer_norm(x) rounded to T, computed from global x on the fly (stats: mean, rstd per row)
+  const T* x;
+  const T* g;
+  const T* beta;
+  const float* stats;
+  __device__ __forceinline__ void operator()(int b, int c, float* v) const {
+    __align__(16) T h[8];
+    ln_chunk<T>(x + b * D + c, g + c, beta + c, stats[2 * b], stats[2 * b + 1], h);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = static_cast<float>(h[j]);
+  }
+};
+
+// acc[r][b] = W row (n0 + r) . input row b over this warp's slice `ks` of D (D / WPR columns), per lane
+// (summed over the warp by `finish`). Rows past N read row N - 1 (never stored).
+template <typename T, int B, int D, int WPR, int RPW, typename XL>
+__device__ __forceinline__ void slice_dots(
+    const T* w, int N, int n0, int ks, int lane, const XL& xl, float (&acc)[RPW][B]) {
+  constexpr int VEC = 8;
+  constexpr int KS = D / WPR;
+  constexpr int ITERS = (KS + 32 * VEC - 1) / (32 * VEC);
+#pragma unroll
+  for (int r = 0; r < RPW; ++r)
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
+  const T* wr[RPW];
+#pragma unroll
+  for (int r = 0; r < RPW; ++r) wr[r] = w + static_cast<size_t>(min(n0 + r, N - 1)) * D;
 #pragma unroll
   for (int it = 0; it < ITERS; ++it) {
-    const int i = (it * 32 + lane) * VEC;
-    if (i < D) {
-      const uint4 wraw = *reinterpret_cast<const uint4*>(wr + i);
-      const T* wv = reinterpret_cast<const T*>(&wraw);
+    const int off = (it * 32 + lane) * VEC;
+    if (off < KS) {
+      const int c = ks * KS + off;
+      uint4 wraw[RPW];
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) wraw[r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c));
 #pragma unroll
       for (int b = 0; b < B; ++b) {
-        const uint4 xraw = *reinterpret_cast<const uint4*>(x + b * D + i);
-        const T* xv = reinterpret_cast<const T*>(&xraw);
+        float xv[VEC];
+        xl(b, c, xv);
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) acc[b] += static_cast<float>(wv[j]) * static_cast<float>(xv[j]);
+        for (int r = 0; r < RPW; ++r) {
+          const T* wv = reinterpret_cast<const T*>(&wraw[r]);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) acc[r][b] += static_cast<float>(wv[j]) * xv[j];
+        }
       }
     }
   }
+}
+
+// Sum each row's WPR warp slices (in slice order, through shared memory) and hand (b, n, sum) to `epi`.
+template <int B, int WPR, int RPW, typename Epi>
+__device__ __forceinline__ void finish(
+    float (&acc)[RPW][B], float* part, int N, int n0, int warp, int lane, const Epi& epi) {
 #pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = warp_sum(acc[b]);
+  for (int r = 0; r < RPW; ++r)
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[r][b] = warp_sum(acc[r][b]);
+  if (WPR == 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < RPW; ++r)
+        if (n0 + r < N)
+#pragma unroll
+          for (int b = 0; b < B; ++b) epi(b, n0 + r, acc[r][b]);
+    }
+    return;
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+      for (int b = 0; b < B; ++b) part[(warp * RPW + r) * B + b] = acc[r][b];
+  }
+  __syncthreads();
+  if (warp % WPR == 0) {
+    for (int i = lane; i < RPW * B; i += 32) {
+      const int r = i / B, b = i % B;
+      if (n0 + r < N) {
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < WPR; ++k) s += part[((warp + k) * RPW + r) * B + b];
+        epi(b, n0 + r, s);
+      }
+    }
+  }
 }
 """
 
-# One block = 256 threads = 8 warps = 8 output rows. The LayerNorm of the B input rows is computed once per
-# block by all threads (two-pass mean / variance in fp32, as MLX's) into shared memory, rounded to T; then
-# each warp reads its weight row once for all B rows (warp_row_dots).
+# One block = 256 threads = 8 warps = 8 / WPR * RPW output rows.
 _LN_MATVEC = """
-  constexpr int THREADS = 256;
-  constexpr int WARPS = THREADS / 32;
-  constexpr int PER = (D + THREADS - 1) / THREADS;
-  __shared__ __align__(16) T hs[B * D];
-  __shared__ float red[WARPS];
+  constexpr int WARPS = 8;
+  constexpr int ROWS = WARPS / WPR * RPW;
+  extern __shared__ __align__(16) unsigned char staged_raw[];
+  __shared__ float stats[2 * B];
+  __shared__ float part[WARPS * RPW * B];
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
-  for (int r = 0; r < B; ++r) {
+  // LayerNorm statistics: one warp per input row, two passes in fp32 (the row is L1-resident)
+  for (int r = warp; r < B; r += WARPS) {
     const T* xr = x + r * D;
-    float xs[PER];
     float s = 0.f;
+    for (int c = lane * 8; c < D; c += 256) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(xr + c);
+      const T* t = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-    for (int k = 0; k < PER; ++k) {
-      const int i = tid + k * THREADS;
-      xs[k] = i < D ? static_cast<float>(xr[i]) : 0.f;
-      s += xs[k];
+      for (int j = 0; j < 8; ++j) s += static_cast<float>(t[j]);
     }
-    s = warp_sum(s);
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int k = 0; k < WARPS; ++k) total += red[k];
-    const float mean = total / D;
-    __syncthreads();
+    const float mean = warp_sum(s) / D;
     float v = 0.f;
+    for (int c = lane * 8; c < D; c += 256) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(xr + c);
+      const T* t = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-    for (int k = 0; k < PER; ++k) {
-      const int i = tid + k * THREADS;
-      if (i < D) {
-        const float d = xs[k] - mean;
+      for (int j = 0; j < 8; ++j) {
+        const float d = static_cast<float>(t[j]) - mean;
         v += d * d;
       }
     }
     v = warp_sum(v);
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float var = 0.f;
-#pragma unroll
-    for (int k = 0; k < WARPS; ++k) var += red[k];
-    const float rstd = rsqrtf(var / D + eps[0]);
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < PER; ++k) {
-      const int i = tid + k * THREADS;
-      if (i < D) {
-        hs[r * D + i] = T((xs[k] - mean) * rstd * static_cast<float>(g[i]) + static_cast<float>(beta[i]));
-      }
+    if (lane == 0) {
+      stats[2 * r] = mean;
+      stats[2 * r + 1] = rsqrtf(v / D + eps[0]);
     }
   }
   __syncthreads();
-  const int n = blockIdx.x * WARPS + warp;
-  if (n >= N) return;
-  float acc[B];
-  warp_row_dots<T, B, D>(w + static_cast<size_t>(n) * D, hs, lane, acc);
-  if (lane == 0) {
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      float v = static_cast<float>(T(acc[b]));
-      if (GELU) v = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
-      y[b * N + n] = T(v);
+  T* hs = reinterpret_cast<T*>(staged_raw);
+  if (STAGED) {  // the normalized rows, rounded to T, into shared memory
+    for (int e = tid * 8; e < B * D; e += 256 * 8) {
+      const int r = e / D, c = e % D;
+      __align__(16) T h[8];
+      ln_chunk<T>(x + e, g + c, beta + c, stats[2 * r], stats[2 * r + 1], h);
+      *reinterpret_cast<uint4*>(hs + e) = *reinterpret_cast<const uint4*>(h);
     }
+    __syncthreads();
   }
+  const int n0 = blockIdx.x * ROWS + (warp / WPR) * RPW;
+  float acc[RPW][B];
+  if (STAGED) {
+    slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XPlain<T, D>{hs}, acc);
+  } else {
+    slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XNorm<T, D>{x, g, beta, stats}, acc);
+  }
+  constexpr int NP = N / PARTS;
+  finish<B, WPR, RPW>(acc, part, N, n0, warp, lane, [&](int b, int n, float s) {
+    float v = static_cast<float>(T(s));
+    if (GELU) v = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+    y[((n / NP) * B + b) * NP + n % NP] = T(v);
+  });
 """
 
 _MATVEC_ADD = """
   constexpr int WARPS = 8;
+  constexpr int ROWS = WARPS / WPR * RPW;
+  __shared__ float part[WARPS * RPW * B];
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int n = blockIdx.x * WARPS + warp;
-  if (n >= N) return;
-  float acc[B];
-  warp_row_dots<T, B, D>(w + static_cast<size_t>(n) * D, x, lane, acc);
-  if (lane == 0) {
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      y[b * N + n] = T(static_cast<float>(res[b * N + n]) + static_cast<float>(T(acc[b])));
-    }
-  }
+  const int n0 = blockIdx.x * ROWS + (warp / WPR) * RPW;
+  float acc[RPW][B];
+  slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XPlain<T, D>{x}, acc);
+  finish<B, WPR, RPW>(acc, part, N, n0, warp, lane, [&](int b, int n, float s) {
+    y[b * N + n] = T(static_cast<float>(res[b * N + n]) + static_cast<float>(T(s)));
+  });
 """
 
 MAX_ROWS = 16  # rows (2 x batch with CFG) the kernels take; more fall back to the MLX ops
-MAX_LN_ELEMENTS = 16384  # rows x width the LayerNorm kernel stages in shared memory (32 KB of fp16)
+# Normalized rows staged in dynamic shared memory up to this (with the static arrays under the 48 KB a kernel
+# gets without an opt-in); past it each warp normalizes its chunks on the fly.
+MAX_STAGED_BYTES = 40 * 1024
+# Launch shape (measured by bench/kernel_probe.py): more warps per weight row until a product has MIN_WARPS
+# warps, keeping each warp's slice of D at least MIN_SLICE columns; RPW output rows per warp.
+MIN_WARPS = 4096
+MIN_SLICE = 512
+RPW = 1
+OVERRIDE: dict[tuple[int, int], tuple[int, int]] = {}  # (D, N) -> (WPR, RPW); for the probe's sweeps
+
+
+def config(d: int, n: int) -> tuple[int, int]:
+    """(warps per weight row, rows per warp) of a (N, D) product."""
+    if (d, n) in OVERRIDE:
+        return OVERRIDE[(d, n)]
+    wpr = 1
+    while wpr < 8 and n * wpr < MIN_WARPS and d % (16 * wpr) == 0 and d // (2 * wpr) >= MIN_SLICE:
+        wpr *= 2
+    return wpr, RPW
 
 
 @functools.cache
-def _kernels() -> tuple[object, object]:
-    ln = mx.fast.cuda_kernel(
-        name="mag_ln_matvec",
+def _ln_kernel(staged_bytes: int) -> object:
+    return mx.fast.cuda_kernel(
+        name="mag_ln_mv3",
         input_names=["x", "g", "beta", "eps", "w"],
         output_names=["y"],
         source=_LN_MATVEC,
         header=_HEADER,
+        shared_memory=staged_bytes,
     )
-    add = mx.fast.cuda_kernel(
-        name="mag_matvec_add",
+
+
+@functools.cache
+def _add_kernel() -> object:
+    return mx.fast.cuda_kernel(
+        name="mag_mv_add3",
         input_names=["x", "w", "res"],
         output_names=["y"],
         source=_MATVEC_ADD,
         header=_HEADER,
     )
-    return ln, add
 
 
 def supported(x: mx.array, w: mx.array) -> bool:
@@ -175,18 +284,23 @@ def supported(x: mx.array, w: mx.array) -> bool:
         and s == 1
         and b <= MAX_ROWS
         and d % 8 == 0
+        and w.ndim == 2
         and w.shape[1] == d
     )
 
 
-def _launch(kernel, inputs: list[mx.array], x: mx.array, n: int, **template) -> mx.array:
+def _launch(kernel, inputs: list[mx.array], x: mx.array, n: int, out_shape: tuple, **template) -> mx.array:
     b, _, d = x.shape
+    wpr, rpw = config(d, n)
+    if d % (8 * wpr):
+        wpr = 1
+    rows = 8 // wpr * rpw
     (y,) = kernel(
         inputs=inputs,
-        template=[("T", x.dtype), ("B", b), ("D", d), ("N", n), *template.items()],
-        grid=(((n + 7) // 8) * 256, 1, 1),
+        template=[("T", x.dtype), ("B", b), ("D", d), ("N", n), ("WPR", wpr), ("RPW", rpw), *template.items()],
+        grid=(((n + rows - 1) // rows) * 256, 1, 1),
         threadgroup=(256, 1, 1),
-        output_shapes=[(b, 1, n)],
+        output_shapes=[out_shape],
         output_dtypes=[x.dtype],
     )
     return y
@@ -206,19 +320,35 @@ def reference_matvec_add(x: mx.array, w: mx.array, res: mx.array) -> mx.array:
 
 
 def ln_matvec(
-    x: mx.array, g: mx.array, b: mx.array, eps: float, w: mx.array, gelu: bool = False, fused: bool = True
+    x: mx.array,
+    g: mx.array,
+    b: mx.array,
+    eps: float,
+    w: mx.array,
+    gelu: bool = False,
+    fused: bool = True,
+    parts: int = 1,
 ) -> mx.array:
-    """(B, 1, D) -> (B, 1, N): [gelu](layer_norm(x) @ W.T), one CUDA kernel when `fused` and supported."""
-    if not (fused and supported(x, w) and x.shape[0] * x.shape[2] <= MAX_LN_ELEMENTS):
+    """(B, 1, D) -> (B, 1, N): [gelu](layer_norm(x) @ W.T), one CUDA kernel when `fused` and supported.
+    With `parts` > 1 (kernel only: check `supported` first) the output is (parts, B, 1, N / parts)."""
+    if not (fused and supported(x, w)):
+        if parts != 1:
+            raise ValueError("ln_matvec with parts > 1 needs the CUDA kernel (check supported())")
         return reference_ln_matvec(x, g, b, eps, w, gelu)
-    ln, _ = _kernels()
+    rows, _, d = x.shape
+    n = w.shape[0]
+    if n % parts:
+        raise ValueError(f"ln_matvec: {n} outputs do not split into {parts} parts")
+    staged = rows * d * x.itemsize
+    staged = staged if staged <= MAX_STAGED_BYTES else 0
     eps_arr = mx.array([eps], dtype=mx.float32)
-    return _launch(ln, [x, g, b, eps_arr, w], x, w.shape[0], GELU=gelu)
+    shape = (rows, 1, n) if parts == 1 else (parts, rows, 1, n // parts)
+    inputs = [x, g, b, eps_arr, w]
+    return _launch(_ln_kernel(staged), inputs, x, n, shape, GELU=gelu, STAGED=staged > 0, PARTS=parts)
 
 
 def matvec_add(x: mx.array, w: mx.array, res: mx.array, fused: bool = True) -> mx.array:
     """(B, 1, D), (N, D), (B, 1, N) -> res + x @ W.T, one CUDA kernel when `fused` and supported."""
     if not (fused and supported(x, w)):
         return reference_matvec_add(x, w, res)
-    _, add = _kernels()
-    return _launch(add, [x, w, res], x, w.shape[0])
+    return _launch(_add_kernel(), [x, w, res], x, w.shape[0], (x.shape[0], 1, w.shape[0]))

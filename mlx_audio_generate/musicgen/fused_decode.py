@@ -13,7 +13,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .decode_kernels import ln_matvec, matvec_add
+from .decode_kernels import ln_matvec, matvec_add, supported
 
 
 @functools.cache
@@ -32,8 +32,13 @@ def decode_parts(
 
     def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, w_qkv: mx.array) -> tuple[mx.array, mx.array]:
         b = x.shape[0]
-        qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=kernels)
-        qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+        if kernels and supported(x, w_qkv):
+            # (3, B, 1, D) from the kernel: q and k/v contiguous (a strided q costs SDPA a copy kernel)
+            qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, parts=3).reshape(3, b, 1, heads, -1)
+            qkv = qkv.transpose(0, 1, 3, 2, 4)
+        else:
+            qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=False)
+            qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         q, kv = mx.split(qkv, [1], axis=0)
         return q.squeeze(0), kv
 

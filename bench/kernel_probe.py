@@ -15,8 +15,8 @@ is one FAILED row, never the end of the run; cases past the time budget are list
    wall ~ host the product is host-bound and wall says nothing about the GPU.
 2. `step` (one child per model and env): a whole decode step (real sizes, random fp16 weights, CFG batch 2,
    top-k 250, library `generate_steps`), steps/s in alternating rounds for: `base` (the code before round 3:
-   the first kernels up to 1024 wide, strided cross K/V), `off` / `v1` / `new` (kernels off / first / new, with
-   contiguous cross K/V); plus the max abs error of one step's logits, `new` against `off`. Envs: the default,
+   the first kernels up to 1024 wide, strided cross K/V), `off` / `v1` / `new` (kernels off / first / new,
+   with contiguous cross K/V); plus the max abs error of one step's logits against `off`. Envs: the default,
    MLX_USE_CUDA_GRAPHS=0 (direct launches instead of CUDA graph nodes), larger graphs
    (MLX_MAX_OPS_PER_BUFFER=1000, MLX_MAX_MB_PER_BUFFER=10000).
 """
@@ -24,6 +24,7 @@ is one FAILED row, never the end of the run; cases past the time budget are list
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -201,8 +202,9 @@ def kernel_child(a: argparse.Namespace, rows: Rows) -> None:
         for b in [int(r) for r in a.rows.split(",") if r]:
             for prod in ("qkv", "fc1", "out", "fc2"):
                 case = f"{m} {prod} B={b}"
-                rows.guard(case, "setup", lambda: probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn,
-                                                                dt, reps, copies, cuda))  # fmt: skip
+                run = functools.partial(probe_product, a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps,
+                                        copies, cuda)  # fmt: skip
+                rows.guard(case, "setup", run)
                 mx.clear_cache()
 
 
@@ -219,6 +221,7 @@ def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, 
     gb = n * din * ws[0].itemsize / 1e9
 
     if ln:
+
         def ref(w):
             return dk.reference_ln_matvec(x, g, beta, 1e-5, w, gelu)
 
@@ -230,6 +233,7 @@ def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, 
 
         old_ok = b * din <= v1.MAX_LN_ELEMENTS
     else:
+
         def ref(w):
             return dk.reference_matvec_add(x, w, res)
 
@@ -264,7 +268,7 @@ def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, 
                                                   staged if ln else ""))  # fmt: skip
     if a.no_sweep:
         return
-    # sweeps (each launch shape is one more JIT compile): every WPR at B = 2 for small / large, RPW = 2 at B = 8
+    # sweeps (each launch shape is one more JIT compile): every WPR at B = 2 (small, large), RPW = 2 at B >= 8
     full = b == 2 and case.split()[0] in ("small", "large")
     sweep = [(w, 1) for w in (1, 2, 4, 8) if full and din % (8 * w) == 0] + ([(wpr, 2)] if b >= 8 else [])
     for cw, cr in sweep:
@@ -272,7 +276,7 @@ def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, 
             continue
         dk.OVERRIDE[(din, n)] = (cw, cr)
         try:
-            rows.guard(case, f"WPR={cw} RPW={cr}", lambda: timed(f"sweep WPR={cw} RPW={cr}", new))
+            rows.guard(case, f"WPR={cw} RPW={cr}", functools.partial(timed, f"sweep WPR={cw} RPW={cr}", new))
         finally:
             dk.OVERRIDE.pop((din, n), None)
 
@@ -344,7 +348,7 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
     modes = [m for m in a.modes.split(",") if m]
     got: dict[str, list[float]] = {m: [] for m in modes}
     for mode in modes:  # warm-up: traces, JIT
-        rows.guard(f"step {name}", f"{mode} warm-up", lambda: speed(mode) and None)
+        rows.guard(f"step {name}", f"{mode} warm-up", functools.partial(speed, mode))
     for _ in range(a.rounds):
         for mode in modes:
             try:
@@ -398,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         f"## MusicGen decode kernel probe{' (DRY RUN: CPU, tiny shapes)' if a.dry_run else ''}", "",
         device_line(), "", table(rows), "",
-        "Times: wall us per call of 100 independent calls submitted at once (host = the submit part; wall ~ host "
-        "means host-bound); GB/s = weight bytes / wall. Steps/s: median of alternating rounds in one process "
-        "per env.", "",
+        "Times: wall us per call of 100 independent calls submitted at once (host = the submit part; "
+        "wall ~ host means host-bound); GB/s = weight bytes / wall. Steps/s: median of alternating rounds "
+        "in one process per env.", "",
     ])  # fmt: skip
     print(text)
     if a.out:
@@ -426,7 +430,8 @@ def device_line() -> str:
         gpu = q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else ""
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"mlx {line}; GPU {gpu or 'none'}; python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M')}"
+    when = time.strftime("%Y-%m-%d %H:%M")
+    return f"mlx {line}; GPU {gpu or 'none'}; python {sys.version.split()[0]}; {when}"
 
 
 if __name__ == "__main__":

@@ -49,9 +49,12 @@ def test_cpu_and_fp32_take_the_reference_ops():
         assert not dk.supported(x.astype(mx.float16), w.astype(mx.float16))
 
 
+SHAPES = [(2, 1024, 3072), (8, 2048, 8192), (2, 4096, 1024), (3, 48, 40), (2, 8192, 2048), (16, 2048, 2048)]
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("rows,d,n", [(2, 1024, 3072), (8, 2048, 8192), (2, 4096, 1024), (3, 48, 40)])
+@pytest.mark.parametrize("rows,d,n", SHAPES)
 def test_kernels_match_the_ops(dtype, rows, d, n):
     x, g, b, w, res = tensors(rows, d, n, dtype)
     assert dk.supported(x, w)
@@ -63,6 +66,43 @@ def test_kernels_match_the_ops(dtype, rows, d, n):
         assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, w, gelu)) <= tol
     y = dk.matvec_add(x.reshape(rows, 1, d), w, res)
     assert rel_err(y, dk.reference_matvec_add(x, w, res)) <= tol
+
+
+def test_launch_shapes_split_long_rows():
+    # more warps per weight row only while a product has few warps, each slice a multiple of the 16-byte loads
+    shapes = [(1024, 3072), (1024, 4096), (4096, 1024), (2048, 2048), (8192, 2048), (48, 40), (1536, 4608)]
+    for d, n in shapes:
+        wpr, rpw = dk.config(d, n)
+        assert wpr in (1, 2, 4, 8) and rpw >= 1
+        assert d % (8 * wpr) == 0 and (wpr == 1 or d // wpr >= dk.MIN_SLICE)
+    assert dk.config(8192, 2048)[0] > dk.config(2048, 8192)[0]  # fc2 (long input, few rows) splits, fc1 not
+    with pytest.raises(ValueError, match="needs the CUDA kernel"):
+        x, g, b, w, _ = tensors(2, 64, 96, mx.float32)
+        dk.ln_matvec(x, g, b, 1e-5, w, parts=3)
+
+
+@gpu
+@pytest.mark.parametrize("rows,d,n", [(2, 1024, 3072), (8, 2048, 6144), (16, 2048, 6144)], ids=str)
+def test_qkv_parts_layout(rows, d, n):
+    # (3, B, 1, D) = the (B, 1, 3D) product split into q / k / v; rows 16 x 2048 normalizes on the fly
+    x, g, b, w, _ = tensors(rows, d, n, mx.float16)
+    got = dk.ln_matvec(x, g, b, 1e-5, w, parts=3)
+    assert got.shape == (3, rows, 1, n // 3)
+    ref = dk.reference_ln_matvec(x, g, b, 1e-5, w)
+    assert rel_err(got.transpose(1, 2, 0, 3).reshape(rows, 1, n), ref) <= 4e-3
+
+
+@gpu
+@pytest.mark.parametrize("wpr,rpw", [(1, 1), (2, 1), (4, 2), (8, 1)])
+def test_every_launch_shape_matches(wpr, rpw, monkeypatch):
+    x, g, b, w, res = tensors(8, 2048, 1000, mx.float16)  # N not a multiple of the block's rows
+    x2 = mx.random.normal((8, 1, 1000), key=mx.random.key(7)).astype(mx.float16)
+    w2 = (mx.random.normal((2048, 1000), key=mx.random.key(8)) * 1000**-0.5).astype(mx.float16)
+    monkeypatch.setattr(dk, "OVERRIDE", {(2048, 1000): (wpr, rpw), (1000, 2048): (1, rpw)})
+    got = dk.ln_matvec(x, g, b, 1e-5, w, gelu=True)
+    assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, w, True)) <= 4e-3
+    y = dk.matvec_add(x2, w2, x)  # 1000 wide input: one warp per row (1000 % 16 != 0 for WPR 2)
+    assert rel_err(y, dk.reference_matvec_add(x2, w2, x)) <= 4e-3
 
 
 @gpu

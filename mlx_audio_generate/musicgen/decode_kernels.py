@@ -15,8 +15,9 @@ Each weight row is read once for all B rows, 16 bytes per lane; `WPR` warps shar
 partial sums added in a fixed order through shared memory) so long rows (fc2's 4x-wide input) and narrow
 outputs still fill the GPU, and each warp can take `RPW` rows (its input loads shared by them). `config`
 picks both from the shape; the constants below are what bench/kernel_probe.py measures and tunes.
-The LayerNorm statistics are one warp per input row; the normalized rows are staged in (dynamic) shared
-memory up to MAX_STAGED_BYTES, past that each warp normalizes its input chunks on the fly (no B x D limit).
+The input rows (LayerNorm-ed first: statistics one warp per row) are staged in dynamic shared memory up to
+MAX_STAGED_BYTES, past that read from global memory (normalized on the fly: no B x D limit). Each warp warms
+L2 with the start of its weight slice before that staging and then keeps 4 16-byte loads per lane in flight.
 `reference_*` are the same maths as MLX ops (the CPU / fp32 path and the tests' yardstick).
 """
 
@@ -47,7 +48,8 @@ struct XPlain {  // global or shared memory, used as stored
 };
 
 template <typename T>
-__device__ __forceinline__ void ln_chunk(const T* x, const T* g, const T* beta, float mean, float rstd, T* out) {
+__device__ __forceinline__ void ln_chunk(
+    const T* x, const T* g, const T* beta, float mean, float rstd, T* out) {
   const uint4 xr = *reinterpret_cast<const uint4*>(x);
   const uint4 gr = *reinterpret_cast<const uint4*>(g);
   const uint4 br = *reinterpret_cast<const uint4*>(beta);
@@ -56,7 +58,8 @@ __device__ __forceinline__ void ln_chunk(const T* x, const T* g, const T* beta, 
   const T* bv = reinterpret_cast<const T*>(&br);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    out[j] = T((static_cast<float>(xv[j]) - mean) * rstd * static_cast<float>(gv[j]) + static_cast<float>(bv[j]));
+    const float h = (static_cast<float>(xv[j]) - mean) * rstd;
+    out[j] = T(h * static_cast<float>(gv[j]) + static_cast<float>(bv[j]));
   }
 }
 
@@ -74,38 +77,64 @@ struct XNorm {  // layer_norm(x) rounded to T, computed from global x on the fly
   }
 };
 
+// Warm L2 with the first 4 KB of this warp's weight slice (one 128-byte line per lane and row, no registers
+// held), issued before the block stages its input so the HBM latency overlaps that work.
+template <typename T, int D, int WPR, int RPW>
+__device__ __forceinline__ void prefetch_slice(const T* w, int N, int n0, int ks, int lane) {
+  constexpr int KS = D / WPR;
+  const int off = lane * (128 / sizeof(T));
+  if (off < KS) {
+#pragma unroll
+    for (int r = 0; r < RPW; ++r) {
+      const T* p = w + static_cast<size_t>(min(n0 + r, N - 1)) * D + ks * KS + off;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
+}
+
 // acc[r][b] = W row (n0 + r) . input row b over this warp's slice `ks` of D (D / WPR columns), per lane
-// (summed over the warp by `finish`). Rows past N read row N - 1 (never stored).
+// (summed over the warp by `finish`). The weights are loaded U iterations (16 bytes each) at a time into
+// registers before they are used, so several loads per lane are in flight. Rows past N read row N - 1
+// (never stored).
 template <typename T, int B, int D, int WPR, int RPW, typename XL>
 __device__ __forceinline__ void slice_dots(
     const T* w, int N, int n0, int ks, int lane, const XL& xl, float (&acc)[RPW][B]) {
   constexpr int VEC = 8;
   constexpr int KS = D / WPR;
   constexpr int ITERS = (KS + 32 * VEC - 1) / (32 * VEC);
+  constexpr int U = ITERS < 4 ? ITERS : 4;
 #pragma unroll
   for (int r = 0; r < RPW; ++r)
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
   const T* wr[RPW];
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) wr[r] = w + static_cast<size_t>(min(n0 + r, N - 1)) * D;
+  for (int r = 0; r < RPW; ++r) wr[r] = w + static_cast<size_t>(min(n0 + r, N - 1)) * D + ks * KS;
 #pragma unroll
-  for (int it = 0; it < ITERS; ++it) {
-    const int off = (it * 32 + lane) * VEC;
-    if (off < KS) {
-      const int c = ks * KS + off;
-      uint4 wraw[RPW];
+  for (int it0 = 0; it0 < ITERS; it0 += U) {
+    uint4 wraw[U][RPW];
 #pragma unroll
-      for (int r = 0; r < RPW; ++r) wraw[r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + c));
+    for (int u = 0; u < U; ++u) {
+      const int off = ((it0 + u) * 32 + lane) * VEC;
+      if (it0 + u < ITERS && off < KS) {
 #pragma unroll
-      for (int b = 0; b < B; ++b) {
-        float xv[VEC];
-        xl(b, c, xv);
+        for (int r = 0; r < RPW; ++r) wraw[u][r] = __ldg(reinterpret_cast<const uint4*>(wr[r] + off));
+      }
+    }
 #pragma unroll
-        for (int r = 0; r < RPW; ++r) {
-          const T* wv = reinterpret_cast<const T*>(&wraw[r]);
+    for (int u = 0; u < U; ++u) {
+      const int off = ((it0 + u) * 32 + lane) * VEC;
+      if (it0 + u < ITERS && off < KS) {
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) acc[r][b] += static_cast<float>(wv[j]) * xv[j];
+        for (int b = 0; b < B; ++b) {
+          float xv[VEC];
+          xl(b, ks * KS + off, xv);
+#pragma unroll
+          for (int r = 0; r < RPW; ++r) {
+            const T* wv = reinterpret_cast<const T*>(&wraw[u][r]);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) acc[r][b] += static_cast<float>(wv[j]) * xv[j];
+          }
         }
       }
     }
@@ -161,6 +190,8 @@ _LN_MATVEC = """
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
+  const int n0 = blockIdx.x * ROWS + (warp / WPR) * RPW;
+  prefetch_slice<T, D, WPR, RPW>(w, N, n0, warp % WPR, lane);
   // LayerNorm statistics: one warp per input row, two passes in fp32 (the row is L1-resident)
   for (int r = warp; r < B; r += WARPS) {
     const T* xr = x + r * D;
@@ -199,7 +230,6 @@ _LN_MATVEC = """
     }
     __syncthreads();
   }
-  const int n0 = blockIdx.x * ROWS + (warp / WPR) * RPW;
   float acc[RPW][B];
   if (STAGED) {
     slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XPlain<T, D>{hs}, acc);
@@ -217,12 +247,24 @@ _LN_MATVEC = """
 _MATVEC_ADD = """
   constexpr int WARPS = 8;
   constexpr int ROWS = WARPS / WPR * RPW;
+  extern __shared__ __align__(16) unsigned char staged_raw[];
   __shared__ float part[WARPS * RPW * B];
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
   const int n0 = blockIdx.x * ROWS + (warp / WPR) * RPW;
+  prefetch_slice<T, D, WPR, RPW>(w, N, n0, warp % WPR, lane);
   float acc[RPW][B];
-  slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XPlain<T, D>{x}, acc);
+  if (STAGED) {  // the input rows into shared memory (read by every warp)
+    T* xs = reinterpret_cast<T*>(staged_raw);
+    for (int e = tid * 8; e < B * D; e += 256 * 8) {
+      *reinterpret_cast<uint4*>(xs + e) = *reinterpret_cast<const uint4*>(x + e);
+    }
+    __syncthreads();
+    slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XPlain<T, D>{xs}, acc);
+  } else {
+    slice_dots<T, B, D, WPR, RPW>(w, N, n0, warp % WPR, lane, XPlain<T, D>{x}, acc);
+  }
   finish<B, WPR, RPW>(acc, part, N, n0, warp, lane, [&](int b, int n, float s) {
     y[b * N + n] = T(static_cast<float>(res[b * N + n]) + static_cast<float>(T(s)));
   });
@@ -263,14 +305,21 @@ def _ln_kernel(staged_bytes: int) -> object:
 
 
 @functools.cache
-def _add_kernel() -> object:
+def _add_kernel(staged_bytes: int) -> object:
     return mx.fast.cuda_kernel(
         name="mag_mv_add3",
         input_names=["x", "w", "res"],
         output_names=["y"],
         source=_MATVEC_ADD,
         header=_HEADER,
+        shared_memory=staged_bytes,
     )
+
+
+def _staged_bytes(x: mx.array) -> int:
+    """Dynamic shared memory for the block's copy of the (normalized) input rows; 0 = read from global."""
+    n = x.shape[0] * x.shape[2] * x.itemsize
+    return n if n <= MAX_STAGED_BYTES else 0
 
 
 def supported(x: mx.array, w: mx.array) -> bool:
@@ -297,7 +346,15 @@ def _launch(kernel, inputs: list[mx.array], x: mx.array, n: int, out_shape: tupl
     rows = 8 // wpr * rpw
     (y,) = kernel(
         inputs=inputs,
-        template=[("T", x.dtype), ("B", b), ("D", d), ("N", n), ("WPR", wpr), ("RPW", rpw), *template.items()],
+        template=[
+            ("T", x.dtype),
+            ("B", b),
+            ("D", d),
+            ("N", n),
+            ("WPR", wpr),
+            ("RPW", rpw),
+            *template.items(),
+        ],  # noqa: E501
         grid=(((n + rows - 1) // rows) * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[out_shape],
@@ -339,8 +396,7 @@ def ln_matvec(
     n = w.shape[0]
     if n % parts:
         raise ValueError(f"ln_matvec: {n} outputs do not split into {parts} parts")
-    staged = rows * d * x.itemsize
-    staged = staged if staged <= MAX_STAGED_BYTES else 0
+    staged = _staged_bytes(x)
     eps_arr = mx.array([eps], dtype=mx.float32)
     shape = (rows, 1, n) if parts == 1 else (parts, rows, 1, n // parts)
     inputs = [x, g, b, eps_arr, w]
@@ -351,4 +407,6 @@ def matvec_add(x: mx.array, w: mx.array, res: mx.array, fused: bool = True) -> m
     """(B, 1, D), (N, D), (B, 1, N) -> res + x @ W.T, one CUDA kernel when `fused` and supported."""
     if not (fused and supported(x, w)):
         return reference_matvec_add(x, w, res)
-    return _launch(_add_kernel(), [x, w, res], x, w.shape[0], (x.shape[0], 1, w.shape[0]))
+    staged = _staged_bytes(x)
+    shape = (x.shape[0], 1, w.shape[0])
+    return _launch(_add_kernel(staged), [x, w, res], x, w.shape[0], shape, STAGED=staged > 0)

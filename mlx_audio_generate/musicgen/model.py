@@ -32,8 +32,8 @@ from .fused_decode import FusedArgs, fused_args, fused_layers
 
 Offset = int | mx.array
 
-# The widest decoder whose GPU decode step takes the fused CUDA kernels by default (MusicgenDecoder.use_kernels):
-# musicgen-small is 1024 wide, medium 1536, large 2048.
+# The widest decoder whose GPU decode step takes the fused CUDA kernels by default
+# (MusicgenDecoder.use_kernels): musicgen-small is 1024 wide, medium 1536, large 2048.
 KERNELS_MAX_WIDTH = 1024
 
 

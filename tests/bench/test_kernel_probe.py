@@ -34,8 +34,19 @@ def rows_of(text: str) -> list[list[str]]:
 
 
 def test_dry_run_table_and_a_failing_case(tmp_path):
-    text, _ = probe(tmp_path, "--models", "small", "--rows", "2", "--envs", "default", "--modes", "off,new,bogus",
-                    "--steps", "2")  # fmt: skip
+    args = [
+        "--models",
+        "small",
+        "--rows",
+        "2",
+        "--envs",
+        "default",
+        "--modes",
+        "off,new,bogus",
+        "--steps",
+        "2",
+    ]
+    text, _ = probe(tmp_path, *args)
     assert "| case | variant | status | max abs err | value | unit | note |" in text
     rows = rows_of(text)
     by = {(r[0], r[1]): r for r in rows}

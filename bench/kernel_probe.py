@@ -210,7 +210,7 @@ def kernel_child(a: argparse.Namespace, rows: Rows) -> None:
 
 def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, cuda) -> None:
     din, n = {"qkv": (d, 3 * d), "fc1": (d, ffn), "out": (d, d), "fc2": (ffn, d)}[prod]
-    ln, gelu, parts = prod in ("qkv", "fc1"), prod == "fc1", 3 if prod == "qkv" else 1
+    ln, gelu, qkv = prod in ("qkv", "fc1"), prod == "fc1", prod == "qkv"
     keys = mx.random.split(mx.random.key(0), 4 + copies)
     x = (mx.random.normal((b, 1, din), key=keys[0]) * 2 + 0.5).astype(dt)
     g = (1 + 0.1 * mx.random.normal((din,), key=keys[1])).astype(dt)
@@ -226,7 +226,9 @@ def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, 
             return dk.reference_ln_matvec(x, g, beta, 1e-5, w, gelu)
 
         def new(w):
-            return dk.ln_matvec(x, g, beta, 1e-5, w, gelu, parts=parts)
+            if qkv:  # q (B, H, 1, Dh), kv (2, B, H, 1, Dh)
+                return dk.ln_qkv(x, g, beta, 1e-5, w, max(1, din // 64))
+            return dk.ln_matvec(x, g, beta, 1e-5, w, gelu)
 
         def old(w):
             return v1.ln_matvec(x, g, beta, 1e-5, w, gelu)
@@ -245,8 +247,11 @@ def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, 
 
         old_ok = True
 
-    def as_rows(y):  # the kernel's (3, B, 1, D) QKV layout back to (B, 1, 3D)
-        return y.transpose(1, 2, 0, 3).reshape(b, 1, n) if parts > 1 and y.ndim == 4 else y
+    def as_rows(y):  # the kernel's q, kv back to the (B, 1, 3D) of the ops
+        if isinstance(y, tuple):
+            q, kv = y
+            return mx.concatenate([q.reshape(b, 1, -1), kv[0].reshape(b, 1, -1), kv[1].reshape(b, 1, -1)], -1)
+        return y
 
     def err(f) -> float:
         e = mx.abs(as_rows(f(ws[0])).astype(mx.float32) - ref(ws[0]).astype(mx.float32)).max()
@@ -298,23 +303,27 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
     dec = lm.decoder
     new_ops = (fused_decode.ln_matvec, fused_decode.matvec_add, fused_decode.supported)
     new_cross_kv = model.MusicgenDecoder.precompute_cross_kv
+    keep = [fused_decode.decode_parts]
 
     def old_cross_kv(self, states):  # before round 3: the strided split views
         return [layer.encoder_attn.keys_values(states) for layer in self.layers]
 
     def set_mode(mode: str) -> None:
         kernels = {"off": False, "new": True, "v1": True, "base": dec.config.hidden_size <= 1024}[mode]
-        use_v1 = mode in ("v1", "base")
-        if use_v1:
-            fused_decode.ln_matvec = lambda x, g, b, eps, w, gelu=False, fused=True, parts=1: v1.ln_matvec(
-                x, g, b, eps, w, gelu, fused
-            )
-            fused_decode.matvec_add = v1.matvec_add
-            fused_decode.supported = lambda x, w: False  # the old (B, 1, 3D) QKV layout
+        if mode in ("v1", "base"):  # the first kernels in the old layouts (supported() False: view ops)
+
+            def ln_v1(x, g, b, eps, w, gelu=False, fused=True, out_shape=None):
+                return v1.ln_matvec(x, g, b, eps, w, gelu, kernels)
+
+            fused_decode.ln_matvec, fused_decode.matvec_add = ln_v1, v1.matvec_add
+            fused_decode.supported = lambda x, w: False
         else:
             fused_decode.ln_matvec, fused_decode.matvec_add, fused_decode.supported = new_ops
         model.MusicgenDecoder.precompute_cross_kv = old_cross_kv if mode == "base" else new_cross_kv
-        fused_decode.decode_parts.cache_clear()
+        # fresh compiled parts, the old ones kept alive (MLX's compile cache is keyed by the function's id,
+        # which a freed function's successor may reuse)
+        keep.append(fused_decode.decode_parts)
+        fused_decode.decode_parts = functools.cache(keep[0].__wrapped__)
         dec._fused = None
         dec.matvec, dec.fused, dec.kernels = True, True, kernels
 

@@ -8,11 +8,14 @@ CPU tests check that everywhere else the reference ops are what runs.
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from mlx_audio_generate.musicgen import decode_kernels as dk
+from mlx_audio_generate.musicgen import fused_decode
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
 from mlx_audio_generate.musicgen.model import DecoderConfig, MusicgenLM
 
@@ -76,20 +79,30 @@ def test_launch_shapes_split_long_rows():
         assert wpr in (1, 2, 4, 8) and rpw >= 1
         assert d % (8 * wpr) == 0 and (wpr == 1 or d // wpr >= dk.MIN_SLICE)
     assert dk.config(8192, 2048)[0] > dk.config(2048, 8192)[0]  # fc2 (long input, few rows) splits, fc1 not
+    x, g, b, w, _ = tensors(2, 64, 96, mx.float32)
     with pytest.raises(ValueError, match="needs the CUDA kernel"):
-        x, g, b, w, _ = tensors(2, 64, 96, mx.float32)
-        dk.ln_matvec(x, g, b, 1e-5, w, parts=3)
+        dk.ln_qkv(x, g, b, 1e-5, w, 4)
+    with pytest.raises(ValueError, match="needs the CUDA kernel"):
+        dk.ln_matvec(x, g, b, 1e-5, w, out_shape=(2, 4, 1, 24))
 
 
 @gpu
 @pytest.mark.parametrize("rows,d,n", [(2, 1024, 3072), (8, 2048, 6144), (16, 2048, 6144)], ids=str)
-def test_qkv_parts_layout(rows, d, n):
-    # (3, B, 1, D) = the (B, 1, 3D) product split into q / k / v; rows 16 x 2048 normalizes on the fly
+def test_qkv_layouts(rows, d, n):
+    # q (B, H, 1, Dh) and k / v (2, B, H, 1, Dh) = the (B, 1, 3D) product split as SelfAttention splits it;
+    # rows 16 x 2048 normalizes on the fly. Cross-attention's q as (B, H, 1, Dh); SDPA's output as x.
+    heads = d // 64
     x, g, b, w, _ = tensors(rows, d, n, mx.float16)
-    got = dk.ln_matvec(x, g, b, 1e-5, w, parts=3)
-    assert got.shape == (3, rows, 1, n // 3)
-    ref = dk.reference_ln_matvec(x, g, b, 1e-5, w)
-    assert rel_err(got.transpose(1, 2, 0, 3).reshape(rows, 1, n), ref) <= 4e-3
+    q, kv = dk.ln_qkv(x, g, b, 1e-5, w, heads)
+    assert q.shape == (rows, heads, 1, 64) and kv.shape == (2, rows, heads, 1, 64)
+    ref = dk.reference_ln_matvec(x, g, b, 1e-5, w).reshape(rows, 1, 3, heads, 64).transpose(2, 0, 3, 1, 4)
+    assert rel_err(q, ref[0]) <= 4e-3 and rel_err(kv, ref[1:]) <= 4e-3
+    wq = w[:d]  # the q rows
+    got = dk.ln_matvec(x, g, b, 1e-5, wq, out_shape=(rows, heads, 1, 64))
+    assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, wq).reshape(rows, heads, 1, 64)) <= 4e-3
+    res = mx.random.normal((rows, 1, d), key=mx.random.key(3)).astype(mx.float16)
+    y = dk.matvec_add(q, wq, res)  # q stands in for SDPA's (B, H, 1, Dh) output
+    assert rel_err(y, dk.reference_matvec_add(q.reshape(rows, 1, d), wq, res)) <= 4e-3
 
 
 @gpu
@@ -103,6 +116,57 @@ def test_every_launch_shape_matches(wpr, rpw, monkeypatch):
     assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, w, True)) <= 4e-3
     y = dk.matvec_add(x2, w2, x)  # 1000 wide input: one warp per row (1000 % 16 != 0 for WPR 2)
     assert rel_err(y, dk.reference_matvec_add(x2, w2, x)) <= 4e-3
+
+
+def test_kernel_layouts_in_the_decode_step(monkeypatch):
+    """The decode step's kernel branch (q / k/v from ln_qkv, cross q shaped by the kernel, SDPA's output fed
+    to matvec_add as it is) on the CPU, each kernel stood in for by the reference ops written in the kernel's
+    layout: the step logits equal the ops branch's, so the branch's shapes and layouts are right."""
+
+    def ln_qkv(x, g, b, eps, w, heads):
+        y = dk.reference_ln_matvec(x, g, b, eps, w)
+        y = y.reshape(x.shape[0], 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+        return mx.contiguous(y[0]), mx.contiguous(y[1:])
+
+    def ln_matvec(x, g, b, eps, w, gelu=False, fused=True, out_shape=None):
+        y = dk.reference_ln_matvec(x, g, b, eps, w, gelu)
+        return y if out_shape is None else y.reshape(out_shape)  # the kernel's memory order
+
+    def matvec_add(
+        x, w, res, fused=True
+    ):  # SDPA's (B, H, 1, Dh) output read as (B, 1, D), as the kernel does
+        rows = x.transpose(0, 2, 1, 3).reshape(res.shape[0], 1, -1) if x.ndim == 4 else x
+        return dk.reference_matvec_add(rows, w, res)
+
+    cfg = DecoderConfig.from_dict(
+        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, num_codebooks=4,
+             vocab_size=32)
+    )  # fmt: skip
+    mx.random.seed(2)
+    lm = MusicgenLM(cfg, 32)
+    dec = lm.decoder
+    states = mx.random.normal((1, 5, 32), key=mx.random.key(1))
+    # fresh compiled parts per branch, the old ones kept alive (a freed function's id may be reused by MLX's
+    # compile cache)
+    keep = [fused_decode.decode_parts]
+    got = {}
+    for kernels in (False, True):
+        if kernels:
+            for name, fn in [("ln_qkv", ln_qkv), ("ln_matvec", ln_matvec), ("matvec_add", matvec_add)]:
+                monkeypatch.setattr(fused_decode, name, fn)
+            monkeypatch.setattr(fused_decode, "supported", lambda x, w: True)
+        monkeypatch.setattr(fused_decode, "decode_parts", functools.cache(keep[0].__wrapped__))
+        keep.append(fused_decode.decode_parts)
+        dec.matvec, dec.fused, dec.kernels, dec._fused = True, True, kernels, None
+        cond = lm.conditioning(states, mx.ones((1, 5)), True)
+        cache = dec.make_cache(2, 6)
+        col = mx.full((2, 4, 1), cfg.bos_token_id, dtype=mx.int32)
+        out = [dec(col, cond.cross_kv, cond.cross_mask, cache, 0, last_only=True)]
+        for t in range(3):
+            col = mx.array(np.arange(8).reshape(2, 4, 1) * (t + 3) % 32, dtype=mx.int32)
+            out.append(dec(col, cond.cross_kv, cond.cross_mask, cache, 1 + t, last_only=True))
+        got[kernels] = np.array(mx.concatenate(out, axis=2))
+    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=1e-5 * np.abs(got[False]).max())
 
 
 @gpu

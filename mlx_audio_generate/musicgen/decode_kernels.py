@@ -4,17 +4,18 @@ A decode step (one position per row) is bound by host time per kernel, not by th
 docs/benchmarks.md). MLX runs LayerNorm, the matrix-vector product and the residual add / GELU after it as
 separate kernels; these fuse them:
 
-- `ln_matvec(x, g, b, eps, w, gelu, parts)`: T(gelu?(W @ T(layer_norm(x)))) per row: the LayerNorm rounded to
-  T before the product, exactly where the unfused path stores it. `parts = 3` writes the fused QKV product as
-  (3, B, 1, N / 3), so q and k/v are contiguous views (MLX's SDPA copies a strided q; the cache write reads
-  k/v contiguous).
-- `matvec_add(x, w, res)`: res + T(W @ x), the residual add after the product rounded to T.
+- `ln_matvec(x, g, b, eps, w, gelu)`: T(gelu?(W @ T(layer_norm(x)))) per row: the LayerNorm rounded to T
+  before the product, exactly where the unfused path stores it.
+- `ln_qkv(x, g, b, eps, w, heads)`: the same for the fused QKV product, written as q (B, H, 1, Dh) and k/v
+  (2, B, H, 1, Dh), the layouts SDPA and the cache write take (no view ops; MLX's SDPA copies a strided q).
+- `matvec_add(x, w, res)`: res + T(W @ x), the residual add after the product rounded to T; x may be SDPA's
+  (B, H, 1, Dh) output as it is (row-contiguous: the same memory as (B, 1, D)).
 
-Shapes: x (B, 1, D) row-contiguous, w (N, D), D % 8 == 0, B <= MAX_ROWS. Accumulation is fp32 like MLX's GEMV.
-Each weight row is read once for all B rows, 16 bytes per lane; `WPR` warps share one row (split-K over D,
-partial sums added in a fixed order through shared memory) so long rows (fc2's 4x-wide input) and narrow
-outputs still fill the GPU, and each warp can take `RPW` rows (its input loads shared by them). `config`
-picks both from the shape; the constants below are what bench/kernel_probe.py measures and tunes.
+Shapes: x (B, 1, D) (any shape of B x D elements), w (N, D), D % 8 == 0, B <= MAX_ROWS. Accumulation is
+fp32 like MLX's GEMV. Each weight row is read once for all B rows, 16 bytes per lane; `WPR` warps share one
+row (split-K over D, partial sums added in a fixed order through shared memory) so long rows (fc2's 4x-wide
+input) and narrow outputs still fill the GPU, and each warp can take `RPW` rows (its input loads shared by
+them). `config` picks both from the shape; the constants below are what bench/kernel_probe.py measures.
 The input rows (LayerNorm-ed first: statistics one warp per row) are staged in dynamic shared memory up to
 MAX_STAGED_BYTES, past that read from global memory (normalized on the fly: no B x D limit). Each warp warms
 L2 with the start of its weight slice before that staging and then keeps 4 16-byte loads per lane in flight.
@@ -243,6 +244,11 @@ _LN_MATVEC = """
     y[((n / NP) * B + b) * NP + n % NP] = T(v);
   });
 """
+# QKV: q (B, D) and k / v (2, B, D) as two outputs (the same kernel, another store)
+_LN_QKV = _LN_MATVEC.replace(
+    "y[((n / NP) * B + b) * NP + n % NP] = T(v);",
+    "if (n < NP) { q[b * NP + n] = T(v); } else { kv[((n / NP - 1) * B + b) * NP + n % NP] = T(v); }",
+)
 
 _MATVEC_ADD = """
   constexpr int WARPS = 8;
@@ -305,6 +311,18 @@ def _ln_kernel(staged_bytes: int) -> object:
 
 
 @functools.cache
+def _ln_qkv_kernel(staged_bytes: int) -> object:
+    return mx.fast.cuda_kernel(
+        name="mag_ln_qkv3",
+        input_names=["x", "g", "beta", "eps", "w"],
+        output_names=["q", "kv"],
+        source=_LN_QKV,
+        header=_HEADER,
+        shared_memory=staged_bytes,
+    )
+
+
+@functools.cache
 def _add_kernel(staged_bytes: int) -> object:
     return mx.fast.cuda_kernel(
         name="mag_mv_add3",
@@ -318,33 +336,32 @@ def _add_kernel(staged_bytes: int) -> object:
 
 def _staged_bytes(x: mx.array) -> int:
     """Dynamic shared memory for the block's copy of the (normalized) input rows; 0 = read from global."""
-    n = x.shape[0] * x.shape[2] * x.itemsize
+    n = x.nbytes
     return n if n <= MAX_STAGED_BYTES else 0
 
 
 def supported(x: mx.array, w: mx.array) -> bool:
     """Whether the CUDA kernels take this product (else the caller uses the reference ops)."""
-    b, s, d = x.shape
     return (
         mx.default_device() == mx.gpu
         and mx.cuda.is_available()
         and x.dtype in (mx.float16, mx.bfloat16)
         and w.dtype == x.dtype
-        and s == 1
-        and b <= MAX_ROWS
-        and d % 8 == 0
+        and x.ndim >= 2
+        and x.shape[0] <= MAX_ROWS
         and w.ndim == 2
-        and w.shape[1] == d
+        and w.shape[1] % 8 == 0
+        and x.size == x.shape[0] * w.shape[1]  # one position per row
     )
 
 
-def _launch(kernel, inputs: list[mx.array], x: mx.array, n: int, out_shape: tuple, **template) -> mx.array:
-    b, _, d = x.shape
+def _launch(kernel, inputs: list[mx.array], x: mx.array, w: mx.array, out_shapes: list, **template) -> list:
+    b, (n, d) = x.shape[0], w.shape
     wpr, rpw = config(d, n)
     if d % (8 * wpr):
         wpr = 1
     rows = 8 // wpr * rpw
-    (y,) = kernel(
+    return kernel(
         inputs=inputs,
         template=[
             ("T", x.dtype),
@@ -354,13 +371,12 @@ def _launch(kernel, inputs: list[mx.array], x: mx.array, n: int, out_shape: tupl
             ("WPR", wpr),
             ("RPW", rpw),
             *template.items(),
-        ],  # noqa: E501
+        ],
         grid=(((n + rows - 1) // rows) * 256, 1, 1),
         threadgroup=(256, 1, 1),
-        output_shapes=[out_shape],
-        output_dtypes=[x.dtype],
+        output_shapes=out_shapes,
+        output_dtypes=[x.dtype] * len(out_shapes),
     )
-    return y
 
 
 def reference_ln_matvec(
@@ -384,29 +400,46 @@ def ln_matvec(
     w: mx.array,
     gelu: bool = False,
     fused: bool = True,
-    parts: int = 1,
+    out_shape: tuple[int, ...] | None = None,
 ) -> mx.array:
     """(B, 1, D) -> (B, 1, N): [gelu](layer_norm(x) @ W.T), one CUDA kernel when `fused` and supported.
-    With `parts` > 1 (kernel only: check `supported` first) the output is (parts, B, 1, N / parts)."""
+    `out_shape` (kernel only: check `supported` first): the output's shape instead, any of B x N elements in
+    the same memory order (cross-attention's q as (B, H, 1, Dh), no view op)."""
     if not (fused and supported(x, w)):
-        if parts != 1:
-            raise ValueError("ln_matvec with parts > 1 needs the CUDA kernel (check supported())")
+        if out_shape is not None:
+            raise ValueError("ln_matvec with out_shape needs the CUDA kernel (check supported())")
         return reference_ln_matvec(x, g, b, eps, w, gelu)
-    rows, _, d = x.shape
-    n = w.shape[0]
-    if n % parts:
-        raise ValueError(f"ln_matvec: {n} outputs do not split into {parts} parts")
     staged = _staged_bytes(x)
     eps_arr = mx.array([eps], dtype=mx.float32)
-    shape = (rows, 1, n) if parts == 1 else (parts, rows, 1, n // parts)
-    inputs = [x, g, b, eps_arr, w]
-    return _launch(_ln_kernel(staged), inputs, x, n, shape, GELU=gelu, STAGED=staged > 0, PARTS=parts)
+    shape = out_shape or (x.shape[0], 1, w.shape[0])
+    kernel = _ln_kernel(staged)
+    (y,) = _launch(kernel, [x, g, b, eps_arr, w], x, w, [shape], GELU=gelu, STAGED=staged > 0, PARTS=1)
+    return y
+
+
+def ln_qkv(
+    x: mx.array, g: mx.array, b: mx.array, eps: float, w: mx.array, heads: int
+) -> tuple[mx.array, mx.array]:
+    """(B, 1, D), fused QKV weight (3D, D) -> q (B, H, 1, Dh), kv (2, B, H, 1, Dh) of layer_norm(x) @ W.T,
+    one CUDA kernel (only: check `supported` first)."""
+    if not supported(x, w):
+        raise ValueError("ln_qkv needs the CUDA kernel (check supported())")
+    rows, dm = x.shape[0], w.shape[0] // 3
+    if w.shape[0] != 3 * dm or dm % heads:
+        raise ValueError(f"ln_qkv: {w.shape[0]} outputs are not q, k, v of {heads} heads")
+    staged = _staged_bytes(x)
+    eps_arr = mx.array([eps], dtype=mx.float32)
+    shapes = [(rows, heads, 1, dm // heads), (2, rows, heads, 1, dm // heads)]
+    kernel = _ln_qkv_kernel(staged)
+    q, kv = _launch(kernel, [x, g, b, eps_arr, w], x, w, shapes, GELU=False, STAGED=staged > 0, PARTS=3)
+    return q, kv
 
 
 def matvec_add(x: mx.array, w: mx.array, res: mx.array, fused: bool = True) -> mx.array:
-    """(B, 1, D), (N, D), (B, 1, N) -> res + x @ W.T, one CUDA kernel when `fused` and supported."""
+    """(B, 1, D) (or any B x D elements, e.g. SDPA's (B, H, 1, Dh) with fused), (N, D), (B, 1, N) ->
+    res + x @ W.T, one CUDA kernel when `fused` and supported."""
     if not (fused and supported(x, w)):
         return reference_matvec_add(x, w, res)
     staged = _staged_bytes(x)
-    shape = (x.shape[0], 1, w.shape[0])
-    return _launch(_add_kernel(staged), [x, w, res], x, w.shape[0], shape, STAGED=staged > 0)
+    (y,) = _launch(_add_kernel(staged), [x, w, res], x, w, [res.shape], STAGED=staged > 0)
+    return y

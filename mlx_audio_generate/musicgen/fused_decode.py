@@ -13,7 +13,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .decode_kernels import ln_matvec, matvec_add, supported
+from .decode_kernels import ln_matvec, ln_qkv, matvec_add, supported
 
 
 @functools.cache
@@ -33,25 +33,34 @@ def decode_parts(
     def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, w_qkv: mx.array) -> tuple[mx.array, mx.array]:
         b = x.shape[0]
         if kernels and supported(x, w_qkv):
-            # (3, B, 1, D) from the kernel: q and k/v contiguous (a strided q costs SDPA a copy kernel)
-            qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, parts=3).reshape(3, b, 1, heads, -1)
-            qkv = qkv.transpose(0, 1, 3, 2, 4)
-        else:
-            qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=False)
-            qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+            # q (B, H, 1, Dh) and k/v (2, B, H, 1, Dh) straight from the kernel: no view ops, and q is
+            # contiguous (SDPA copies a strided one)
+            return ln_qkv(x, ln_w, ln_b, eps, w_qkv, heads)
+        qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=False)
+        qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         q, kv = mx.split(qkv, [1], axis=0)
         return q.squeeze(0), kv
 
+    def rows_of(o: mx.array, w: mx.array) -> mx.array:
+        """SDPA's (B, H, 1, Dh) output as the product's input: as it is for the kernel (same memory as
+        (B, 1, D)), else as (B, 1, D) for the MLX ops."""
+        if kernels and supported(o, w):
+            return o
+        return o.transpose(0, 2, 1, 3).reshape(o.shape[0], 1, -1)
+
     def post(x: mx.array, o: mx.array, w_out: mx.array, *rest: mx.array) -> mx.array:
         b, _, d = x.shape
-        x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_out, x, fused=kernels)
+        x = matvec_add(rows_of(o, w_out), w_out, x, fused=kernels)
         if cross:
             ln_w, ln_b, w_q, k, v, w_co, *rest = rest
             mask = rest.pop(0) if masked else None
-            q = ln_matvec(x, ln_w, ln_b, eps, w_q, fused=kernels)
-            q = q.reshape(b, 1, heads, -1).transpose(0, 2, 1, 3)
+            if kernels and supported(x, w_q):
+                q = ln_matvec(x, ln_w, ln_b, eps, w_q, out_shape=(b, heads, 1, d // heads))
+            else:
+                q = ln_matvec(x, ln_w, ln_b, eps, w_q, fused=False)
+                q = q.reshape(b, 1, heads, -1).transpose(0, 2, 1, 3)
             o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-            x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_co, x, fused=kernels)
+            x = matvec_add(rows_of(o, w_co), w_co, x, fused=kernels)
         ln_w, ln_b, w1, w2 = rest
         h = ln_matvec(x, ln_w, ln_b, eps, w1, gelu=True, fused=kernels)
         return matvec_add(h, w2, x, fused=kernels)

@@ -353,8 +353,25 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
 
         return time_steps(g, a.steps, a.warm)
 
-    rows.guard(f"step {name} logits", "check", check)
+    def primitives() -> (
+        None
+    ):  # one step's graph (decoder + CFG + top-k), views included, compiled parts inlined
+        from common import count_ops
+        from decode_profile import make_step
+
+        for mode in modes:
+            set_mode(mode)
+            step, col = make_step(lm, 8)
+            y = step(col, 0)
+            mx.eval(y)
+            total, kernels, _ = count_ops(step(y, 1))
+            rows.add(f"step {name} primitives", mode, "ok", None, float(total), "primitives",
+                     f"{kernels} not views; {a.env_name}")  # fmt: skip
+
     modes = [m for m in a.modes.split(",") if m]
+    rows.guard(f"step {name} logits", "check", check)
+    if a.env_name == "default":
+        rows.guard(f"step {name} primitives", "count", primitives)
     got: dict[str, list[float]] = {m: [] for m in modes}
     for mode in modes:  # warm-up: traces, JIT
         rows.guard(f"step {name}", f"{mode} warm-up", functools.partial(speed, mode))

@@ -118,6 +118,9 @@ def test_every_launch_shape_matches(wpr, rpw, monkeypatch):
     assert rel_err(y, dk.reference_matvec_add(x2, w2, x)) <= 4e-3
 
 
+SEED = 2
+
+
 def test_kernel_layouts_in_the_decode_step(monkeypatch):
     """The decode step's kernel branch (q / k/v from ln_qkv, cross q shaped by the kernel, SDPA's output fed
     to matvec_add as it is) on the CPU, each kernel stood in for by the reference ops written in the kernel's
@@ -142,8 +145,11 @@ def test_kernel_layouts_in_the_decode_step(monkeypatch):
         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, num_codebooks=4,
              vocab_size=32)
     )  # fmt: skip
-    mx.random.seed(2)
+    mx.random.seed(SEED)
     lm = MusicgenLM(cfg, 32)
+    mx.eval(
+        lm.parameters()
+    )  # (lazily drawn weights evaluated inside the matvec graphs vary run to run on the CPU)
     dec = lm.decoder
     states = mx.random.normal((1, 5, 32), key=mx.random.key(1))
     # fresh compiled parts per branch, the old ones kept alive (a freed function's id may be reused by MLX's
@@ -165,6 +171,7 @@ def test_kernel_layouts_in_the_decode_step(monkeypatch):
         for t in range(3):
             col = mx.array(np.arange(8).reshape(2, 4, 1) * (t + 3) % 32, dtype=mx.int32)
             out.append(dec(col, cond.cross_kv, cond.cross_mask, cache, 1 + t, last_only=True))
+            mx.eval(out)  # step by step, as generate_steps evaluates them
         got[kernels] = np.array(mx.concatenate(out, axis=2))
     np.testing.assert_allclose(got[True], got[False], rtol=0, atol=1e-5 * np.abs(got[False]).max())
 
@@ -177,6 +184,7 @@ def test_decoder_with_kernels_matches_without():
     )  # fmt: skip
     lm = MusicgenLM(cfg, 128)
     lm.set_dtype(mx.float16)
+    mx.eval(lm.parameters())
     states = mx.random.normal((2, 7, 128), key=mx.random.key(1))
     mask = mx.array([[1] * 7, [1] * 4 + [0] * 3])
     greedy = SamplingOptions(top_k=1, guidance_scale=3.0)

@@ -87,7 +87,7 @@ __device__ __forceinline__ void prefetch_slice(const T* w, int N, int n0, int ks
   if (off < KS) {
 #pragma unroll
     for (int r = 0; r < RPW; ++r) {
-      const T* p = w + static_cast<size_t>(min(n0 + r, N - 1)) * D + ks * KS + off;
+      const T* p = w + static_cast<size_t>(n0 + r < N ? n0 + r : N - 1) * D + ks * KS + off;
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
     }
   }
@@ -110,7 +110,7 @@ __device__ __forceinline__ void slice_dots(
     for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
   const T* wr[RPW];
 #pragma unroll
-  for (int r = 0; r < RPW; ++r) wr[r] = w + static_cast<size_t>(min(n0 + r, N - 1)) * D + ks * KS;
+  for (int r = 0; r < RPW; ++r) wr[r] = w + static_cast<size_t>(n0 + r < N ? n0 + r : N - 1) * D + ks * KS;
 #pragma unroll
   for (int it0 = 0; it0 < ITERS; it0 += U) {
     uint4 wraw[U][RPW];

@@ -2,8 +2,8 @@
 the child processes, the table and the failure handling, without CUDA.
 
 - a dry run writes one markdown table with the kernel cases (the MLX ops timed, the CUDA-only variants
-  marked skipped) and the whole-step rows (steps/s > 0, the logits of the kernel modes equal to the off mode:
-  on the CPU every mode takes the reference ops);
+  marked skipped) and the whole-step rows (steps/s > 0, primitives per step > 0, the logits of the kernel
+  modes equal to the off mode: on the CPU every mode takes the reference ops);
 - a case that fails (an unknown step mode) is a FAILED row and the other cases still run; a child past its
   timeout is a FAILED row; cases past the time budget are listed as skipped.
 """
@@ -57,6 +57,9 @@ def test_dry_run_table_and_a_failing_case(tmp_path):
     for mode in ("off", "new"):
         r = by[("step small", mode)]
         assert r[2] == "ok" and float(r[4]) > 0 and r[5] == "steps/s"
+    for mode in ("off", "new"):
+        r = by[("step small primitives", mode)]
+        assert r[2] == "ok" and float(r[4]) > 0 and r[5] == "primitives"
     for mode in ("new vs off", "v1 vs off"):
         assert by[("step small logits", mode)][3] == "0"  # CPU: every mode runs the reference ops
     assert by[("step small", "bogus warm-up")][2].startswith("FAILED: KeyError")

@@ -195,11 +195,11 @@ def kernel_child(a: argparse.Namespace, rows: Rows) -> None:
     if not cuda:
         rows.add("kernels", "–", "skipped: no CUDA device (dry run: reference ops only)", None, None, "", "")
     models = [m for m in a.models.split(",") if m]
-    for m in models:
-        d, ffn = MODELS[m]
-        if a.dry_run:
-            d, ffn = d // 16, ffn // 16
-        for b in [int(r) for r in a.rows.split(",") if r]:
+    for b in [int(r) for r in a.rows.split(",") if r]:  # every model at B = 2 first (a timeout keeps those)
+        for m in models:
+            d, ffn = MODELS[m]
+            if a.dry_run:
+                d, ffn = d // 16, ffn // 16
             for prod in ("qkv", "fc1", "out", "fc2"):
                 case = f"{m} {prod} B={b}"
                 run = functools.partial(probe_product, a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps,
@@ -369,12 +369,15 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
                      f"{kernels} not views; {a.env_name}")  # fmt: skip
 
     modes = [m for m in a.modes.split(",") if m]
-    rows.guard(f"step {name} logits", "check", check)
-    if a.env_name == "default":
-        rows.guard(f"step {name} primitives", "count", primitives)
+    # The speeds first, kernel modes last (a crash in one, an abort no Python catches, keeps the rows before)
     got: dict[str, list[float]] = {m: [] for m in modes}
-    for mode in modes:  # warm-up: traces, JIT
-        rows.guard(f"step {name}", f"{mode} warm-up", functools.partial(speed, mode))
+
+    def first_run(mode: str) -> None:  # warm-up (traces, JIT), its speed kept as a row at once
+        sps = speed(mode)
+        rows.add(f"step {name}", f"{mode} (first run)", "ok", None, sps, "steps/s", a.env_name)
+
+    for mode in modes:
+        rows.guard(f"step {name}", f"{mode} (first run)", functools.partial(first_run, mode))
     for _ in range(a.rounds):
         for mode in modes:
             try:
@@ -389,6 +392,9 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
         rounds = " / ".join(f"{x:.0f}" for x in v)
         rows.add(f"step {name}", mode, "ok", None, statistics.median(v), "steps/s",
                  f"{a.env_name}; per round {rounds}")  # fmt: skip
+    rows.guard(f"step {name} logits", "check", check)
+    if a.env_name == "default":
+        rows.guard(f"step {name} primitives", "count", primitives)
 
 
 def main(argv: list[str] | None = None) -> int:

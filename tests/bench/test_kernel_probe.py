@@ -62,7 +62,8 @@ def test_dry_run_table_and_a_failing_case(tmp_path):
         assert r[2] == "ok" and float(r[4]) > 0 and r[5] == "primitives"
     for mode in ("new vs off", "v1 vs off"):
         assert by[("step small logits", mode)][3] == "0"  # CPU: every mode runs the reference ops
-    assert by[("step small", "bogus warm-up")][2].startswith("FAILED: KeyError")
+    assert by[("step small", "bogus (first run)")][2].startswith("FAILED: KeyError")
+    assert float(by[("step small", "new (first run)")][4]) > 0
     assert by[("step small", "bogus")][2] == "FAILED: no round ran"
 
 

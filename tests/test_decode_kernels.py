@@ -8,16 +8,13 @@ CPU tests check that everywhere else the reference ops are what runs.
 
 from __future__ import annotations
 
-import functools
-
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from mlx_audio_generate.musicgen import decode_kernels as dk
-from mlx_audio_generate.musicgen import fused_decode
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
-from mlx_audio_generate.musicgen.model import DecoderConfig, MusicgenLM
+from mlx_audio_generate.musicgen.model import DecoderConfig, KVCache, MusicgenLM
 
 ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
@@ -118,62 +115,25 @@ def test_every_launch_shape_matches(wpr, rpw, monkeypatch):
     assert rel_err(y, dk.reference_matvec_add(x2, w2, x)) <= 4e-3
 
 
-SEED = 2
-
-
-def test_kernel_layouts_in_the_decode_step(monkeypatch):
-    """The decode step's kernel branch (q / k/v from ln_qkv, cross q shaped by the kernel, SDPA's output fed
-    to matvec_add as it is) on the CPU, each kernel stood in for by the reference ops written in the kernel's
-    layout: the step logits equal the ops branch's, so the branch's shapes and layouts are right."""
-
-    def ln_qkv(x, g, b, eps, w, heads):
-        y = dk.reference_ln_matvec(x, g, b, eps, w)
-        y = y.reshape(x.shape[0], 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
-        return mx.contiguous(y[0]), mx.contiguous(y[1:])
-
-    def ln_matvec(x, g, b, eps, w, gelu=False, fused=True, out_shape=None):
-        y = dk.reference_ln_matvec(x, g, b, eps, w, gelu)
-        return y if out_shape is None else y.reshape(out_shape)  # the kernel's memory order
-
-    def matvec_add(
-        x, w, res, fused=True
-    ):  # SDPA's (B, H, 1, Dh) output read as (B, 1, D), as the kernel does
-        rows = x.transpose(0, 2, 1, 3).reshape(res.shape[0], 1, -1) if x.ndim == 4 else x
-        return dk.reference_matvec_add(rows, w, res)
-
-    cfg = DecoderConfig.from_dict(
-        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, num_codebooks=4,
-             vocab_size=32)
-    )  # fmt: skip
-    mx.random.seed(SEED)
-    lm = MusicgenLM(cfg, 32)
-    mx.eval(
-        lm.parameters()
-    )  # (lazily drawn weights evaluated inside the matvec graphs vary run to run on the CPU)
-    dec = lm.decoder
-    states = mx.random.normal((1, 5, 32), key=mx.random.key(1))
-    # fresh compiled parts per branch, the old ones kept alive (a freed function's id may be reused by MLX's
-    # compile cache)
-    keep = [fused_decode.decode_parts]
-    got = {}
-    for kernels in (False, True):
-        if kernels:
-            for name, fn in [("ln_qkv", ln_qkv), ("ln_matvec", ln_matvec), ("matvec_add", matvec_add)]:
-                monkeypatch.setattr(fused_decode, name, fn)
-            monkeypatch.setattr(fused_decode, "supported", lambda x, w: True)
-        monkeypatch.setattr(fused_decode, "decode_parts", functools.cache(keep[0].__wrapped__))
-        keep.append(fused_decode.decode_parts)
-        dec.matvec, dec.fused, dec.kernels, dec._fused = True, True, kernels, None
-        cond = lm.conditioning(states, mx.ones((1, 5)), True)
-        cache = dec.make_cache(2, 6)
-        col = mx.full((2, 4, 1), cfg.bos_token_id, dtype=mx.int32)
-        out = [dec(col, cond.cross_kv, cond.cross_mask, cache, 0, last_only=True)]
-        for t in range(3):
-            col = mx.array(np.arange(8).reshape(2, 4, 1) * (t + 3) % 32, dtype=mx.int32)
-            out.append(dec(col, cond.cross_kv, cond.cross_mask, cache, 1 + t, last_only=True))
-            mx.eval(out)  # step by step, as generate_steps evaluates them
-        got[kernels] = np.array(mx.concatenate(out, axis=2))
-    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=1e-5 * np.abs(got[False]).max())
+@gpu
+@pytest.mark.parametrize("rows,heads,length,t", [(2, 16, 40, 17), (8, 32, 1600, 1500), (2, 32, 300, 0)])
+def test_decode_attention_matches_cache_write_and_sdpa(rows, heads, length, t):
+    k = mx.random.split(mx.random.key(5), 3)
+    q = mx.random.normal((rows, heads, 1, 64), key=k[0]).astype(mx.float16)
+    kv = mx.random.normal((2, rows, heads, 1, 64), key=k[1]).astype(mx.float16)
+    base = mx.random.normal((2, rows, heads, length, 64), key=k[2]).astype(mx.float16)
+    cache = KVCache(rows, heads, length, 64, mx.float16)
+    cache.state[0] = base
+    state = base + 0  # the kernel's own buffer
+    mx.eval(q, kv, base, state)
+    ref = dk.reference_decode_attention(q, kv, cache, t, 0.125)
+    assert dk.attention_supported(q, state)
+    got = dk.decode_attention(q, kv, state, mx.array([t], dtype=mx.int32), 0.125)
+    mx.eval(ref, got)
+    mx.synchronize()
+    assert got.shape == q.shape and rel_err(got, ref) <= 4e-3
+    # the step's key / value written at t in place, the rest untouched
+    np.testing.assert_array_equal(np.array(state), np.array(cache.state[0]))
 
 
 @gpu
@@ -189,8 +149,9 @@ def test_decoder_with_kernels_matches_without():
     mask = mx.array([[1] * 7, [1] * 4 + [0] * 3])
     greedy = SamplingOptions(top_k=1, guidance_scale=3.0)
     codes = {}
-    for kernels in (False, True):
-        lm.decoder.kernels = kernels
-        codes[kernels] = np.array(generate_codes(lm, states, mask, 24, greedy))
+    for kernels, attention in ((False, False), (True, False), (True, True)):
+        lm.decoder.kernels, lm.decoder.attention_kernel = kernels, attention
+        codes[kernels, attention] = np.array(generate_codes(lm, states, mask, 24, greedy))
     # fp16 greedy tokens: the kernels round like the ops up to summation order; near-ties may flip a token
-    assert (codes[True] == codes[False]).mean() >= 0.95
+    assert (codes[True, False] == codes[False, False]).mean() >= 0.95
+    assert (codes[True, True] == codes[False, False]).mean() >= 0.95

@@ -557,15 +557,20 @@ def attention_supported(q: mx.array, cache: mx.array) -> bool:
     )
 
 
-def decode_attention(q: mx.array, kv: mx.array, cache: mx.array, offset: mx.array, scale: float) -> mx.array:
+def decode_attention(
+    q: mx.array, kv: mx.array, cache: mx.array, offset: mx.array, scale: float | mx.array
+) -> mx.array:
     """SDPA of one decode step: q (B, H, 1, Dh) over keys / values 0..offset of `cache` (2, B, H, L, Dh),
     whose position `offset` gets kv (2, B, H, 1, Dh) written first, IN PLACE: one kernel instead of the
     cache's slice update + SDPA (+ its second pass past 1024 keys). The cache array must be the KVCache's
     own, evaluated or not, contiguous, and read only by later steps' kernels (MLX does not know it changed).
-    offset: int32 (1,) array (one per step, shared by the layers: no recompile per step). (kernel only)"""
+    offset: int32 (1,) array, scale: float or float32 (1,) array (one each per step, shared by the layers: no
+    recompile per step). (kernel only)"""
     b, h, _, dh = q.shape
+    if not isinstance(scale, mx.array):
+        scale = mx.array([scale], dtype=mx.float32)
     (o,) = _attn_kernel()(
-        inputs=[q, kv, cache, offset, mx.array([scale], dtype=mx.float32)],
+        inputs=[q, kv, cache, offset, scale],
         template=[("T", q.dtype), ("NBH", b * h), ("DH", dh), ("MAXL", ATTN_MAX_LEN)],
         grid=(b * h * 128, 1, 1),
         threadgroup=(128, 1, 1),

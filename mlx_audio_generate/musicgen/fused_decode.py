@@ -151,10 +151,11 @@ def fused_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: in
         if offset + 1 > cache[0].max_len:
             raise UserError(f"KV cache holds {cache[0].max_len} steps; step {offset + 1} asked for")
         off = mx.array([offset], dtype=mx.int32)
+        scale = mx.array([sa.scale], dtype=mx.float32)
     n = len(dec.layers)
     for i in range(n):
         if attn:
-            o = decode_attention(q, kv, cache[i].state[0], off, sa.scale)
+            o = decode_attention(q, kv, cache[i].state[0], off, scale)
         else:
             k, v = cache[i].update(kv, offset)
             o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)

@@ -13,7 +13,7 @@ is one FAILED row, never the end of the run; cases past the time budget are list
    (WPR warps per weight row, RPW rows per warp). Time = wall per call of 100 independent calls rotating over
    4 weight copies (so the weights come from HBM, not L2) submitted at once; "host" is the submit part. When
    wall ~ host the product is host-bound and wall says nothing about the GPU. Then the self-attention kernel
-   (cache write in place + attention, decode_kernels.decode_attention) against KVCache.update + SDPA.
+   (cache write in place + attention, decode_attention.decode_attention) against KVCache.update + SDPA.
 2. `step` (one child per model and env): a whole decode step (real sizes, random fp16 weights, CFG batch 2,
    top-k 250, library `generate_steps`), steps/s in alternating rounds for: `base` (the code before round 3:
    the first kernels up to 1024 wide, strided cross K/V), `off` / `v1` / `new` (kernels off / first / new,
@@ -222,6 +222,7 @@ def kernel_child(a: argparse.Namespace, rows: Rows) -> None:
 
 def probe_attention(mx, dk, rows, case, heads, length, reps) -> None:
     """decode_attention (cache write in place + attention, one kernel) against KVCache.update + SDPA."""
+    from mlx_audio_generate.musicgen import decode_attention as da
     from mlx_audio_generate.musicgen.model import KVCache
 
     t = length - 1
@@ -236,10 +237,10 @@ def probe_attention(mx, dk, rows, case, heads, length, reps) -> None:
     mx.eval(q, kv, state, cache.state[0], off)
 
     def ref():
-        return dk.reference_decode_attention(q, kv, cache, t, 0.125)
+        return da.reference_decode_attention(q, kv, cache, t, 0.125)
 
     def new():
-        return dk.decode_attention(q, kv, state, off, 0.125)
+        return da.decode_attention(q, kv, state, off, 0.125)
 
     r, g = ref(), new()
     mx.eval(r, g)

@@ -12,6 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_audio_generate.musicgen import decode_attention as da
 from mlx_audio_generate.musicgen import decode_kernels as dk
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
 from mlx_audio_generate.musicgen.model import DecoderConfig, KVCache, MusicgenLM
@@ -126,9 +127,9 @@ def test_decode_attention_matches_cache_write_and_sdpa(rows, heads, length, t):
     cache.state[0] = base
     state = base + 0  # the kernel's own buffer
     mx.eval(q, kv, base, state)
-    ref = dk.reference_decode_attention(q, kv, cache, t, 0.125)
-    assert dk.attention_supported(q, state)
-    got = dk.decode_attention(q, kv, state, mx.array([t], dtype=mx.int32), 0.125)
+    ref = da.reference_decode_attention(q, kv, cache, t, 0.125)
+    assert da.attention_supported(q, state)
+    got = da.decode_attention(q, kv, state, mx.array([t], dtype=mx.int32), 0.125)
     mx.eval(ref, got)
     mx.synchronize()
     assert got.shape == q.shape and rel_err(got, ref) <= 4e-3

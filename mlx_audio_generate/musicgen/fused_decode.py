@@ -14,7 +14,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..errors import UserError
-from .decode_kernels import attention_supported, decode_attention, ln_matvec, ln_qkv, matvec_add, supported
+from .decode_attention import attention_supported, decode_attention
+from .decode_kernels import ln_matvec, ln_qkv, matvec_add, supported
 
 
 @functools.cache

@@ -36,7 +36,7 @@ Offset = int | mx.array
 # (MusicgenDecoder.use_kernels): musicgen-small is 1024 wide, medium 1536, large 2048.
 KERNELS_MAX_WIDTH = 1024
 # With those kernels, each layer's cache write + self-attention as one kernel that writes the cache in place
-# (decode_kernels.decode_attention; MusicgenDecoder.use_attention_kernel). Off until measured on a GPU.
+# (decode_attention.decode_attention; MusicgenDecoder.use_attention_kernel). Off until measured on a GPU.
 ATTENTION_KERNEL = False
 
 

@@ -12,9 +12,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_audio_generate.musicgen import decode_attention as da
 from mlx_audio_generate.musicgen import decode_kernels as dk
 from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
-from mlx_audio_generate.musicgen.model import DecoderConfig, MusicgenLM
+from mlx_audio_generate.musicgen.model import DecoderConfig, KVCache, MusicgenLM
 
 ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
@@ -49,9 +50,12 @@ def test_cpu_and_fp32_take_the_reference_ops():
         assert not dk.supported(x.astype(mx.float16), w.astype(mx.float16))
 
 
+SHAPES = [(2, 1024, 3072), (8, 2048, 8192), (2, 4096, 1024), (3, 48, 40), (2, 8192, 2048), (16, 2048, 2048)]
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("rows,d,n", [(2, 1024, 3072), (8, 2048, 8192), (2, 4096, 1024), (3, 48, 40)])
+@pytest.mark.parametrize("rows,d,n", SHAPES)
 def test_kernels_match_the_ops(dtype, rows, d, n):
     x, g, b, w, res = tensors(rows, d, n, dtype)
     assert dk.supported(x, w)
@@ -65,6 +69,74 @@ def test_kernels_match_the_ops(dtype, rows, d, n):
     assert rel_err(y, dk.reference_matvec_add(x, w, res)) <= tol
 
 
+def test_launch_shapes_split_long_rows():
+    # more warps per weight row only while a product has few warps, each slice a multiple of the 16-byte loads
+    shapes = [(1024, 3072), (1024, 4096), (4096, 1024), (2048, 2048), (8192, 2048), (48, 40), (1536, 4608)]
+    for d, n in shapes:
+        wpr, rpw = dk.config(d, n)
+        assert wpr in (1, 2, 4, 8) and rpw >= 1
+        assert d % (8 * wpr) == 0 and (wpr == 1 or d // wpr >= dk.MIN_SLICE)
+    assert dk.config(8192, 2048)[0] > dk.config(2048, 8192)[0]  # fc2 (long input, few rows) splits, fc1 not
+    x, g, b, w, _ = tensors(2, 64, 96, mx.float32)
+    with pytest.raises(ValueError, match="needs the CUDA kernel"):
+        dk.ln_qkv(x, g, b, 1e-5, w, 4)
+    with pytest.raises(ValueError, match="needs the CUDA kernel"):
+        dk.ln_matvec(x, g, b, 1e-5, w, out_shape=(2, 4, 1, 24))
+
+
+@gpu
+@pytest.mark.parametrize("rows,d,n", [(2, 1024, 3072), (8, 2048, 6144), (16, 2048, 6144)], ids=str)
+def test_qkv_layouts(rows, d, n):
+    # q (B, H, 1, Dh) and k / v (2, B, H, 1, Dh) = the (B, 1, 3D) product split as SelfAttention splits it;
+    # rows 16 x 2048 normalizes on the fly. Cross-attention's q as (B, H, 1, Dh); SDPA's output as x.
+    heads = d // 64
+    x, g, b, w, _ = tensors(rows, d, n, mx.float16)
+    q, kv = dk.ln_qkv(x, g, b, 1e-5, w, heads)
+    assert q.shape == (rows, heads, 1, 64) and kv.shape == (2, rows, heads, 1, 64)
+    ref = dk.reference_ln_matvec(x, g, b, 1e-5, w).reshape(rows, 1, 3, heads, 64).transpose(2, 0, 3, 1, 4)
+    assert rel_err(q, ref[0]) <= 4e-3 and rel_err(kv, ref[1:]) <= 4e-3
+    wq = w[:d]  # the q rows
+    got = dk.ln_matvec(x, g, b, 1e-5, wq, out_shape=(rows, heads, 1, 64))
+    assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, wq).reshape(rows, heads, 1, 64)) <= 4e-3
+    res = mx.random.normal((rows, 1, d), key=mx.random.key(3)).astype(mx.float16)
+    y = dk.matvec_add(q, wq, res)  # q stands in for SDPA's (B, H, 1, Dh) output
+    assert rel_err(y, dk.reference_matvec_add(q.reshape(rows, 1, d), wq, res)) <= 4e-3
+
+
+@gpu
+@pytest.mark.parametrize("wpr,rpw", [(1, 1), (2, 1), (4, 2), (8, 1)])
+def test_every_launch_shape_matches(wpr, rpw, monkeypatch):
+    x, g, b, w, res = tensors(8, 2048, 1000, mx.float16)  # N not a multiple of the block's rows
+    x2 = mx.random.normal((8, 1, 1000), key=mx.random.key(7)).astype(mx.float16)
+    w2 = (mx.random.normal((2048, 1000), key=mx.random.key(8)) * 1000**-0.5).astype(mx.float16)
+    monkeypatch.setattr(dk, "OVERRIDE", {(2048, 1000): (wpr, rpw), (1000, 2048): (1, rpw)})
+    got = dk.ln_matvec(x, g, b, 1e-5, w, gelu=True)
+    assert rel_err(got, dk.reference_ln_matvec(x, g, b, 1e-5, w, True)) <= 4e-3
+    y = dk.matvec_add(x2, w2, x)  # 1000 wide input: one warp per row (1000 % 16 != 0 for WPR 2)
+    assert rel_err(y, dk.reference_matvec_add(x2, w2, x)) <= 4e-3
+
+
+@gpu
+@pytest.mark.parametrize("rows,heads,length,t", [(2, 16, 40, 17), (8, 32, 1600, 1500), (2, 32, 300, 0)])
+def test_decode_attention_matches_cache_write_and_sdpa(rows, heads, length, t):
+    k = mx.random.split(mx.random.key(5), 3)
+    q = mx.random.normal((rows, heads, 1, 64), key=k[0]).astype(mx.float16)
+    kv = mx.random.normal((2, rows, heads, 1, 64), key=k[1]).astype(mx.float16)
+    base = mx.random.normal((2, rows, heads, length, 64), key=k[2]).astype(mx.float16)
+    cache = KVCache(rows, heads, length, 64, mx.float16)
+    cache.state[0] = base
+    state = base + 0  # the kernel's own buffer
+    mx.eval(q, kv, base, state)
+    ref = da.reference_decode_attention(q, kv, cache, t, 0.125)
+    assert da.attention_supported(q, state)
+    got = da.decode_attention(q, kv, state, mx.array([t], dtype=mx.int32), 0.125)
+    mx.eval(ref, got)
+    mx.synchronize()
+    assert got.shape == q.shape and rel_err(got, ref) <= 4e-3
+    # the step's key / value written at t in place, the rest untouched
+    np.testing.assert_array_equal(np.array(state), np.array(cache.state[0]))
+
+
 @gpu
 def test_decoder_with_kernels_matches_without():
     cfg = DecoderConfig.from_dict(
@@ -73,12 +145,14 @@ def test_decoder_with_kernels_matches_without():
     )  # fmt: skip
     lm = MusicgenLM(cfg, 128)
     lm.set_dtype(mx.float16)
+    mx.eval(lm.parameters())
     states = mx.random.normal((2, 7, 128), key=mx.random.key(1))
     mask = mx.array([[1] * 7, [1] * 4 + [0] * 3])
     greedy = SamplingOptions(top_k=1, guidance_scale=3.0)
     codes = {}
-    for kernels in (False, True):
-        lm.decoder.kernels = kernels
-        codes[kernels] = np.array(generate_codes(lm, states, mask, 24, greedy))
+    for kernels, attention in ((False, False), (True, False), (True, True)):
+        lm.decoder.kernels, lm.decoder.attention_kernel = kernels, attention
+        codes[kernels, attention] = np.array(generate_codes(lm, states, mask, 24, greedy))
     # fp16 greedy tokens: the kernels round like the ops up to summation order; near-ties may flip a token
-    assert (codes[True] == codes[False]).mean() >= 0.95
+    assert (codes[True, False] == codes[False, False]).mean() >= 0.95
+    assert (codes[True, True] == codes[False, False]).mean() >= 0.95

@@ -13,7 +13,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .decode_kernels import ln_matvec, matvec_add
+from ..errors import UserError
+from .decode_attention import attention_supported, decode_attention
+from .decode_kernels import ln_matvec, ln_qkv, matvec_add, supported
 
 
 @functools.cache
@@ -32,21 +34,35 @@ def decode_parts(
 
     def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, w_qkv: mx.array) -> tuple[mx.array, mx.array]:
         b = x.shape[0]
-        qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=kernels)
+        if kernels and supported(x, w_qkv):
+            # q (B, H, 1, Dh) and k/v (2, B, H, 1, Dh) straight from the kernel: no view ops, and q is
+            # contiguous (SDPA copies a strided one)
+            return ln_qkv(x, ln_w, ln_b, eps, w_qkv, heads)
+        qkv = ln_matvec(x, ln_w, ln_b, eps, w_qkv, fused=False)
         qkv = qkv.reshape(b, 1, 3, heads, -1).transpose(2, 0, 3, 1, 4)
         q, kv = mx.split(qkv, [1], axis=0)
         return q.squeeze(0), kv
 
+    def rows_of(o: mx.array, w: mx.array) -> mx.array:
+        """SDPA's (B, H, 1, Dh) output as the product's input: as it is for the kernel (same memory as
+        (B, 1, D)), else as (B, 1, D) for the MLX ops."""
+        if kernels and supported(o, w):
+            return o
+        return o.transpose(0, 2, 1, 3).reshape(o.shape[0], 1, -1)
+
     def post(x: mx.array, o: mx.array, w_out: mx.array, *rest: mx.array) -> mx.array:
         b, _, d = x.shape
-        x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_out, x, fused=kernels)
+        x = matvec_add(rows_of(o, w_out), w_out, x, fused=kernels)
         if cross:
             ln_w, ln_b, w_q, k, v, w_co, *rest = rest
             mask = rest.pop(0) if masked else None
-            q = ln_matvec(x, ln_w, ln_b, eps, w_q, fused=kernels)
-            q = q.reshape(b, 1, heads, -1).transpose(0, 2, 1, 3)
+            if kernels and supported(x, w_q):
+                q = ln_matvec(x, ln_w, ln_b, eps, w_q, out_shape=(b, heads, 1, d // heads))
+            else:
+                q = ln_matvec(x, ln_w, ln_b, eps, w_q, fused=False)
+                q = q.reshape(b, 1, heads, -1).transpose(0, 2, 1, 3)
             o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-            x = matvec_add(o.transpose(0, 2, 1, 3).reshape(b, 1, d), w_co, x, fused=kernels)
+            x = matvec_add(rows_of(o, w_co), w_co, x, fused=kernels)
         ln_w, ln_b, w1, w2 = rest
         h = ln_matvec(x, ln_w, ln_b, eps, w1, gelu=True, fused=kernels)
         return matvec_add(h, w2, x, fused=kernels)
@@ -122,12 +138,28 @@ def fused_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: in
     time). Same ops as the decoder's eager layers with `matvec` (bit for bit without the fused kernels)."""
     sa, norm = dec.layers[0].self_attn, dec.layers[0].self_attn_layer_norm
     cross, masked = args.cross_kv is not None, args.cross_mask is not None
-    pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, dec.use_kernels())
+    kernels = dec.use_kernels()
+    pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, kernels)
     q, kv = pre(x, *args.pre[0])
+    # the cache write + SDPA as one kernel (writing the cache in place), when the QKV kernel made q and kv
+    attn = (
+        kernels
+        and dec.use_attention_kernel()
+        and supported(x, args.pre[0][2])
+        and attention_supported(q, cache[0].state[0])
+    )
+    if attn:
+        if offset + 1 > cache[0].max_len:
+            raise UserError(f"KV cache holds {cache[0].max_len} steps; step {offset + 1} asked for")
+        off = mx.array([offset], dtype=mx.int32)
+        scale = mx.array([sa.scale], dtype=mx.float32)
     n = len(dec.layers)
     for i in range(n):
-        k, v = cache[i].update(kv, offset)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
+        if attn:
+            o = decode_attention(q, kv, cache[i].state[0], off, scale)
+        else:
+            k, v = cache[i].update(kv, offset)
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
         if i + 1 < n:
             x, q, kv = mid(x, o, *args.post[i], *args.pre[i + 1])
         else:

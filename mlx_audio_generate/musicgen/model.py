@@ -32,6 +32,13 @@ from .fused_decode import FusedArgs, fused_args, fused_layers
 
 Offset = int | mx.array
 
+# The widest decoder whose GPU decode step takes the fused CUDA kernels by default
+# (MusicgenDecoder.use_kernels): musicgen-small is 1024 wide, medium 1536, large 2048.
+KERNELS_MAX_WIDTH = 1024
+# With those kernels, each layer's cache write + self-attention as one kernel that writes the cache in place
+# (decode_attention.decode_attention; MusicgenDecoder.use_attention_kernel). Off until measured on a GPU.
+ATTENTION_KERNEL = False
+
 
 # Sanity bounds of the fields that size tensors (musicgen-large: 48 layers, 2048 wide, 32 heads, 8192 ffn,
 # 4 codebooks (stereo 8) of 2048); a corrupt config is refused before the decoder is built from it.
@@ -275,6 +282,7 @@ class MusicgenDecoder(nn.Module):
         self.fused = True  # with matvec: the compiled parts (fused_decode.fused_layers)
         # In those parts, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
+        self.attention_kernel: bool | None = None  # None = ATTENTION_KERNEL (with the kernels only)
         self._fused: FusedArgs | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
@@ -285,12 +293,16 @@ class MusicgenDecoder(nn.Module):
         return self.matvec
 
     def use_kernels(self) -> bool:
-        """Auto: on up to 1024 wide. Measured on an H100 (docs/benchmarks.md): musicgen-small's host-bound
-        step gains ~19% from the fused kernels, while musicgen-large's step (100 MB of weights per layer)
-        is bound by the kernels' memory throughput and loses ~10% against MLX's GEMV."""
+        """Auto: on up to KERNELS_MAX_WIDTH wide. Measured on an H100 (docs/benchmarks.md) with the first
+        kernels (one warp per weight row): musicgen-small's host-bound step gained ~19%, musicgen-large's
+        (100 MB of weights per layer) lost ~10% against MLX's GEMV. The split-K kernels of round 3 are
+        measured by bench/kernel_probe.py; the width is the one constant to move after such a run."""
         if self.kernels is None:
-            return self.config.hidden_size <= 1024
+            return self.config.hidden_size <= KERNELS_MAX_WIDTH
         return self.kernels
+
+    def use_attention_kernel(self) -> bool:
+        return ATTENTION_KERNEL if self.attention_kernel is None else self.attention_kernel
 
     def ensure_positions(self, n: int) -> None:
         """Grow the position table to `n` rows (transformers extends it the same way past max positions).
@@ -311,7 +323,12 @@ class MusicgenDecoder(nn.Module):
             raise UserError(
                 "this MusicGen decoder has no cross-attention (melody checkpoints prepend instead)"
             )
-        return [layer.encoder_attn.keys_values(encoder_states) for layer in self.layers]
+        kv = [layer.encoder_attn.keys_values(encoder_states) for layer in self.layers]
+        if self.use_matvec():
+            # MLX-CUDA's decode SDPA copies K/V whose batch and head strides do not nest (these split views)
+            # to contiguous, 2 copy kernels per layer and step: copy them once per generation instead.
+            kv = [(mx.contiguous(k), mx.contiguous(v)) for k, v in kv]
+        return kv
 
     def __call__(
         self,

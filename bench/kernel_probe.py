@@ -12,12 +12,11 @@ is one FAILED row, never the end of the run; cases past the time budget are list
    (bench/decode_kernels_v1.py), the new kernels with their default launch shape and a sweep of launch shapes
    (WPR warps per weight row, RPW rows per warp). Time = wall per call of 100 independent calls rotating over
    4 weight copies (so the weights come from HBM, not L2) submitted at once; "host" is the submit part. When
-   wall ~ host the product is host-bound and wall says nothing about the GPU. Then the self-attention kernel
-   (cache write in place + attention, decode_attention.decode_attention) against KVCache.update + SDPA.
+   wall ~ host the product is host-bound and wall says nothing about the GPU.
 2. `step` (one child per model and env): a whole decode step (real sizes, random fp16 weights, CFG batch 2,
    top-k 250, library `generate_steps`), steps/s in alternating rounds for: `base` (the code before round 3:
    the first kernels up to 1024 wide, strided cross K/V), `off` / `v1` / `new` (kernels off / first / new,
-   with contiguous cross K/V), `attn` (new + the attention kernel); plus the max abs error of one step's
+   with contiguous cross K/V); plus the max abs error of one step's
    logits against `off` and the primitives of one step. Envs: the default,
    MLX_USE_CUDA_GRAPHS=0 (direct launches instead of CUDA graph nodes), larger graphs
    (MLX_MAX_OPS_PER_BUFFER=1000, MLX_MAX_MB_PER_BUFFER=10000).
@@ -72,8 +71,6 @@ def child_cmd(a: argparse.Namespace, run: dict, out: Path) -> list[str]:
         cmd.append("--dry-run")
     if a.no_sweep:
         cmd.append("--no-sweep")
-    if a.no_attention:
-        cmd.append("--no-attention")
     return cmd
 
 
@@ -210,47 +207,6 @@ def kernel_child(a: argparse.Namespace, rows: Rows) -> None:
                                         copies, cuda)  # fmt: skip
                 rows.guard(case, "setup", run)
                 mx.clear_cache()
-    if cuda and not a.no_attention:
-        for m, length in [("small", 200), ("small", 1500), ("large", 1500)]:
-            heads = MODELS[m][0] // 64
-            case = f"{m} self-attention B=2 L={length}"
-            rows.guard(
-                case, "setup", functools.partial(probe_attention, mx, dk, rows, case, heads, length, reps)
-            )
-            mx.clear_cache()
-
-
-def probe_attention(mx, dk, rows, case, heads, length, reps) -> None:
-    """decode_attention (cache write in place + attention, one kernel) against KVCache.update + SDPA."""
-    from mlx_audio_generate.musicgen import decode_attention as da
-    from mlx_audio_generate.musicgen.model import KVCache
-
-    t = length - 1
-    k = mx.random.split(mx.random.key(3), 3)
-    q = mx.random.normal((2, heads, 1, 64), key=k[0]).astype(mx.float16)
-    kv = mx.random.normal((2, 2, heads, 1, 64), key=k[1]).astype(mx.float16)
-    base = mx.random.normal((2, 2, heads, length, 64), key=k[2]).astype(mx.float16)
-    state = base + 0
-    cache = KVCache(2, heads, length, 64, mx.float16)
-    cache.state[0] = base + 0
-    off = mx.array([t], dtype=mx.int32)
-    mx.eval(q, kv, state, cache.state[0], off)
-
-    def ref():
-        return da.reference_decode_attention(q, kv, cache, t, 0.125)
-
-    def new():
-        return da.decode_attention(q, kv, state, off, 0.125)
-
-    r, g = ref(), new()
-    mx.eval(r, g)
-    mx.synchronize()
-    err = float(mx.abs(g.astype(mx.float32) - r.astype(mx.float32)).max().item())
-    same = bool(mx.array_equal(state, cache.state[0]).item())
-    for variant, f in (("MLX slice update + SDPA", ref), ("attention kernel", new)):
-        host, wall = time_calls(mx, f, [[]], reps)
-        note = f"host {host:.1f} us" + ("" if f is ref else f"; cache written like KVCache: {same}")
-        rows.add(case, variant, "ok", err if f is new else None, wall, "us/call", note)
 
 
 def probe_product(a, mx, dk, v1, rows, case, prod, b, d, ffn, dt, reps, copies, cuda) -> None:
@@ -357,11 +313,9 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
         kernels = {
             "off": False,
             "new": True,
-            "attn": True,
             "v1": True,
             "base": dec.config.hidden_size <= 1024,
         }[mode]
-        dec.attention_kernel = mode == "attn"
         if mode in ("v1", "base"):  # the first kernels in the old layouts (supported() False: view ops)
 
             def ln_v1(x, g, b, eps, w, gelu=False, fused=True, out_shape=None):
@@ -392,7 +346,7 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
 
     def check() -> None:
         ref = logits("off")
-        for mode in ("new", "attn", "v1", "base"):
+        for mode in ("new", "v1", "base"):
             e = float(mx.abs(logits(mode) - ref).max().item())
             scale = float(mx.abs(ref).max().item())
             rows.add(f"step {name} logits", f"{mode} vs off", "ok", e, scale, "max abs logit", a.env_name)
@@ -455,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-models", default="small,large")
     p.add_argument("--rows", default="2,8", help="B (rows = 2 x batch with CFG) of the kernel cases")
     p.add_argument("--envs", default="default,no-graphs,big-graphs", help=f"of {', '.join(ENVS)}")
-    p.add_argument("--modes", default="base,off,v1,new,attn")
+    p.add_argument("--modes", default="base,off,v1,new")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--budget", type=float, help="seconds for all children (default 225; dry run 900)")
@@ -463,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-timeout", type=float, help="seconds per step child (default 60; dry run 300)")
     p.add_argument("--warm", type=int, help="warm-up steps before timing (default 10; dry run 1)")
     p.add_argument("--no-sweep", action="store_true", help="kernel cases: default launch shapes only")
-    p.add_argument("--no-attention", action="store_true", help="skip the attention kernel cases")
     p.add_argument("--dry-run", action="store_true", help="CPU: tiny shapes, reference ops, 4 steps")
     p.add_argument("--out")
     p.add_argument("--child", choices=["kernels", "step"], help=argparse.SUPPRESS)

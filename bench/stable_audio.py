@@ -282,7 +282,7 @@ def profile_vae(name: str, m, rep: Report) -> None:
         vae.compiled = True
         rows.append([mode, "whole decode (compiled)", 1000 * _time(lambda: vae.decode(lat), reps=3)])
     if hasattr(vae, "upsample"):
-        vae.upsample = "matmul"
+        vae.upsample = "auto"
     rep.table(["upsample", f"VAE decode part ({name}, {m.window_samples} samples)", "ms"], rows)
 
 

@@ -67,7 +67,7 @@ def test_downloading_is_said_before_converting(musicgen_dir, tmp_path, monkeypat
     seen = []
 
     # the hub, here: what stderr said when it was called
-    def fake_fetch(model, trust_remote_code=False, patterns=None):
+    def fake_fetch(model, trust_remote_code=False, patterns=None, tqdm_class=None):
         seen.append(capsys.readouterr().err)
         return musicgen_dir
 

@@ -8,9 +8,10 @@ Speed: on the GPU the encoder and decoder run through `mx.compile` (weights as i
 each conv's bias add with the Snake that follows and the residual adds: at 128 channels x 2M samples every
 elementwise pass over an activation costs as much as a third of a convolution. `OobleckVAE.compiled =
 True/False` overrides (the CPU default is eager: its compiled kernels need a C++ compiler at run time).
-The decoder's transposed convolutions run in polyphase form as GEMMs (`upsample`), not over MLX
-conv_transpose1d's zero-stuffed input (H100: small's block 1, 1024 -> 512 channels at stride 8, took 6.6 ms
-against 1.6 ms for block 2 at the same FLOPs); `OobleckVAE.upsample` selects the formulation.
+On the CPU the decoder's transposed convolutions run in polyphase form as GEMMs (`upsample`), not over MLX
+conv_transpose1d's zero-stuffed input (2.5x faster at small's block 1, 1024 -> 512 channels at stride 8); on
+the GPU MLX's conv_transpose1d was the fastest of the three forms (H200, 2026-12-01: small's whole decode
+15.8 ms against 17.0 for the GEMMs, 1.0's 33.4 against 35.3); `OobleckVAE.upsample` selects the formulation.
 """
 
 from __future__ import annotations
@@ -240,10 +241,10 @@ class EncoderBlock(nn.Module):
         return self.down(self.act(x))
 
 
-UPSAMPLE_MODES = ("matmul", "conv", "transpose")
+UPSAMPLE_MODES = ("auto", "matmul", "conv", "transpose")  # auto: transpose on the GPU, matmul on the CPU
 
 
-def upsample(x: mx.array, up: nn.ConvTranspose1d, stride: int, mode: str = "matmul") -> mx.array:
+def upsample(x: mx.array, up: nn.ConvTranspose1d, stride: int, mode: str = "auto") -> mx.array:
     """`up(x)`: ConvTranspose1d(kernel 2 * stride, stride, padding ceil(stride / 2)) on channels-last x.
 
     "transpose" is MLX's conv_transpose1d, which convolves the stride-times zero-stuffed input (stride - 1
@@ -252,6 +253,8 @@ def upsample(x: mx.array, up: nn.ConvTranspose1d, stride: int, mode: str = "matm
     stride-1 convolution of the input (one zero frame each side) into s * cout channels, whose frames
     reshape to s consecutive output samples; then the crop of the padding. "matmul" runs it as two GEMMs
     (one addmm), "conv" as one kernel-2 conv1d. Same products, only the fp32 summation order differs."""
+    if mode == "auto":  # the faster form where it was measured (module doc)
+        mode = "transpose" if mx.default_device() == mx.gpu else "matmul"
     w = up.weight  # (cout, 2s, cin)
     cout, k, cin = w.shape
     if mode == "transpose" or k != 2 * stride:
@@ -278,7 +281,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, use_snake: bool):
         super().__init__()
         self.stride = stride
-        self.upsample = "matmul"  # see `upsample`; OobleckVAE.upsample sets it for every block
+        self.upsample = "auto"  # see `upsample`; OobleckVAE.upsample sets it for every block
         self.act = _activation(use_snake, cin)
         self.up = nn.ConvTranspose1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
         self.res = [ResidualUnit(cout, d, use_snake) for d in DILATIONS]
@@ -362,8 +365,8 @@ class OobleckVAE(nn.Module):
 
     @property
     def upsample(self) -> str:
-        """How the decoder's transposed convolutions run (see `upsample`): "matmul" (default), "conv" or
-        "transpose" (MLX's conv_transpose1d)."""
+        """How the decoder's transposed convolutions run (see `upsample`): "auto" (default: "transpose" on the
+        GPU, "matmul" on the CPU), "matmul", "conv" or "transpose" (MLX's conv_transpose1d)."""
         return self.decoder.blocks[0].upsample
 
     @upsample.setter

@@ -13,8 +13,6 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..errors import UserError
-from .decode_attention import attention_supported, decode_attention
 from .decode_kernels import ln_matvec, ln_qkv, matvec_add, supported
 
 
@@ -141,25 +139,10 @@ def fused_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: in
     kernels = dec.use_kernels()
     pre, mid, post = decode_parts(norm.eps, sa.heads, sa.scale, cross, masked, kernels)
     q, kv = pre(x, *args.pre[0])
-    # the cache write + SDPA as one kernel (writing the cache in place), when the QKV kernel made q and kv
-    attn = (
-        kernels
-        and dec.use_attention_kernel()
-        and supported(x, args.pre[0][2])
-        and attention_supported(q, cache[0].state[0])
-    )
-    if attn:
-        if offset + 1 > cache[0].max_len:
-            raise UserError(f"KV cache holds {cache[0].max_len} steps; step {offset + 1} asked for")
-        off = mx.array([offset], dtype=mx.int32)
-        scale = mx.array([sa.scale], dtype=mx.float32)
     n = len(dec.layers)
     for i in range(n):
-        if attn:
-            o = decode_attention(q, kv, cache[i].state[0], off, scale)
-        else:
-            k, v = cache[i].update(kv, offset)
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
+        k, v = cache[i].update(kv, offset)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=sa.scale)
         if i + 1 < n:
             x, q, kv = mid(x, o, *args.post[i], *args.pre[i + 1])
         else:

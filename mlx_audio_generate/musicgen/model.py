@@ -35,9 +35,6 @@ Offset = int | mx.array
 # The widest decoder whose GPU decode step takes the fused CUDA kernels by default
 # (MusicgenDecoder.use_kernels): musicgen-small is 1024 wide, medium 1536, large 2048.
 KERNELS_MAX_WIDTH = 1024
-# With those kernels, each layer's cache write + self-attention as one kernel that writes the cache in place
-# (decode_attention.decode_attention; MusicgenDecoder.use_attention_kernel). Off until measured on a GPU.
-ATTENTION_KERNEL = False
 
 
 # Sanity bounds of the fields that size tensors (musicgen-large: 48 layers, 2048 wide, 32 heads, 8192 ffn,
@@ -282,7 +279,6 @@ class MusicgenDecoder(nn.Module):
         self.fused = True  # with matvec: the compiled parts (fused_decode.fused_layers)
         # In those parts, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
-        self.attention_kernel: bool | None = None  # None = ATTENTION_KERNEL (with the kernels only)
         self._fused: FusedArgs | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
@@ -300,9 +296,6 @@ class MusicgenDecoder(nn.Module):
         if self.kernels is None:
             return self.config.hidden_size <= KERNELS_MAX_WIDTH
         return self.kernels
-
-    def use_attention_kernel(self) -> bool:
-        return ATTENTION_KERNEL if self.attention_kernel is None else self.attention_kernel
 
     def ensure_positions(self, n: int) -> None:
         """Grow the position table to `n` rows (transformers extends it the same way past max positions).

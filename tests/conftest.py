@@ -22,6 +22,8 @@ os.environ.update(
     XDG_DATA_HOME=str(SANDBOX / "xdg-data"),
     HF_HOME=str(SANDBOX / "huggingface"),
     MLX_AUDIO_GENERATE_CACHE=str(SANDBOX / "mlx-audio-generate"),
+    # the CUDA driver's JIT cache (default ~/.nv/ComputeCache): MLX-CUDA's kernels on the GPU machine
+    CUDA_CACHE_PATH=str(SANDBOX / "cuda-compute-cache"),
 )
 for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "HF_ASSETS_CACHE"):
     os.environ.pop(_name, None)  # these would point huggingface_hub past HF_HOME

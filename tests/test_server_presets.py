@@ -80,6 +80,19 @@ def test_save_list_apply_delete(client):
     assert client.delete("/api/presets/not-an-id").status_code == 422
 
 
+def test_presets_keep_the_output_settings(client):
+    """The form holds the output settings (format, loudness) beside the model's: a preset keeps them."""
+    r = client.post(
+        "/api/presets", json={**GOOD, "name": "loud flac", "settings": {"format": "flac", "normalize": -14.0}}
+    )
+    assert r.status_code == 201, r.text
+    saved = r.json()
+    assert saved["settings"] == {"format": "flac", "normalize": -14.0}
+    job = {k: saved[k] for k in ("model", "prompt", "seconds", "seed")} | saved["settings"]
+    assert client.post("/api/jobs", json=job).status_code == 202
+    assert client.delete(f"/api/presets/{saved['id']}").status_code == 200
+
+
 @pytest.mark.parametrize(
     "change, field, words",
     [
@@ -106,6 +119,9 @@ def test_save_list_apply_delete(client):
         ({"settings": []}, "settings", "valid dictionary"),
         ({"model": "sa", "settings": {"sampler": "dpmpp-3m-sde"}, "seconds": 0.5}, "settings.sampler",
          "does not fit this model"),
+
+        ({"settings": {"format": "aiff"}}, "settings.format", "not offered here"),
+        ({"settings": {"normalize": 3.0}}, "settings.normalize", "less than or equal to 0"),
     ],
 )  # fmt: skip
 def test_invalid_presets_are_refused(client, change, field, words):

@@ -3,7 +3,8 @@
 A saved preset is checked exactly as a job request would be (the same request model and `build_job`, so
 the same bounds, strict types and per-checkpoint checks), with a model this server runs: a preset that is
 saved can be applied and run. Settings are only the model's own (any other key is refused, as in a job);
-audio inputs are refused (uploads are not kept with presets). Errors are 4xx with one-line messages that
+audio inputs are refused (uploads are not kept with presets); the output settings (format, loudness) are
+kept too. Errors are 4xx with one-line messages that
 name the field (`settings.<name>` for a setting).
 """
 
@@ -20,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from ..settings import MAX_PROMPT_CHARS, SEED_LIMIT
 from .history import History
 from .models import ModelEntry
+from .output import output_settings
 from .presets import MAX_NAME_CHARS, MAX_PRESETS, PresetExists, Presets, TooManyPresets
 
 
@@ -85,10 +87,11 @@ def check_preset(body: PresetIn, models: dict[str, ModelEntry], job_request: typ
     entry = models.get(body.model)
     if entry is None:
         raise _invalid(["model"], f"unknown model '{body.model}'; available: {', '.join(models) or 'none'}")
+    specs = {**{st.name: st for st in output_settings()}, **entry.params}  # format / loudness too
     for name in body.settings:
-        spec = entry.params.get(name)
+        spec = specs.get(name)
         if spec is None:
-            takes = ", ".join(n for n, s in entry.params.items() if s.kind != "file")
+            takes = ", ".join(n for n, s in specs.items() if s.kind != "file")
             raise _invalid(["settings", name], f"{name} is not a setting of model '{entry.name}'; it takes: "
                            f"{takes}")  # fmt: skip
         if spec.kind == "file":
@@ -106,7 +109,7 @@ def check_preset(body: PresetIn, models: dict[str, ModelEntry], job_request: typ
             for d in e.detail:
                 d["loc"] = ["body", *_setting_loc(d["loc"], body.settings)]
         raise
-    return {name: entry.params[name].check(value) for name, value in body.settings.items()}
+    return {name: specs[name].check(value) for name, value in body.settings.items()}
 
 
 def preset_router(models: dict[str, ModelEntry], history: History | None) -> APIRouter:

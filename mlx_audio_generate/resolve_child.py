@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -17,11 +18,18 @@ log = logging.getLogger("mlx_audio_generate.server")
 REPORT_EVERY_SECONDS = 0.1  # progress messages: at most this often per stage, plus each stage's last
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def resolve_in_child(repo: str, dtype: str | None, dest: str, conn: Any) -> None:
     """Resolve `repo` into the cache at `dest` (resolve.resolve), sending ("stage", stage, done, total)
     messages (convert.convert's on_stage: at most one per stage every REPORT_EVERY_SECONDS, and the last
     state of a burst a moment later) on `conn`, then ("done", folder) or ("failed", one line)."""
     os.environ["MLX_AUDIO_GENERATE_CACHE"] = dest
+    # A cancelled fetch ends this process with SIGTERM: as an exception, so the conversion's `finally`
+    # blocks remove its temp folders (the default action would end it on the spot, leaving them).
+    signal.signal(signal.SIGTERM, _terminated)
     lock = threading.Lock()  # huggingface_hub reports from its download threads
     latest: dict[str, tuple[int, int]] = {}  # per stage, the last state not sent yet
     sent: dict[str, float] = {}

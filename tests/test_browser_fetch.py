@@ -1,8 +1,8 @@
 """Fetching a model from the page in a real headless Chromium (as tests/test_browser_studio.py): a server
 with no model yet, whose Hugging Face hub is tests/local_hub.py on a loopback port holding the tiny MusicGen
 as facebook/musicgen-small (sent slowly, so the download can be watched); click Fetch, see the bytes counted
-and the row served, the model selected, generate with it. No request of the page leaves the server.
-Screenshots go to the folder printed at the end (MLX_AUDIO_SCREENSHOTS)."""
+and the row served (after a Cancel and a second Fetch), the model selected, generate with it. No request
+of the page leaves the server. Screenshots go to the folder printed at the end (MLX_AUDIO_SCREENSHOTS)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def server(musicgen_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-fetch")
     (root / "models").mkdir()
     args = ["--models-dir", str(root / "models"), "--data-dir", str(root / "data")]
-    with LocalHub({"facebook/musicgen-small": musicgen_dir}, delay=0.1) as hub:
+    with LocalHub({"facebook/musicgen-small": musicgen_dir}, delay=0.2) as hub:  # ~4 s: time to cancel
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(root / "hf")}
         with serve(args, log_path=root / "server.log", env=env) as srv:
             yield srv
@@ -76,6 +76,13 @@ def test_fetch_a_model_then_generate_with_it(page, server, tmp_path):
     )
     expect(row.get_by_test_id("fetch-progress")).to_have_attribute("aria-valuenow", re.compile(r"^\d$"))
     page.screenshot(path=str(out / "fetching.png"), full_page=True)
+    # cancelled mid-download: fetchable again; fetched again, it completes (the download resumes)
+    row.get_by_test_id("cancel-fetch").click()
+    expect(row).to_have_attribute("data-state", "fetchable", timeout=30_000)
+    expect(row.get_by_test_id("fetch-status")).to_have_text("cancelled")
+    expect(row.get_by_test_id("fetch-error")).to_have_count(0)
+    row.get_by_test_id("fetch-button").click()
+    expect(row).to_have_attribute("data-state", "fetching")
     served = page.locator('[data-testid="catalog-item"][data-name="musicgen-small"][data-state="served"]')
     expect(served).to_be_visible(timeout=60_000)
     expect(served.get_by_test_id("fetch-status")).to_have_text("served as musicgen-small")

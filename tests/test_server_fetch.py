@@ -268,6 +268,46 @@ def test_download_from_a_hub_with_byte_progress(tmp_path, musicgen_dir, musicgen
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["facebook--musicgen-small"]
 
 
+def test_cancel_a_fetch(tmp_path, musicgen_dir, musicgen_converted):
+    """DELETE /api/models/fetch/{name} (the page's Cancel): a queued fetch is dropped at once; a running one's
+    process is stopped mid-download, nothing is left in the models folder, the model is fetchable again, and
+    fetching it again completes."""
+    repo = "facebook/musicgen-small"
+    (tmp_path / "models").mkdir()
+    args = ["--models-dir", str(tmp_path / "models"), "--data-dir", str(tmp_path / "data")]
+    args += ["--model", f"tiny={musicgen_converted}"]
+    with LocalHub({repo: musicgen_dir}, delay=0.3) as hub:  # ~6 s of downloading: time to cancel
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf")}
+        with (
+            serve(args, env=env, log_path=tmp_path / "server.log") as srv,
+            httpx.Client(base_url=srv.url) as c,
+        ):
+            assert c.post("/api/models/fetch", json={"name": "musicgen-small"}).status_code == 202
+            assert c.post("/api/models/fetch", json={"name": "musicgen-medium"}).status_code == 202  # queued
+            queued = c.delete("/api/models/fetch/musicgen-medium")
+            assert queued.status_code == 200 and queued.json()["state"] == "cancelled", queued.text
+            deadline = time.monotonic() + 30
+            while (v := c.get("/api/models/fetch/musicgen-small").json())["bytes_done"] == 0:
+                assert time.monotonic() < deadline, v
+                time.sleep(0.05)
+            r = c.delete("/api/models/fetch/musicgen-small")
+            assert r.status_code == 200, r.text
+            view, _ = wait_fetch(c, "musicgen-small")
+            assert view["state"] == "cancelled" and view["error"] is None, view
+            assert 0 < view["bytes_done"] < view["bytes_total"]  # stopped mid-download
+            assert catalog(c)["musicgen-small"]["state"] == "fetchable"
+            assert [m["name"] for m in c.get("/api/models").json()] == ["tiny"]
+            again = c.delete("/api/models/fetch/musicgen-small")
+            assert again.status_code == 409 and "ended already" in again.json()["message"]
+            assert c.delete("/api/models/fetch/musicgen-large").status_code == 404
+            assert not list((tmp_path / "models").iterdir())  # nothing half-written
+            hub.delay = 0.0
+            assert c.post("/api/models/fetch", json={"name": "musicgen-small"}).status_code == 202
+            view, _ = wait_fetch(c, "musicgen-small")
+            assert view["state"] == "done", view
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["facebook--musicgen-small"]
+
+
 def test_cached_conversion_is_added_from_the_cli_cache(tmp_path, hf_cache, musicgen_converted):
     # without --models-dir, fetches go to the CLI's cache; a conversion already there is only added
     cache = tmp_path / "cli-cache"

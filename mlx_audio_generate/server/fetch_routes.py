@@ -1,6 +1,7 @@
 """The catalog and fetch routes (an APIRouter over a fetcher.Fetcher): GET /api/catalog lists every model
 this version knows with its state; POST /api/models/fetch fetches one by its registry name in the background;
-GET /api/models/fetch/{name} is its progress. Fetched models join GET /api/models when they are ready."""
+GET /api/models/fetch/{name} is its progress, DELETE cancels it. Fetched models join GET /api/models when
+they are ready."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class FetchInfo(BaseModel):
     name: str
     repo: str
     dtype: str | None
-    state: Literal["fetching", "done", "failed"]
+    state: Literal["fetching", "done", "failed", "cancelled"]
     stage: Literal["queued", "download", "convert", "adding"] | None = Field(
         description="while fetching: queued, download (files and bytes), convert (tensors), adding"
     )
@@ -107,5 +108,17 @@ def fetch_router(fetcher: Fetcher) -> APIRouter:
         if view is None:
             raise HTTPException(404, f"no fetch of '{name}' on this server")
         return view
+
+    @router.delete(
+        "/api/models/fetch/{name}",
+        response_model=FetchInfo,
+        summary="Cancel a queued or running fetch (its state becomes cancelled once it has stopped)",
+        responses={404: {"description": "no such fetch"}, 409: {"description": "the fetch has ended"}},
+    )
+    def cancel_fetch(name: str = Path(max_length=64)) -> dict[str, Any]:
+        try:
+            return fetcher.cancel(name)
+        except FetchRefused as e:
+            raise HTTPException(e.status, str(e)) from None
 
     return router

@@ -60,7 +60,7 @@ class Fetch:
     name: str  # the registry's short name
     repo: str
     dtype: str | None
-    state: str = "fetching"  # fetching -> done | failed
+    state: str = "fetching"  # fetching -> done | failed | cancelled
     stage: str = "queued"  # queued, download (files and bytes), convert (tensors), adding
     files_done: int = 0
     files_total: int = 0
@@ -74,6 +74,7 @@ class Fetch:
     started: float | None = None
     finished: float | None = None
     stage_times: dict[str, list[float | None]] = field(default_factory=dict)  # stage -> [start, end]
+    cancel_requested: bool = False  # Fetcher.cancel: the fetch thread stops its child process
 
     def enter(self, stage: str) -> None:
         now = time.time()
@@ -339,6 +340,25 @@ class Fetcher:
             except Exception as e:  # offline, gated, a hub error: the size stays unknown
                 log.info("no size for %s: %s", repo, e)
 
+    def cancel(self, name: str) -> dict[str, Any]:
+        """Stop a queued or running fetch of `name`: a queued one is dropped, a running one's child process
+        is ended (SIGTERM: its conversion removes its temp folder; a partial download stays in the Hugging
+        Face cache, which resumes it next time). Its view, state "cancelled" once it has stopped.
+        FetchRefused 404 when there is no such fetch, 409 when it has ended already."""
+        with self._cv:
+            fetch = self._fetches.get(name)
+            if fetch is None:
+                raise FetchRefused(404, f"no fetch of '{name[:64]}' on this server")
+            if fetch.state != "fetching":
+                raise FetchRefused(409, f"the fetch of {name} has ended already ({fetch.state})")
+            fetch.cancel_requested = True
+            if fetch in self._waiting:
+                self._waiting.remove(fetch)
+                fetch.end("cancelled")
+            elif self._child is not None:
+                self._child.terminate()
+            return fetch.view()
+
     # -- the fetch thread ------------------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -369,6 +389,9 @@ class Fetcher:
         with self._cv:
             if self._stopping:
                 return
+            if fetch.cancel_requested:  # cancelled between the queue and here
+                fetch.end("cancelled")
+                return
             self._child = child
             fetch.enter("download")
         child.start()
@@ -377,7 +400,7 @@ class Fetcher:
         try:
             while outcome is None:
                 if not receive.poll(0.2):
-                    if self._stopping:
+                    if self._stopping or fetch.cancel_requested:
                         child.terminate()
                     continue
                 try:
@@ -394,6 +417,11 @@ class Fetcher:
             child.join(30)
             with self._cv:
                 self._child = None
+        if outcome is None and fetch.cancel_requested:
+            with self._cv:
+                fetch.end("cancelled")
+            log.info("fetch of %s cancelled", fetch.name)
+            return
         if outcome is None:
             with self._cv:
                 why = (

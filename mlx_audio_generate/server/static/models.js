@@ -68,6 +68,12 @@ async function startFetch(entry) {
   catalog.timer = setTimeout(loadCatalog, CATALOG_POLL_MS);
 }
 
+async function cancelFetch(entry) {
+  const res = await api(`/api/models/fetch/${encodeURIComponent(entry.name)}`, { method: "DELETE" });
+  if (!res.ok) entry.pageError = errorText(res); // e.g. it has just finished
+  loadCatalog(); // the row becomes fetchable again once the fetch has stopped
+}
+
 function useModel(name) {
   if (!state.models.some((m) => m.name === name)) return;
   $("model").value = name;
@@ -110,6 +116,7 @@ function catalogRow(m) {
   } else if (m.state === "fetching") {
     const [text, fraction] = fetchLine(m.fetch);
     status.textContent = text;
+    line.append(button("Cancel", () => cancelFetch(m), "cancel-fetch"));
     const bar = el("div", { className: "bar" });
     const progress = el("div", { className: "progress", role: "progressbar", dataset: { testid: "fetch-progress" } },
       bar);
@@ -122,7 +129,8 @@ function catalogRow(m) {
     }
     item.append(progress);
   } else {
-    status.textContent = { cached: "converted, not served yet", failed: "failed", fetchable: "" }[m.state];
+    const cancelled = m.fetch && m.fetch.state === "cancelled";
+    status.textContent = { cached: "converted, not served yet", failed: "failed", fetchable: cancelled ? "cancelled" : "" }[m.state];
     const label = m.state === "cached" ? "Add" : m.state === "failed" ? "Retry" : "Fetch";
     line.append(button(label, () => startFetch(m), "fetch-button"));
   }

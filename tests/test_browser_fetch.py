@@ -76,7 +76,7 @@ def test_fetch_a_model_then_generate_with_it(page, server, tmp_path):
     )
     expect(row.get_by_test_id("fetch-progress")).to_have_attribute("aria-valuenow", re.compile(r"^\d$"))
     page.screenshot(path=str(out / "fetching.png"), full_page=True)
-    # cancelled mid-download: fetchable again; fetched again, it completes (the download resumes)
+    # cancelled mid-download: fetchable again; fetched again, it completes
     row.get_by_test_id("cancel-fetch").click()
     expect(row).to_have_attribute("data-state", "fetchable", timeout=30_000)
     expect(row.get_by_test_id("fetch-status")).to_have_text("cancelled")

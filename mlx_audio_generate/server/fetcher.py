@@ -342,8 +342,8 @@ class Fetcher:
 
     def cancel(self, name: str) -> dict[str, Any]:
         """Stop a queued or running fetch of `name`: a queued one is dropped, a running one's child process
-        is ended (SIGTERM: its conversion removes its temp folder; a partial download stays in the Hugging
-        Face cache, which resumes it next time). Its view, state "cancelled" once it has stopped.
+        is ended (SIGTERM: its conversion removes its temp folder; a partial download is left to the Hugging
+        Face cache, huggingface_hub's own). Its view, state "cancelled" once it has stopped.
         FetchRefused 404 when there is no such fetch, 409 when it has ended already."""
         with self._cv:
             fetch = self._fetches.get(name)

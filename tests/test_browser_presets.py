@@ -107,6 +107,8 @@ def test_a_saved_preset_survives_a_restart(browser, musicgen_converted, musicgen
         page.goto(srv.url + "/")
         expect(page.get_by_test_id("model")).to_have_value("tiny")
         page.get_by_test_id("prompt").fill("something else")
+        # the saved presets arrive by their own request: wait for the option before reading the picker
+        expect(page.get_by_test_id("preset").locator("option", has_text="Mine · stereo")).to_have_count(1)
         page.get_by_test_id("preset").select_option(option_label(page, "u:", "Mine"))
         expect(page.get_by_test_id("model")).to_have_value("stereo")  # the preset's model
         expect(page.get_by_test_id("prompt")).to_have_value("my saved take")

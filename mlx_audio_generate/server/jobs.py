@@ -157,8 +157,8 @@ class Job:
 
     def window(self) -> int | None:
         """The window running now (1 = the first; long form), or None."""
-        if self.status != "running" or self.stage != "generate" or not self.window_steps:
-            return None
+        if self.status != "running" or self.stage != "generate" or not self.window_steps or not self.total:
+            return None  # (before the first step is counted, the view has no step total to place it in)
         end = 0
         for i, steps in enumerate(self.window_steps):
             end += steps

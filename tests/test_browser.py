@@ -10,7 +10,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,30 +56,49 @@ def server(musicgen_converted, tmp_path_factory):
         yield srv
 
 
-@pytest.fixture()
-def page(tmp_path):
+@contextmanager
+def open_page(
+    tmp_path: Path,
+    origin: str | None = None,
+    extra_args: Sequence[str] = (),
+    init_script: str | None = None,
+    viewport: tuple[int, int] = (1000, 1200),
+    accept_downloads: bool = False,
+) -> Iterator[Any]:
+    """A page of headless Chromium with a fresh profile in `tmp_path`. `page.problems` collects console
+    errors (CSP violations included: anything loaded from elsewhere) and page errors; with `origin` (the
+    server's URL), `page.foreign` collects every request that goes anywhere else."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("playwright is not installed: pip install -e '.[test]'")
-    executable = chromium_path()
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a fresh profile every time
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            accept_downloads=True,
-            viewport={"width": 900, "height": 1000},
-        )
+            str(tmp_path / "profile"), executable_path=chromium_path(), headless=True,
+            args=[*CHROMIUM_ARGS, *extra_args], accept_downloads=accept_downloads,
+            viewport={"width": viewport[0], "height": viewport[1]},
+        )  # fmt: skip
         try:
+            if init_script is not None:
+                context.add_init_script(init_script)
             pg = context.new_page()
-            pg.problems = []  # console errors include CSP violations (anything loaded from elsewhere)
+            pg.problems, pg.foreign = [], []
             pg.on("console", lambda m: m.type == "error" and pg.problems.append(m.text))
             pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+            if origin is not None:
+                pg.on(
+                    "request",
+                    lambda r: r.url.startswith((origin, "data:", "blob:")) or pg.foreign.append(r.url),
+                )
             yield pg
         finally:
             context.close()
+
+
+@pytest.fixture()
+def page(tmp_path):
+    with open_page(tmp_path, viewport=(900, 1000), accept_downloads=True) as pg:
+        yield pg
 
 
 def audio_duration(page, selector: str) -> float:

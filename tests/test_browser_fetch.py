@@ -10,7 +10,7 @@ import re
 
 import pytest
 from local_hub import LocalHub
-from test_browser import CHROMIUM_ARGS, chromium_path
+from test_browser import open_page
 from test_browser_studio import shots, wait_done
 
 from mlx_audio_generate.server.launch import serve
@@ -29,25 +29,8 @@ def server(musicgen_dir, tmp_path_factory):
 
 @pytest.fixture()
 def page(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1000, "height": 1200},
-        )  # fmt: skip
-        try:
-            pg = context.new_page()
-            pg.problems, pg.foreign = [], []
-            pg.on("console", lambda m: m.type == "error" and pg.problems.append(m.text))
-            pg.on("pageerror", lambda e: pg.problems.append(str(e)))
-            pg.on(
-                "request",
-                lambda r: r.url.startswith((server.url, "data:", "blob:")) or pg.foreign.append(r.url),
-            )
-            yield pg
-        finally:
-            context.close()
+    with open_page(tmp_path, server.url) as pg:
+        yield pg
 
 
 def test_fetch_a_model_then_generate_with_it(page, server, tmp_path):

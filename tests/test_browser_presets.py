@@ -11,7 +11,7 @@ page's 250 ms poll; nothing in the product waits for the test."""
 from __future__ import annotations
 
 import pytest
-from test_browser import CHROMIUM_ARGS, chromium_path
+from test_browser import open_page
 
 from mlx_audio_generate import registry
 from mlx_audio_generate.server.launch import serve
@@ -21,21 +21,8 @@ LONG_SECONDS = 30.0  # the tiny MusicGen's window (its max_seconds)
 
 @pytest.fixture()
 def browser(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1000, "height": 1200},
-        )  # fmt: skip
-        try:
-            pg = context.new_page()
-            pg.problems = []
-            pg.on("console", lambda m: m.type == "error" and pg.problems.append(m.text))
-            pg.on("pageerror", lambda e: pg.problems.append(str(e)))
-            yield pg
-        finally:
-            context.close()
+    with open_page(tmp_path) as pg:  # servers start inside the tests (restarts): no single origin to watch
+        yield pg
 
 
 def server_args(musicgen_converted, musicgen_stereo_converted, data) -> list[str]:

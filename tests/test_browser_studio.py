@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_browser import CHROMIUM_ARGS, chromium_path
+from test_browser import open_page
 
 from mlx_audio_generate.server.launch import serve
 
@@ -32,25 +32,8 @@ def server(musicgen_converted, melody_converted, stable_audio_1_0_converted, tmp
 
 @pytest.fixture()
 def page(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            accept_downloads=True, viewport={"width": 1000, "height": 1200},
-        )  # fmt: skip
-        try:
-            pg = context.new_page()
-            pg.problems, pg.foreign = [], []
-            pg.on("console", lambda m: m.type == "error" and pg.problems.append(m.text))
-            pg.on("pageerror", lambda e: pg.problems.append(str(e)))
-            pg.on(
-                "request",
-                lambda r: r.url.startswith((server.url, "data:", "blob:")) or pg.foreign.append(r.url),
-            )
-            yield pg
-        finally:
-            context.close()
+    with open_page(tmp_path, server.url, accept_downloads=True) as pg:
+        yield pg
 
 
 def shots(tmp_path: Path) -> Path:

@@ -2,38 +2,20 @@
 // and the user's own (GET / POST / DELETE /api/presets, kept by the server). Picking one fills the form:
 // the model (a saved preset's, or one of its family), prompt, seconds, seed and settings; settings the preset
 // leaves out go back to the model's defaults. It only reads and writes the form's fields (#model, #prompt,
-// #seconds, #seed, #params [data-kind]) and tells app.js of a model change by a "change" event on #model.
+// #seconds, #seed, #params [data-kind]) and tells app.js of a model change by a "change" event on #model;
+// it uses app.js's helpers ($, api, errorText: app.js is loaded first).
 "use strict";
 
 // chosen: the picker's value ("f:2": the model's third family preset, "u:<id>": a saved one)
 const presets = { models: [], saved: [], chosen: "", model: null };
 
-const presetEl = (id) => document.getElementById(id);
-
-async function presetApi(path, options = {}) {
-  let response;
-  try {
-    response = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });
-  } catch (err) {
-    return { ok: false, status: 0, data: { message: "cannot reach the server" } };
-  }
-  let data = null;
-  try { data = await response.json(); } catch (err) { /* not JSON */ }
-  return { ok: response.ok, status: response.status, data };
-}
-
-function presetMessage(res) {
-  const d = res.data || {};
-  return (typeof d.message === "string" && d.message) || `request failed (HTTP ${res.status})`;
-}
-
 function presetNote(text, bad = false) {
-  const note = presetEl("preset-note");
+  const note = $("preset-note");
   note.textContent = text;
   note.classList.toggle("error-text", bad);
 }
 
-const currentModel = () => presets.models.find((m) => m.name === presetEl("model").value);
+const currentModel = () => presets.models.find((m) => m.name === $("model").value);
 
 // The model a saved preset applies to: its own if this server has it, else one of its family.
 function presetTarget(p) {
@@ -42,7 +24,7 @@ function presetTarget(p) {
 
 function renderPresets() {
   const m = currentModel();
-  const select = presetEl("preset");
+  const select = $("preset");
   const option = (value, text, disabled = false) => {
     const o = document.createElement("option");
     Object.assign(o, { value, textContent: text, disabled });
@@ -67,17 +49,17 @@ function renderPresets() {
   }
   select.replaceChildren(option("", groups.length ? "Choose a preset…" : "No presets"), ...groups);
   select.value = [...select.options].some((o) => o.value === presets.chosen) ? presets.chosen : "";
-  presetEl("preset-delete").hidden = !select.value.startsWith("u:");
+  $("preset-delete").hidden = !select.value.startsWith("u:");
 }
 
 function fillSettings(settings) {
-  const params = presetEl("params");
+  const params = $("params");
   for (const input of params.querySelectorAll("[data-kind]")) {
     if (input.dataset.kind !== "file") input.value = input.dataset.default; // audio inputs stay as they are
   }
   const skipped = [];
   for (const [name, value] of Object.entries(settings || {})) {
-    const input = presetEl(`param-${name}`);
+    const input = $(`param-${name}`);
     if (input && params.contains(input) && input.dataset.kind !== "file") input.value = String(value);
     else skipped.push(name);
   }
@@ -92,16 +74,16 @@ function applyPreset(value) {
     p = presets.saved.find((s) => `u:${s.id}` === value);
     const target = p && presetTarget(p);
     if (!target) return presetNote("this preset's model is not on this server", true);
-    if (presetEl("model").value !== target.name) {
-      presetEl("model").value = target.name;
-      presetEl("model").dispatchEvent(new Event("change")); // app.js renders the model's settings
+    if ($("model").value !== target.name) {
+      $("model").value = target.name;
+      $("model").dispatchEvent(new Event("change")); // app.js renders the model's settings
     }
-    presetEl("seed").value = p.seed === null ? "" : String(p.seed);
+    $("seed").value = p.seed === null ? "" : String(p.seed);
   } else {
     p = currentModel().presets[Number(value.slice(2))];
   }
-  presetEl("prompt").value = p.prompt;
-  presetEl("seconds").value = String(p.seconds);
+  $("prompt").value = p.prompt;
+  $("seconds").value = String(p.seconds);
   const skipped = fillSettings(p.settings);
   renderPresets();
   presetNote(`Applied “${p.name}”` + (skipped.length ? ` · not taken by this model: ${skipped.join(", ")}` : ""));
@@ -111,7 +93,7 @@ function applyPreset(value) {
 // is the checkpoint's), as the server checks them: numbers as numbers, audio inputs never.
 function formSettings() {
   const settings = {};
-  for (const input of presetEl("params").querySelectorAll("[data-kind]")) {
+  for (const input of $("params").querySelectorAll("[data-kind]")) {
     const kind = input.dataset.kind;
     if (kind === "file" || input.value === input.dataset.default || input.value.trim() === "") continue;
     settings[input.name] = kind === "int" || kind === "float" ? Number(input.value) : input.value;
@@ -120,15 +102,15 @@ function formSettings() {
 }
 
 async function savePreset() {
-  const name = presetEl("preset-name").value;
+  const name = $("preset-name").value;
   const body = {
-    name, model: presetEl("model").value, prompt: presetEl("prompt").value,
-    seconds: Number(presetEl("seconds").value), settings: formSettings(),
+    name, model: $("model").value, prompt: $("prompt").value,
+    seconds: Number($("seconds").value), settings: formSettings(),
   };
-  if (presetEl("seed").value.trim() !== "") body.seed = Number(presetEl("seed").value);
-  const res = await presetApi("/api/presets", { method: "POST", body: JSON.stringify(body) });
-  if (!res.ok) return presetNote(presetMessage(res), true);
-  presetEl("preset-name").value = "";
+  if ($("seed").value.trim() !== "") body.seed = Number($("seed").value);
+  const res = await api("/api/presets", { method: "POST", body: JSON.stringify(body) });
+  if (!res.ok) return presetNote(errorText(res), true);
+  $("preset-name").value = "";
   await loadSavedPresets();
   presets.chosen = `u:${res.data.id}`;
   renderPresets();
@@ -138,8 +120,8 @@ async function savePreset() {
 async function deletePreset() {
   const p = presets.saved.find((s) => `u:${s.id}` === presets.chosen);
   if (!p || !window.confirm(`Delete the preset "${p.name}"?`)) return;
-  const res = await presetApi(`/api/presets/${p.id}`, { method: "DELETE" });
-  if (!res.ok) return presetNote(presetMessage(res), true);
+  const res = await api(`/api/presets/${p.id}`, { method: "DELETE" });
+  if (!res.ok) return presetNote(errorText(res), true);
   presets.chosen = "";
   await loadSavedPresets();
   renderPresets();
@@ -147,26 +129,26 @@ async function deletePreset() {
 }
 
 async function loadSavedPresets() {
-  const res = await presetApi("/api/presets");
-  if (!res.ok) return presetNote(presetMessage(res), true);
+  const res = await api("/api/presets");
+  if (!res.ok) return presetNote(errorText(res), true);
   presets.saved = res.data;
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
-  presetEl("preset").addEventListener("change", (e) => applyPreset(e.target.value));
-  presetEl("preset-save").addEventListener("click", savePreset);
-  presetEl("preset-delete").addEventListener("click", deletePreset);
-  presetEl("preset-name").addEventListener("keydown", (e) => {
+  $("preset").addEventListener("change", (e) => applyPreset(e.target.value));
+  $("preset-save").addEventListener("click", savePreset);
+  $("preset-delete").addEventListener("click", deletePreset);
+  $("preset-name").addEventListener("keydown", (e) => {
     if (e.key === "Enter") { e.preventDefault(); savePreset(); }
   });
   // app.js re-renders #params whenever the model changes (also without a "change" event, e.g. "Reuse
   // settings"): the family's presets follow it
   new MutationObserver(() => {
-    if (presetEl("model").value !== presets.model && presets.chosen.startsWith("f:")) presets.chosen = "";
-    presets.model = presetEl("model").value; // another model: its family's presets
+    if ($("model").value !== presets.model && presets.chosen.startsWith("f:")) presets.chosen = "";
+    presets.model = $("model").value; // another model: its family's presets
     renderPresets();
-  }).observe(presetEl("params"), { childList: true });
-  const res = await presetApi("/api/models");
+  }).observe($("params"), { childList: true });
+  const res = await api("/api/models");
   if (res.ok) presets.models = res.data;
   await loadSavedPresets();
   renderPresets();

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
+
+from .live import once_per_session
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "ace"
@@ -240,14 +241,7 @@ def make(out_dir: str | Path) -> Path:
     return folder
 
 
-_LIVE: dict = {}
-
-
-def live() -> Path:
-    """make() run once a session into a temporary folder (the tests' rerun of the reference)."""
-    if "path" not in _LIVE:
-        _LIVE["path"] = make(tempfile.mkdtemp(prefix="ace-lora-"))
-    return _LIVE["path"]
+live = once_per_session(make, "ace-lora-")  # the tests' rerun of the reference
 
 
 if __name__ == "__main__":

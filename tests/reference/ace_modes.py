@@ -32,6 +32,8 @@ import tempfile
 import types
 from pathlib import Path
 
+from .live import once_per_session
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "ace"
 AUDIO_STRIDE = 37
@@ -310,14 +312,7 @@ def make(out_dir: str | Path) -> Path:
     return folder
 
 
-_LIVE: dict = {}
-
-
-def live() -> Path:
-    """make() run once a session into a temporary folder (the tests' rerun of the reference)."""
-    if "path" not in _LIVE:
-        _LIVE["path"] = make(tempfile.mkdtemp(prefix="ace-modes-"))
-    return _LIVE["path"]
+live = once_per_session(make, "ace-modes-")  # the tests' rerun of the reference
 
 
 if __name__ == "__main__":

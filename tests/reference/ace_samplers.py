@@ -25,10 +25,11 @@ first when the real one is missing.
 from __future__ import annotations
 
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import NamedTuple
+
+from .live import once_per_session
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "ace"
@@ -242,14 +243,7 @@ def make(out_dir: str | Path) -> Path:
     return folder
 
 
-_LIVE: dict = {}
-
-
-def live() -> Path:
-    """make() run once a session into a temporary folder (the tests' rerun of the reference)."""
-    if "path" not in _LIVE:
-        _LIVE["path"] = make(tempfile.mkdtemp(prefix="ace-samplers-"))
-    return _LIVE["path"]
+live = once_per_session(make, "ace-samplers-")  # the tests' rerun of the reference
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .live import once_per_session
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "sa3"
 MODELS = ("small", "medium")
@@ -220,14 +222,7 @@ def make(out_dir: str | Path) -> Path:
     return out
 
 
-_LIVE: dict = {}
-
-
-def live() -> Path:
-    """make() run once a session into a temporary folder (the tests' rerun of the reference)."""
-    if "path" not in _LIVE:
-        _LIVE["path"] = make(tempfile.mkdtemp(prefix="sa3-conditioning-"))
-    return _LIVE["path"]
+live = once_per_session(make, "sa3-conditioning-")  # the tests' rerun of the reference
 
 
 if __name__ == "__main__":

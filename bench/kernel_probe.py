@@ -16,7 +16,8 @@ is one FAILED row, never the end of the run; cases past the time budget are list
 2. `step` (one child per model and env): a whole decode step (real sizes, random fp16 weights, CFG batch 2,
    top-k 250, library `generate_steps`), steps/s in alternating rounds for: `base` (the code before round 3:
    the first kernels up to 1024 wide, strided cross K/V), `off` / `v1` / `new` (kernels off / first / new,
-   with contiguous cross K/V); plus the max abs error of one step's
+   with contiguous cross K/V), `layer` (each layer as one kernel: musicgen/layer_kernel.py); plus the max
+   abs error of one step's
    logits against `off` and the primitives of one step. Envs: the default,
    MLX_USE_CUDA_GRAPHS=0 (direct launches instead of CUDA graph nodes), larger graphs
    (MLX_MAX_OPS_PER_BUFFER=1000, MLX_MAX_MB_PER_BUFFER=10000).
@@ -55,7 +56,7 @@ def plan(a: argparse.Namespace) -> list[dict]:
     models = [m for m in a.step_models.split(",") if m]
     for env in [e for e in a.envs.split(",") if e]:
         for m in models:
-            modes = a.modes if env == "default" else "base,new"
+            modes = a.modes if env == "default" else a.env_modes
             runs.append(dict(kind="step", label=f"step {m} [{env}]", env=ENVS[env], model=m, modes=modes,
                              env_name=env, timeout=a.step_timeout))  # fmt: skip
     return runs
@@ -315,6 +316,7 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
             "new": True,
             "v1": True,
             "base": dec.config.hidden_size <= 1024,
+            "layer": None,
         }[mode]
         if mode in ("v1", "base"):  # the first kernels in the old layouts (supported() False: view ops)
 
@@ -332,6 +334,7 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
         fused_decode.decode_parts = functools.cache(keep[0].__wrapped__)
         dec._fused = None
         dec.matvec, dec.fused, dec.kernels = True, True, kernels
+        dec.layer_kernel = mode == "layer"  # each layer as one kernel (layer_kernel.py)
 
     def logits(mode: str):
         set_mode(mode)
@@ -346,7 +349,7 @@ def step_child(a: argparse.Namespace, rows: Rows) -> None:
 
     def check() -> None:
         ref = logits("off")
-        for mode in ("new", "v1", "base"):
+        for mode in [m for m in ("layer", "new", "v1", "base") if m in modes or m == "new"]:
             e = float(mx.abs(logits(mode) - ref).max().item())
             scale = float(mx.abs(ref).max().item())
             rows.add(f"step {name} logits", f"{mode} vs off", "ok", e, scale, "max abs logit", a.env_name)
@@ -409,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-models", default="small,large")
     p.add_argument("--rows", default="2,8", help="B (rows = 2 x batch with CFG) of the kernel cases")
     p.add_argument("--envs", default="default,no-graphs,big-graphs", help=f"of {', '.join(ENVS)}")
-    p.add_argument("--modes", default="base,off,v1,new")
+    p.add_argument("--modes", default="base,off,v1,new,layer")
+    p.add_argument("--env-modes", default="new,layer", help="the modes of the non-default envs")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--budget", type=float, help="seconds for all children (default 225; dry run 900)")

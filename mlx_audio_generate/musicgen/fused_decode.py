@@ -13,6 +13,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import layer_kernel
 from .decode_kernels import ln_matvec, ln_qkv, matvec_add, supported
 
 
@@ -84,6 +85,10 @@ class FusedArgs:
     dense: bool
     pre: list[list[mx.array]]
     post: list[list[mx.array]]
+    # layer_kernel.decoder_layer's weights per layer (from w_o on) and its consts per layer (eps, scale, the
+    # layer's index); None: not dense, or a masked cross-attention (the kernel attends every position)
+    layer: list[list[mx.array]] | None = None
+    consts: list[mx.array] | None = None
 
 
 def is_dense(layer: Any) -> bool:
@@ -126,8 +131,69 @@ def fused_args(
             [_post_args(layer, None if cross_kv is None else cross_kv[i], cross_mask)
              for i, layer in enumerate(dec.layers)] if dense else []
         )  # fmt: skip
-        a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post)
+        layer, consts = None, None
+        if dense and cross_mask is None:
+            layer = _layer_kernel_args(dec.layers, cross_kv)
+            sa, norm = dec.layers[0].self_attn, dec.layers[0].self_attn_layer_norm
+            consts = layer_kernel.layer_consts(norm.eps, sa.scale, len(dec.layers))
+        a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post, layer, consts)
     return a
+
+
+def _layer_kernel_args(layers: Any, cross_kv: list[tuple[mx.array, mx.array]] | None) -> list[list[mx.array]]:
+    """Per layer, layer_kernel.INPUTS from w_o on: the cross-attention's (any arrays without one: the kernel
+    does not read them) and the next layer's LayerNorm + QKV (the last layer's: any arrays)."""
+    out = []
+    for i, layer in enumerate(layers):
+        w_o = layer.self_attn.out_proj.weight
+        if cross_kv is not None:
+            ca, cn = layer.encoder_attn, layer.encoder_attn_layer_norm
+            cross = [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv[i], ca.out_proj.weight]
+        else:
+            cross = [w_o] * 6
+        fn = layer.final_layer_norm
+        if i + 1 < len(layers):
+            nxt = layers[i + 1]
+            nxt_args = [
+                nxt.self_attn_layer_norm.weight,
+                nxt.self_attn_layer_norm.bias,
+                nxt.self_attn.qkv_proj.weight,
+            ]
+        else:
+            nxt_args = [w_o] * 3
+        out.append([w_o, *cross, fn.weight, fn.bias, layer.fc1.weight, layer.fc2.weight, *nxt_args])
+    return out
+
+
+def use_layer_kernel(dec: Any, x: mx.array, args: FusedArgs) -> bool:
+    """Whether this decode step runs each layer as one CUDA kernel (layer_kernel.py)."""
+    if args.layer is None or not layer_kernel.wanted(dec.layer_kernel):
+        return False
+    cfg = dec.config
+    return layer_kernel.supported(x, cfg.hidden_size, cfg.ffn_dim, cfg.num_attention_heads)
+
+
+def kernel_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: int) -> mx.array:
+    """All layers of a decode step as one CUDA kernel each, after its cache write (2 launches per layer;
+    check `use_layer_kernel` first). Layer 0's LayerNorm + QKV is the fused kernel of decode_kernels.py."""
+    norm = dec.layers[0].self_attn_layer_norm
+    q, kv = ln_qkv(
+        x,
+        norm.weight,
+        norm.bias,
+        norm.eps,
+        dec.layers[0].self_attn.qkv_proj.weight,
+        dec.config.num_attention_heads,
+    )
+    cross_len = 0 if args.cross_kv is None else args.cross_kv[0][0].shape[2]
+    length = layer_kernel.step_length(offset + 1, len(dec.layers), cache[0].max_len, cross_len)
+    n = len(dec.layers)
+    for i in range(n):
+        buf = cache[i].write(kv, offset)
+        x, q, kv = layer_kernel.decoder_layer(
+            x, q, buf, length, args.consts[i], args.layer[i], cross_len, i + 1 < n
+        )
+    return x
 
 
 def fused_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: int) -> mx.array:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..sampling import check_sampling_args, draw_tokens
+from . import layer_kernel
 from .delay import delay_pattern, num_steps, revert_delay_pattern
 from .melody import MelodyLM
 from .model import MusicgenLM
@@ -164,6 +165,7 @@ def generate_steps(
         yield y
         if t + 1 < steps:
             y = y_next
+    layer_kernel.check_barrier()  # a timed-out grid barrier (never expected) must not pass silently
 
 
 def head_columns(lm: LM, b: int, frames: int, prompt_codes: mx.array | None) -> mx.array:

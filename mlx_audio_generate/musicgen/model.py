@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..memory import check_bounds
 from ..quantize import residual_linear
 from ..weights import Checkpoint
-from .fused_decode import FusedArgs, fused_args, fused_layers
+from .fused_decode import FusedArgs, fused_args, fused_layers, kernel_layers, use_layer_kernel
 
 Offset = int | mx.array
 
@@ -137,15 +137,21 @@ class KVCache:
     def max_len(self) -> int:
         return self.state[0].shape[3]
 
+    def write(self, kv: mx.array, offset: int) -> mx.array:
+        """Write kv (2, B, H, S, Dh) at the int `offset` (one slice update); return the whole buffer."""
+        s = kv.shape[3]
+        if offset + s > self.max_len:
+            raise UserError(f"KV cache holds {self.max_len} steps; step {offset + s} asked for")
+        self.state[0][:, :, :, offset : offset + s, :] = kv
+        return self.state[0]
+
     def update(self, kv: mx.array, offset: Offset) -> tuple[mx.array, mx.array]:
         """Write kv (2, B, H, S, Dh) at `offset` with one slice update; return the keys/values to attend
         (views of the buffer): with an int offset the filled prefix, with an array offset the whole buffer
         (the caller masks the unwritten tail)."""
         s = kv.shape[3]
         if isinstance(offset, int):
-            if offset + s > self.max_len:
-                raise UserError(f"KV cache holds {self.max_len} steps; step {offset + s} asked for")
-            self.state[0][:, :, :, offset : offset + s, :] = kv
+            self.write(kv, offset)
             out = self.state[0][:, :, :, : offset + s, :]
         else:
             start = offset.reshape(1).astype(mx.int32)
@@ -279,6 +285,9 @@ class MusicgenDecoder(nn.Module):
         self.fused = True  # with matvec: the compiled parts (fused_decode.fused_layers)
         # In those parts, the fused CUDA kernels of decode_kernels.py (None = auto: see use_kernels).
         self.kernels: bool | None = None
+        # Each layer of a decode step as one CUDA kernel (layer_kernel.py; None = wherever it is supported,
+        # unless MLX_AUDIO_GENERATE_LAYER_KERNEL=0).
+        self.layer_kernel: bool | None = None
         self._fused: FusedArgs | None = None
         # `scale_embedding` is read but never applied: transformers' MusicGen decoders compute embed_scale and
         # do not use it (every released checkpoint has it false anyway).
@@ -356,7 +365,9 @@ class MusicgenDecoder(nn.Module):
         # decode steps of a dense decoder take the compiled parts (fused_decode.fused_layers)
         fused = matvec and self.fused and cache is not None and isinstance(offset, int)
         args = fused_args(self, cross_kv, cross_mask) if fused else None
-        if args is not None and args.dense:
+        if args is not None and use_layer_kernel(self, x, args):
+            x = kernel_layers(self, x, args, cache, offset)
+        elif args is not None and args.dense:
             x = fused_layers(self, x, args, cache, offset)
         else:
             x = self._layers(x, cross_kv, cross_mask, cache, offset, matvec)

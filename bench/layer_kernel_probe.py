@@ -1,0 +1,92 @@
+"""Where the one-kernel MusicGen decoder layer's time goes (musicgen/layer_kernel.py), on the GPU.
+
+    PYTHONPATH=/tmp/site:$PWD python3 bench/layer_kernel_probe.py --out $OUT/layer.md
+
+Times chains of `--launches` launches of one layer (its output fed to the next launch, so they run one after
+another, as in a decode step) for each width and launch shape, with random fp16 weights and a cache of
+`--cached` positions: us per launch, and the weight bytes per launch over that time. A width of 256 reads
+~1.5 MB per launch, so its time is the kernel's fixed cost (stages, grid barriers, launch). Launch shapes:
+threads per block x blocks per SM (every block must be resident: 2 per SM only where two fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--widths", default="256,1024,1536,2048")
+    p.add_argument("--shapes", default="512x1,256x1,256x2", help="threads x blocks per SM")
+    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--cached", type=int, default=500)
+    p.add_argument("--text", type=int, default=12)
+    p.add_argument("--launches", type=int, default=96)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out")
+    a = p.parse_args()
+    import mlx.core as mx
+
+    from mlx_audio_generate.musicgen import layer_kernel as lk
+
+    if not (mx.default_device() == mx.gpu and mx.cuda.is_available()):
+        print("needs MLX's CUDA backend")
+        return 2
+    dt = mx.float16
+    lines = ["| width | launch shape | us / launch | weight GB/s | note |", "|---|---|---:|---:|---|"]
+    for d in [int(w) for w in a.widths.split(",")]:
+        f, h, b = 4 * d, d // 64, a.rows
+        key = iter(mx.random.split(mx.random.key(0), 32))
+
+        def rnd(*shape, scale=1.0, key=key):
+            return (mx.random.normal(shape, key=next(key)) * scale).astype(dt)
+
+        w = [rnd(d, d, scale=d**-0.5), 1 + rnd(d, scale=0.1), rnd(d, scale=0.1), rnd(d, d, scale=d**-0.5),
+             rnd(b, h, a.text, 64), rnd(b, h, a.text, 64), rnd(d, d, scale=d**-0.5), 1 + rnd(d, scale=0.1),
+             rnd(d, scale=0.1), rnd(f, d, scale=d**-0.5), rnd(d, f, scale=f**-0.5), 1 + rnd(d, scale=0.1),
+             rnd(d, scale=0.1), rnd(3 * d, d, scale=d**-0.5)]  # fmt: skip
+        cache = rnd(2, b, h, a.cached + 8, 64)
+        x0, q0 = rnd(b, 1, d), rnd(b, h, 1, 64)
+        consts = lk.layer_consts(1e-5, 0.125, 1)[0]
+        mx.eval(w, cache, x0, q0, consts)
+        nbytes = sum(t.nbytes for i, t in enumerate(w) if i not in (4, 5))
+        for shape in a.shapes.split(","):
+            threads, per_sm = (int(v) for v in shape.split("x"))
+            staged = lk.staged_bytes(b, f, dt)
+            if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:
+                lines.append(f"| {d} | {shape} | – | – | skipped: {per_sm} blocks do not fit an SM |")
+                continue
+            lk.BLOCK, lk.BLOCKS_PER_SM = threads, per_sm
+            best = []
+            for _ in range(a.repeats + 1):
+                x, q = x0, q0
+                mx.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(a.launches):
+                    length = lk.step_length(a.cached, 1, cache.shape[3], a.text)
+                    x, qn, _ = lk.decoder_layer(x, q, cache, length, consts, w, a.text, True)
+                    q = qn
+                mx.eval(x, q)
+                mx.synchronize()
+                best.append((time.perf_counter() - t0) / a.launches)
+            lk.check_barrier()
+            t = min(best[1:])  # the first round compiles the kernel
+            note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached"
+            lines.append(f"| {d} | {shape} | {t * 1e6:.1f} | {nbytes / t / 1e9:.0f} | {note} |")
+            print(lines[-1], flush=True)
+    lk.BLOCK, lk.BLOCKS_PER_SM = 512, 1
+    text = "\n".join(["## Layer kernel probe", "", *lines, ""])
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The CUDA sources of the MusicGen decode kernels compile, on a machine without a GPU.
+
+MLX compiles an `mx.fast.cuda_kernel` with NVRTC on first use, so a typo in a kernel's source would first show
+on a user's GPU. Here each source is wrapped exactly as MLX wraps it (mlx/backend/cuda/custom_kernel.cpp:
+`build_kernel`: a `__global__` function in `mlx::core::cu` whose parameters are `const <type>* <input>` then
+`<type>* <output>`, the template arguments as `constexpr` / `using` lines, then the body) and compiled for
+sm_90 with nvcc, where nvcc is installed (this project's CI machine has it; the runs on the GPU itself are
+tests/test_decode_kernels.py and tests/test_layer_kernel.py). MLX's own device header is replaced by the CUDA
+headers it includes that these kernels use (fp16 / bf16 types).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from mlx_audio_generate.musicgen import decode_kernels as dk
+from mlx_audio_generate.musicgen import layer_kernel as lk
+
+NVCC = shutil.which("nvcc")
+TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float", "int32": "int32_t"}
+
+
+def wrap(name: str, header: str, source: str, inputs: dict, outputs: dict, template: list) -> str:
+    """One kernel as MLX's build_kernel writes it (inputs / outputs: name -> MLX dtype name)."""
+    params = [f"    const {TYPES[t]}* {n}" for n, t in inputs.items()]
+    params += [f"    {TYPES[t]}* {n}" for n, t in outputs.items()]
+    lines = []
+    for k, v in template:
+        if isinstance(v, bool):
+            lines.append(f"  constexpr bool {k} = {'true' if v else 'false'};")
+        elif isinstance(v, int):
+            lines.append(f"  constexpr int {k} = {v};")
+        else:
+            lines.append(f"  using {k} = {TYPES[v]};")
+    return (
+        f"{header}\nnamespace mlx::core::cu {{\nnamespace cg = cooperative_groups;\n"
+        f"__global__ void {name}(\n"
+        + ",\n".join(params)
+        + ") {\n"
+        + "\n".join(lines)
+        + f"\n{source}\n}}\n}}\n"
+    )
+
+
+def layer_kernel_source(i: int, dtype: str, rows: int, d: int, cross: bool, nxt: bool) -> str:
+    inputs = {n: dtype for n in lk.INPUTS} | {"len": "int32", "consts": "float32", "barrier": "int32"}
+    outputs = {n: dtype for n in lk.OUTPUTS} | {"part": "float32"}
+    template = [("T", dtype), ("B", rows), ("D", d), ("F", 4 * d), ("CROSS", cross), ("NEXT", nxt),
+                ("MAXSPLIT", 16)]  # fmt: skip
+    # each kernel in its own namespace: the headers are repeated per kernel
+    return (
+        f"namespace k{i} {{\n"
+        + wrap(f"k{i}", lk._HEADER, lk.kernel_source(), inputs, outputs, template)
+        + "}\n"
+    )
+
+
+def decode_kernel_sources(i: int, dtype: str) -> str:
+    out = []
+    ln = ["x", "g", "beta", "eps", "w"]
+    kernels = [
+        (dk._LN_MATVEC, ln, ["y"], [("GELU", True), ("STAGED", True), ("PARTS", 1)]),
+        (dk._LN_QKV, ln, ["q", "kv"], [("GELU", False), ("STAGED", False), ("PARTS", 3)]),
+        (dk._MATVEC_ADD, ["x", "w", "res"], ["y"], [("STAGED", True)]),
+    ]
+    for j, (source, inputs, outputs, extra) in enumerate(kernels):
+        types = {n: ("float32" if n == "eps" else dtype) for n in inputs}
+        template = [("T", dtype), ("B", 2), ("D", 2048), ("N", 6144), ("WPR", 2), ("RPW", 1), *extra]
+        body = wrap(f"d{i}_{j}", dk._HEADER, source, types, {n: dtype for n in outputs}, template)
+        out.append(f"namespace d{i}_{j} {{\n{body}}}\n")
+    return "".join(out)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
+def test_decode_kernel_sources_compile_for_sm90(tmp_path):
+    includes = ["cstdint", "cuda_fp16.h", "cuda_bf16.h", "cooperative_groups.h"]
+    prelude = "".join(f"#include <{h}>\n" for h in includes)
+    units = [
+        layer_kernel_source(0, "float16", 2, 2048, True, True),  # musicgen-large, CFG batch 1
+        layer_kernel_source(1, "bfloat16", 2, 1024, False, False),  # a melody decoder's last layer
+        layer_kernel_source(2, "float16", 16, 1024, True, True),  # 16 rows
+        layer_kernel_source(3, "bfloat16", 8, 1536, True, False),  # medium, last layer
+        decode_kernel_sources(0, "float16"),
+        decode_kernel_sources(1, "bfloat16"),
+    ]
+    src = tmp_path / "kernels.cu"
+    src.write_text(prelude + "".join(units))
+    run = subprocess.run(
+        [
+            NVCC,
+            "-arch=sm_90",
+            "-std=c++17",
+            "-c",
+            str(src),
+            "-o",
+            str(tmp_path / "kernels.o"),
+            "-Xptxas",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    # The layer kernel runs 512-thread blocks, one per SM: past 128 registers a thread it could not launch.
+    regs = [int(m) for m in re.findall(r"Used (\d+) registers", run.stderr)]
+    assert len(regs) >= 4 and max(regs) <= 65536 // lk.BLOCK, regs
+    # no register spills (a spilling kernel would be slow, not wrong: worth knowing before a GPU run)
+    assert " 0 bytes spill stores" in run.stderr and "bytes spill stores" in run.stderr
+    spills = [
+        line
+        for line in run.stderr.splitlines()
+        if "spill stores" in line and " 0 bytes spill stores" not in line
+    ]
+    assert not spills, spills

@@ -1,0 +1,168 @@
+"""The one-kernel decoder layer (musicgen/layer_kernel.py) against the per-op decode path.
+
+The kernel runs only on MLX's CUDA backend in fp16 / bf16, so the tests marked `gpu` need that device: on this
+project's CPU CI they are skipped (reported as skipped, never as passed) and they are run on the GPU machine
+(`python -m pytest tests/test_layer_kernel.py`, the recorded run is in docs/benchmarks.md). Its CUDA source is
+also compiled with nvcc where nvcc exists (tests/test_cuda_sources.py), which runs on the CPU CI.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_audio_generate.musicgen import layer_kernel as lk
+from mlx_audio_generate.musicgen.lm_generate import SamplingOptions, generate_codes
+from mlx_audio_generate.musicgen.model import DecoderConfig, MusicgenLM
+
+ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
+gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
+
+
+def lm_of(width: int, heads: int, layers: int, dtype: mx.Dtype, cross: bool = True) -> MusicgenLM:
+    cfg = DecoderConfig.from_dict(
+        dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=4 * width,
+             num_codebooks=4, vocab_size=2048,
+             model_type="musicgen_decoder" if cross else "musicgen_melody_decoder")
+    )  # fmt: skip
+    mx.random.seed(0)
+    lm = MusicgenLM(cfg, 128)
+    lm.set_dtype(dtype)
+    mx.eval(lm.parameters())
+    return lm
+
+
+def rel_err(a: mx.array, b: mx.array) -> float:
+    a, b = np.array(a.astype(mx.float32), np.float64), np.array(b.astype(mx.float32), np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def forced_logits(lm: MusicgenLM, tokens: mx.array, states: mx.array | None, layer_kernel: bool) -> list:
+    """Decode-step logits along a fixed token sequence (teacher forcing: both paths see the same inputs);
+    `states` None: a decoder without cross-attention (the melody decoder's layers)."""
+    dec = lm.decoder
+    dec.layer_kernel = layer_kernel
+    dec.kernels = False if not layer_kernel else None  # the reference: MLX's ops (no fused kernels)
+    cross_kv = None if states is None else lm.conditioning(states, None, False).cross_kv
+    rows, steps = tokens.shape[0], tokens.shape[2]
+    cache = dec.make_cache(rows, steps)
+    out = []
+    for t in range(steps):
+        logits = dec(tokens[:, :, t : t + 1], cross_kv, None, cache, t, last_only=True)
+        mx.eval(logits)
+        out.append(logits.astype(mx.float32))
+    lk.check_barrier()
+    return out
+
+
+def test_cpu_never_takes_the_layer_kernel(monkeypatch):
+    lm = lm_of(256, 4, 2, mx.float32)
+    x = mx.zeros((2, 1, 256), dtype=mx.float16)
+    if not ON_CUDA:
+        assert not lk.supported(x, 256, 1024, 4)
+    assert not lk.supported(x.astype(mx.float32), 256, 1024, 4)  # fp32: the ops
+    assert not lk.supported(x, 256, 1024, 8)  # head size 32: the ops
+    assert not lk.supported(mx.zeros((2, 1, 320), mx.float16), 320, 1280, 5)  # not a multiple of 256
+    lk.check_barrier()  # nothing launched: nothing to report
+    monkeypatch.delenv(lk.ENV, raising=False)
+    assert lk.wanted(None) and lk.wanted(True) and not lk.wanted(False)
+    monkeypatch.setenv(lk.ENV, "0")  # the user's switch (a shared / partitioned GPU)
+    assert not lk.wanted(None) and lk.wanted(True)
+    states = mx.random.normal((1, 5, 128), key=mx.random.key(1))
+    codes = generate_codes(lm, states, None, 6, SamplingOptions(top_k=1), key=0)
+    assert codes.shape == (1, 4, 6)
+
+
+@gpu
+@pytest.mark.parametrize(
+    "width,heads,dtype,text_len,steps,rows",
+    [
+        (256, 4, mx.float16, 7, 96, 2),
+        (1024, 16, mx.float16, 77, 40, 2),
+        (512, 8, mx.bfloat16, 12, 300, 2),
+        (256, 4, mx.float16, 0, 70, 2),
+        (1024, 16, mx.float16, 9, 50, 8),
+    ],
+    ids=["256-fp16", "1024-fp16-long-text", "512-bf16-300-steps", "no-cross-attention", "8-rows"],
+)
+def test_layer_kernel_matches_the_ops(width, heads, dtype, text_len, steps, rows):
+    # 96 / 300 steps: the self-attention goes from one slice per head to many (one per 32 positions, then as
+    # many as the grid's warps allow); 77 text positions: the cross-attention is split too
+    lm = lm_of(width, heads, 3, dtype, cross=text_len > 0)
+    tokens = mx.random.randint(0, 2048, (rows, 4, steps), key=mx.random.key(2))
+    states = mx.random.normal((rows, text_len, 128), key=mx.random.key(3)) if text_len else None
+    want = forced_logits(lm, tokens, states, layer_kernel=False)
+    got = forced_logits(lm, tokens, states, layer_kernel=True)
+    tol = 1e-2 if dtype == mx.float16 else 5e-2  # fp16 / bf16 rounding of 3 layers, summation order
+    errs = [rel_err(g, w) for g, w in zip(got, want, strict=True)]
+    assert max(errs) <= tol, (max(errs), int(np.argmax(errs)))
+    blocks = lk.sm_count(0) * lk.BLOCKS_PER_SM
+    state = np.array(lk._barrier_state(blocks)).reshape(lk.SLOTS, 4)
+    counts = state[:, :2].copy().view(np.uint64)[:, 0]
+    assert counts.max() > 0 and (counts % blocks == 0).all()  # every launch passed whole barriers
+    assert (state[:, 2] == 0).all()  # and none timed out
+
+
+@gpu
+def test_launches_evaluated_in_one_graph_agree():
+    # MLX runs graph nodes with no data path between them at once (CUDA graph branches): here two decode steps
+    # of one decoder (teacher forced: the second does not wait for the first's logits) and a second decoder's
+    # steps, all evaluated together. Launches that shared barrier words would corrupt each other.
+    lms = [lm_of(256, 4, 3, mx.float16), lm_of(512, 8, 3, mx.float16)]
+    tokens = mx.random.randint(0, 2048, (2, 4, 3), key=mx.random.key(2))
+    states = mx.random.normal((2, 7, 128), key=mx.random.key(3))
+    out = {}
+    for on in (False, True):
+        logits = []
+        for lm in lms:
+            dec = lm.decoder
+            dec.layer_kernel, dec.kernels = on, None if on else False
+            kv = lm.conditioning(states, None, False).cross_kv
+            cache = dec.make_cache(2, 3)
+            logits += [dec(tokens[:, :, t : t + 1], kv, None, cache, t, last_only=True) for t in range(3)]
+        mx.eval(logits)
+        out[on] = logits
+    lk.check_barrier()
+    errs = [rel_err(g, w) for g, w in zip(out[True], out[False], strict=True)]
+    assert max(errs) <= 1e-2, errs
+
+
+@gpu
+def test_layer_kernel_is_taken_and_greedy_tokens_agree():
+    lm = lm_of(256, 4, 2, mx.float16)
+    states = mx.random.normal((2, 7, 128), key=mx.random.key(1))
+    greedy = SamplingOptions(top_k=1, guidance_scale=3.0)
+    calls = []
+    real = lk.decoder_layer
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    codes = {}
+    for on in (False, True):
+        lm.decoder.layer_kernel = on
+        lk.decoder_layer = counted
+        try:
+            codes[on] = np.array(generate_codes(lm, states, None, 24, greedy))
+        finally:
+            lk.decoder_layer = real
+        assert (len(calls) > 0) == on
+        calls.clear()
+    # fp16 greedy tokens: the same maths up to summation order; near-ties may flip a token
+    assert (codes[True] == codes[False]).mean() >= 0.95
+
+
+@gpu
+def test_padded_prompts_and_quantized_decoders_keep_the_per_op_path():
+    lm = lm_of(256, 4, 2, mx.float16)
+    states = mx.random.normal((2, 7, 128), key=mx.random.key(1))
+    mask = mx.array([[1] * 7, [1] * 4 + [0] * 3])  # padding: a masked cross-attention
+    real, calls = lk.decoder_layer, []
+    lk.decoder_layer = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        generate_codes(lm, states, mask, 8, SamplingOptions(top_k=1))
+    finally:
+        lk.decoder_layer = real
+    assert not calls

@@ -54,7 +54,7 @@ def layer_kernel_source(i: int, dtype: str, rows: int, d: int, cross: bool, nxt:
     # each kernel in its own namespace: the headers are repeated per kernel
     return (
         f"namespace k{i} {{\n"
-        + wrap(f"k{i}", lk._HEADER, lk.kernel_source(), inputs, outputs, template)
+        + wrap(f"k{i}", lk.kernel_header(), lk.kernel_source(), inputs, outputs, template)
         + "}\n"
     )
 

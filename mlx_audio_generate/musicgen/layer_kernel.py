@@ -440,9 +440,25 @@ def sm_count(device_index: int = 0) -> int:
         return 0
 
 
+def _compact(src: str) -> str:
+    """CUDA source without comments, indentation or blank lines: MLX copies and hashes the whole source on
+    every launch (host time per launch). The sources hold no string literal with "//" in it."""
+    lines = []
+    for line in src.splitlines():
+        code = line.split("//", 1)[0].strip()
+        if code:
+            lines.append(code)
+    return "\n".join(lines) + "\n"
+
+
+def kernel_header() -> str:
+    """The kernel's helper functions as mx.fast.cuda_kernel takes them."""
+    return _compact(_HEADER)
+
+
 def kernel_source() -> str:
-    """The kernel's body as mx.fast.cuda_kernel takes it (its helpers are `_HEADER`)."""
-    return _SOURCE.replace("@SLOTS@", str(SLOTS))
+    """The kernel's body as mx.fast.cuda_kernel takes it."""
+    return _compact(_SOURCE.replace("@SLOTS@", str(SLOTS)))
 
 
 @functools.cache
@@ -452,8 +468,35 @@ def _kernel(staged_bytes: int) -> object:
         input_names=INPUTS,
         output_names=OUTPUTS,
         source=kernel_source(),
-        header=_HEADER,
+        header=kernel_header(),
         shared_memory=staged_bytes,
+    )
+
+
+@functools.cache
+def _launch(
+    dtype: mx.Dtype, rows: int, d: int, ffn: int, cross: bool, nxt: bool, block: int, per_sm: int
+) -> dict:
+    """The launch arguments of one model's layer (built once: a decode step launches it once per layer)."""
+    heads = d // 64
+    nblocks = sm_count(0) * per_sm
+    # slices per head of the attention: at most the grid's warps per head (and one per 32 positions)
+    maxsplit = max(1, nblocks * block // 32 // (rows * heads))
+    template = [("T", dtype), ("B", rows), ("D", d), ("F", ffn), ("CROSS", cross), ("NEXT", nxt),
+                ("MAXSPLIT", maxsplit)]  # fmt: skip
+    shapes = [
+        (rows, 1, d),
+        (rows, heads, 1, 64) if nxt else (1,),
+        (2, rows, heads, 1, 64) if nxt else (1,),
+        (5 * rows * d + rows * ffn,),
+        (rows * heads * maxsplit * 66,),
+    ]
+    return dict(
+        template=template,
+        grid=(nblocks * block, 1, 1),
+        threadgroup=(block, 1, 1),
+        output_shapes=shapes,
+        output_dtypes=[dtype, dtype, dtype, dtype, mx.float32],
     )
 
 
@@ -546,34 +589,10 @@ def decoder_layer(
     `consts` from `layer_consts`, `weights` in INPUTS order from w_o (cross ones: any arrays when
     `cross_len` is 0; the next layer's: any when not `nxt`). Returns y (B, 1, D) and, with `nxt`, the next
     layer's q (B, H, 1, 64) and k / v (2, B, H, 1, 64). Check `supported` first."""
-    rows, d = x.shape[0], x.shape[-1]
-    heads = d // 64
-    ffn = weights[9].shape[0]  # w_1 (F, D)
-    nblocks = sm_count(0) * BLOCKS_PER_SM
-    # slices per head of the attention: at most the grid's warps per head (and one per 32 positions)
-    maxsplit = max(1, nblocks * BLOCK // 32 // (rows * heads))
-    staged = staged_bytes(rows, ffn, x.dtype)
-    out = _kernel(staged)(
-        inputs=[x, q, cache, length, consts, _barrier_state(nblocks), *weights],
-        template=[
-            ("T", x.dtype),
-            ("B", rows),
-            ("D", d),
-            ("F", ffn),
-            ("CROSS", cross_len > 0),
-            ("NEXT", nxt),
-            ("MAXSPLIT", maxsplit),
-        ],
-        grid=(nblocks * BLOCK, 1, 1),
-        threadgroup=(BLOCK, 1, 1),
-        output_shapes=[
-            (rows, 1, d),
-            (rows, heads, 1, 64) if nxt else (1,),
-            (2, rows, heads, 1, 64) if nxt else (1,),
-            (5 * rows * d + rows * ffn,),
-            (rows * heads * maxsplit * 66,),
-        ],
-        output_dtypes=[x.dtype, x.dtype, x.dtype, x.dtype, mx.float32],
-    )
+    rows, d, ffn = x.shape[0], x.shape[-1], weights[9].shape[0]  # w_1 (F, D)
+    kernel = _kernel(staged_bytes(rows, ffn, x.dtype))
+    launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, BLOCK, BLOCKS_PER_SM)
+    nblocks = launch["grid"][0] // launch["threadgroup"][0]
+    out = kernel(inputs=[x, q, cache, length, consts, _barrier_state(nblocks), *weights], **launch)
     y, qn, kvn = out[0], out[1], out[2]
     return (y, qn, kvn) if nxt else (y, None, None)

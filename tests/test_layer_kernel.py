@@ -74,6 +74,45 @@ def test_cpu_never_takes_the_layer_kernel(monkeypatch):
     assert codes.shape == (1, 4, 6)
 
 
+@pytest.mark.parametrize("cross", [True, False], ids=["cross-attention", "no-cross-attention"])
+def test_layer_kernel_wiring_with_the_reference_layer(monkeypatch, cross):
+    # Everywhere: the decode step's layer-kernel branch (weights per layer, the next layer's q / k / v handed
+    # on, cache writes, lengths) with the kernel replaced by its specification in MLX ops (and layer 0's
+    # fused LayerNorm + QKV by the ops), in fp32 against the decoder's own layers: the same maths, so the
+    # same logits up to summation order. The CUDA kernel itself is held to the same path on the GPU below.
+    from mlx_audio_generate.musicgen import decode_kernels as dk
+    from mlx_audio_generate.musicgen import fused_decode
+
+    def ref_ln_qkv(x, g, b, eps, w, heads):
+        qkv = dk.reference_ln_matvec(x, g, b, eps, w).reshape(x.shape[0], 1, 3, heads, -1)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1:]
+
+    calls = []
+
+    def ref_layer(*args):
+        calls.append(args[3])  # the step's length array
+        return lk.reference_decoder_layer(*args)
+
+    monkeypatch.setattr(lk, "supported", lambda *a: True)
+    monkeypatch.setattr(lk, "decoder_layer", ref_layer)
+    monkeypatch.setattr(fused_decode, "ln_qkv", ref_ln_qkv)
+    lm = lm_of(256, 4, 3, mx.float32, cross=cross)
+    dec = lm.decoder
+    dec.matvec, dec.fused, dec.kernels = True, True, False  # the GPU's decode-step branch, on this CPU
+    tokens = mx.random.randint(0, 2048, (2, 4, 40), key=mx.random.key(2))
+    states = mx.random.normal((2, 9, 128), key=mx.random.key(3)) if cross else None
+    want = forced_logits(lm, tokens, states, layer_kernel=False)
+    dec.kernels = False
+    assert not calls
+    got = forced_logits(lm, tokens, states, layer_kernel=True)
+    assert len(calls) == 40 * 3  # every step, every layer
+    length = np.array(calls[-1])  # the last step: 40 positions, the cache's length, the text's
+    assert length[0] == 40 and length[2] == 40 and length[3] == (9 if cross else 0)
+    errs = [rel_err(g, w) for g, w in zip(got, want, strict=True)]
+    assert max(errs) <= 1e-5, max(errs)
+
+
 @gpu
 @pytest.mark.parametrize(
     "width,heads,dtype,text_len,steps,rows",

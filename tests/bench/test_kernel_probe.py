@@ -42,7 +42,7 @@ def test_dry_run_table_and_a_failing_case(tmp_path):
         "--envs",
         "default",
         "--modes",
-        "off,new,bogus",
+        "off,new,layer,bogus",
         "--steps",
         "2",
     ]
@@ -54,13 +54,13 @@ def test_dry_run_table_and_a_failing_case(tmp_path):
     for prod in ("qkv", "fc1", "out", "fc2"):
         r = by[(f"small {prod} B=2", "MLX ops")]
         assert r[2] == "ok" and float(r[4]) > 0 and r[5] == "us/call"
-    for mode in ("off", "new"):
+    for mode in ("off", "new", "layer"):
         r = by[("step small", mode)]
         assert r[2] == "ok" and float(r[4]) > 0 and r[5] == "steps/s"
     for mode in ("off", "new"):
         r = by[("step small primitives", mode)]
         assert r[2] == "ok" and float(r[4]) > 0 and r[5] == "primitives"
-    for mode in ("new vs off", "v1 vs off"):
+    for mode in ("new vs off", "v1 vs off", "layer vs off"):
         assert by[("step small logits", mode)][3] == "0"  # CPU: every mode runs the reference ops
     assert by[("step small", "bogus (first run)")][2].startswith("FAILED: KeyError")
     assert float(by[("step small", "new (first run)")][4]) > 0

@@ -2,8 +2,10 @@
 
 The kernel runs only on MLX's CUDA backend in fp16 / bf16, so the tests marked `gpu` need that device: on this
 project's CPU CI they are skipped (reported as skipped, never as passed) and they are run on the GPU machine
-(`python -m pytest tests/test_layer_kernel.py`, the recorded run is in docs/benchmarks.md). Its CUDA source is
-also compiled with nvcc where nvcc exists (tests/test_cuda_sources.py), which runs on the CPU CI.
+(`python -m pytest tests/test_layer_kernel.py`, the recorded run is in docs/benchmarks.md). Everywhere, the
+decode step's layer-kernel branch runs with the kernel replaced by its specification in MLX ops
+(`reference_decoder_layer`), and the CUDA source is compiled with nvcc where nvcc exists
+(tests/test_cuda_sources.py), which the CPU CI does.
 """
 
 from __future__ import annotations

@@ -47,20 +47,29 @@ BLOCK = 512  # 16 warps per SM: more weight loads in flight
 BLOCKS_PER_SM = 1  # every block resident: >1 only where that many fit an SM (bench/layer_kernel_probe.py)
 
 
+# CUdevice_attribute values (cuda.h)
+_MULTIPROCESSOR_COUNT = 16
+_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
+
+
 @functools.cache
-def sm_count(device_index: int = 0) -> int:
-    """Streaming multiprocessors of the CUDA device (the driver's answer; 0 when it cannot be asked)."""
+def device_attribute(attribute: int, device_index: int = 0) -> int:
+    """A CUDA device attribute as the driver answers it (0 when it cannot be asked: no driver, no GPU)."""
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
         dev, value = ctypes.c_int(), ctypes.c_int()
         if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), device_index) != 0:
             return 0
-        # CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
-        if cuda.cuDeviceGetAttribute(ctypes.byref(value), 16, dev) != 0:
+        if cuda.cuDeviceGetAttribute(ctypes.byref(value), attribute, dev) != 0:
             return 0
         return int(value.value)
     except (OSError, AttributeError):
         return 0
+
+
+def sm_count(device_index: int = 0) -> int:
+    """Streaming multiprocessors of the CUDA device (0 when the driver cannot be asked)."""
+    return device_attribute(_MULTIPROCESSOR_COUNT, device_index)
 
 
 def _compact(src: str) -> str:
@@ -194,6 +203,9 @@ def supported(x: mx.array, d: int, ffn: int, heads: int) -> bool:
         and ffn % 256 == 0
         and staged_bytes(rows, ffn, x.dtype) <= MAX_STAGED_BYTES
         and sm_count(0) > 0
+        # the staged rows + the static arrays must fit one block's shared memory on this GPU (227 KB on an
+        # H100 / H200, 99 KB on an RTX 4090)
+        and staged_bytes(rows, ffn, x.dtype) + 1024 <= device_attribute(_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from .. import registry
 from ..errors import UserError
 from ..resolve_child import resolve_in_child
-from .jobs import MAX_ERROR_CHARS, redact_paths
+from .jobs import MAX_ERROR_CHARS, next_waiting, redact_paths
 from .models import ModelEntry
 
 log = logging.getLogger("mlx_audio_generate.server")
@@ -364,11 +364,9 @@ class Fetcher:
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._waiting and not self._stopping:
-                    self._cv.wait()
-                if self._stopping:
+                fetch = next_waiting(self._cv, self._waiting, lambda: self._stopping)
+                if fetch is None:
                     return
-                fetch = self._waiting.popleft()
                 fetch.started = time.time()
             try:
                 self._run(fetch)

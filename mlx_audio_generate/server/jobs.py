@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,14 @@ def _bare(m: re.Match[str]) -> str:
     path = m.group(0)
     stripped = path.rstrip(".")  # the full stop of a sentence is not part of the file name
     return _base_name(stripped) + path[len(stripped) :]
+
+
+def next_waiting(cv: threading.Condition, waiting: deque, stopping: Callable[[], bool]) -> Any:
+    """A worker thread's next item: waits on `cv` (which the caller holds) until `waiting` has one, and pops
+    it; None once `stopping()` (the job worker's and the fetch thread's loop)."""
+    while not waiting and not stopping():
+        cv.wait()
+    return None if stopping() else waiting.popleft()
 
 
 def redact_paths(text: str, folders: Mapping[str | Path, str] | None = None) -> str:
@@ -351,11 +359,9 @@ class JobQueue:
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._waiting and not self._stopping:
-                    self._cv.wait()
-                if self._stopping:
+                job = next_waiting(self._cv, self._waiting, lambda: self._stopping)
+                if job is None:
                     return
-                job = self._waiting.popleft()
                 job.status, job.started = "running", time.time()
                 job.enter("text" if self.models[job.model].loaded else "loading", job.started)
                 job.eta_hint = self._decode_hint(job)

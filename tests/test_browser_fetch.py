@@ -11,7 +11,7 @@ import re
 import pytest
 from local_hub import LocalHub
 from test_browser import open_page
-from test_browser_studio import shots, wait_done
+from test_browser_studio import generate_job, shots
 
 from mlx_audio_generate.server.launch import serve
 
@@ -76,12 +76,7 @@ def test_fetch_a_model_then_generate_with_it(page, server, tmp_path):
     expect(page.get_by_test_id("param-top_k")).to_have_value("250")
     page.screenshot(path=str(out / "fetched.png"), full_page=True)
 
-    page.get_by_test_id("prompt").fill("fetched and played")
-    page.get_by_test_id("seconds").fill("0.5")
-    page.get_by_test_id("generate").click()
-    wait_done(page)
-    item = page.get_by_test_id("history-item").filter(has_text="fetched and played")
-    job = page.request.get(f"{server.url}/api/jobs/{item.get_attribute('data-job-id')}").json()
+    _, job = generate_job(page, server.url, "fetched and played", "0.5")
     assert job["model"] == "musicgen-small" and job["status"] == "done"
     page.screenshot(path=str(out / "generated.png"), full_page=True)
     assert not page.problems, page.problems

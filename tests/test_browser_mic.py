@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from test_browser import open_page
-from test_browser_studio import shots, wait_done
+from test_browser_studio import generate_job, shots, wait_done
 
 from mlx_audio_generate.server.launch import serve
 
@@ -69,19 +69,14 @@ def test_record_a_prompt_and_normalise(server, tmp_path):
         assert sr == 48000 and 0.9 <= audio.shape[0] / sr <= 2.5, audio.shape
         assert np.abs(audio).max() > 0.01  # the fake microphone's beep, not silence
 
-        page.get_by_test_id("prompt").fill("continue the beep")
-        page.get_by_test_id("seconds").fill("3")
         page.get_by_test_id("seed").fill("4")
         page.get_by_test_id("param-normalize").fill("-20")
         page.get_by_test_id("param-format").select_option("flac")
-        page.get_by_test_id("generate").click()
-        wait_done(page)
+        item, job = generate_job(page, server.url, "continue the beep", "3")
         loud = page.get_by_test_id("result-loudness")
         expect(loud).to_be_visible()
         expect(loud).to_have_text(re.compile(r"^loudness: -(19\.[5-9]|20(\.[0-4])?)\d* LUFS \(target -20"))
-        item = page.get_by_test_id("history-item").filter(has_text="continue the beep")
         expect(item).to_contain_text("LUFS · FLAC")
-        job = page.request.get(f"{server.url}/api/jobs/{item.get_attribute('data-job-id')}").json()
         assert job["params"]["audio_prompt"] == upload_id and job["normalize"] == -20.0
         assert job["format"] == "flac" and abs(job["loudness"]["output_lufs"] + 20) < 0.5
         assert page.get_by_test_id("download").get_attribute("href").endswith("?format=wav")

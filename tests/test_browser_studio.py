@@ -56,6 +56,17 @@ def wait_done(page, timeout: float = 120_000) -> None:
     expect(page.get_by_test_id("generate")).to_be_enabled(timeout=timeout)
 
 
+def generate_job(page, url: str, prompt: str, seconds: str) -> tuple:
+    """Fill the prompt and seconds (the other fields as the caller set them), generate, wait until done, and
+    return the job's history item and its record from the server."""
+    page.get_by_test_id("prompt").fill(prompt)
+    page.get_by_test_id("seconds").fill(seconds)
+    page.get_by_test_id("generate").click()
+    wait_done(page)
+    item = page.get_by_test_id("history-item").filter(has_text=prompt)
+    return item, page.request.get(f"{url}/api/jobs/{item.get_attribute('data-job-id')}").json()
+
+
 def test_melody_upload_variations_ab_and_flac(page, server, tmp_path):
     from playwright.sync_api import expect
 
@@ -137,12 +148,7 @@ def test_inpaint_a_region_selected_on_the_waveform(page, server, tmp_path):
     end = float(page.get_by_test_id("param-mask_end").input_value())
     assert 0.05 < start < end < 0.45, (start, end)
     page.screenshot(path=str(out / "inpaint-region.png"), full_page=True)
-    page.get_by_test_id("prompt").fill("rain on a tin roof")
-    page.get_by_test_id("seconds").fill("0.5")
-    page.get_by_test_id("generate").click()
-    wait_done(page)
-    item = page.get_by_test_id("history-item").filter(has_text="rain on a tin roof")
-    job = page.request.get(f"{server.url}/api/jobs/{item.get_attribute('data-job-id')}").json()
+    item, job = generate_job(page, server.url, "rain on a tin roof", "0.5")
     assert (job["params"]["mask_start"], job["params"]["mask_end"]) == (start, end)
     got, sr = sf.read(io.BytesIO(page.request.get(server.url + job["audio_url"]).body()), always_2d=True)
     assert sr == 44100 and got.shape == (22050, 2)

@@ -18,9 +18,8 @@ the next product, so the weights stream in while the grid waits. Stages, for one
 Every product is a matrix-vector product over the grid's warps (each weight row read once for all rows, 16
 bytes per lane, fp32 accumulation) against its input staged in shared memory; results round to T exactly
 where the unfused ops store (LayerNorm output, product, residual sum, GELU, attention output), so the layer
-agrees with the ops up to fp16 / bf16 rounding and summation order (tests/test_decode_kernels.py, run on the
-GPU machine: tests/test_layer_kernel.py). Data written by one block and read by another after a barrier is
-read through L2 (`__ldcg`).
+agrees with the ops up to fp16 / bf16 rounding and summation order (tests/test_layer_kernel.py, run on the
+GPU machine). Data written by one block and read by another after a barrier is read through L2 (`__ldcg`).
 
 A barrier that waits longer than a few seconds (it cannot happen when every block is resident; it would if the
 GPU were partitioned under us) sets an error word instead of hanging; `check_barrier` raises after the decode

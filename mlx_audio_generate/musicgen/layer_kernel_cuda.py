@@ -332,7 +332,7 @@ SOURCE = """
   lk_barrier(bar);
   const T* xr = x1;
   if (CROSS) {
-    // 3. cross-attention: q of LayerNorm(x1), attention over the text's S keys, x2 = x1 + out(oc)
+    // 3. cross-attention: q of LayerNorm(x1), attention over the text's len[3] keys, x2 = x1 + out(oc)
     lk_stage<T, B, D>(x1, ln2_g, ln2_b, eps, xs, stats);
     lk_gemv<T, B, D, D, 1>(w_cq, xs, [&](int b, int n, float s) { qc[b * D + n] = T(s); });
     lk_prefetch<T, D, D, 1>(w_co);

@@ -61,7 +61,7 @@ def layer_kernel_source(i: int, dtype: str, rows: int, d: int, cross: bool, nxt:
 
 def decode_kernel_sources(i: int, dtype: str) -> str:
     out = []
-    ln = ["x", "g", "beta", "eps", "w"]
+    ln = list(dk._LN_INPUTS)
     kernels = [
         (dk._LN_MATVEC, ln, ["y"], [("GELU", True), ("STAGED", True), ("PARTS", 1)]),
         (dk._LN_QKV, ln, ["q", "kv"], [("GELU", False), ("STAGED", False), ("PARTS", 3)]),

@@ -299,39 +299,21 @@ def config(d: int, n: int) -> tuple[int, int]:
 
 
 @functools.cache
-def _ln_kernel(staged_bytes: int) -> object:
+def _kernel(
+    name: str, inputs: tuple[str, ...], outputs: tuple[str, ...], source: str, staged_bytes: int
+) -> object:
+    """One of the kernels above, built once per dynamic shared memory size."""
     return mx.fast.cuda_kernel(
-        name="mag_ln_mv3",
-        input_names=["x", "g", "beta", "eps", "w"],
-        output_names=["y"],
-        source=_LN_MATVEC,
+        name=name,
+        input_names=list(inputs),
+        output_names=list(outputs),
+        source=source,
         header=_HEADER,
         shared_memory=staged_bytes,
     )
 
 
-@functools.cache
-def _ln_qkv_kernel(staged_bytes: int) -> object:
-    return mx.fast.cuda_kernel(
-        name="mag_ln_qkv3",
-        input_names=["x", "g", "beta", "eps", "w"],
-        output_names=["q", "kv"],
-        source=_LN_QKV,
-        header=_HEADER,
-        shared_memory=staged_bytes,
-    )
-
-
-@functools.cache
-def _add_kernel(staged_bytes: int) -> object:
-    return mx.fast.cuda_kernel(
-        name="mag_mv_add3",
-        input_names=["x", "w", "res"],
-        output_names=["y"],
-        source=_MATVEC_ADD,
-        header=_HEADER,
-        shared_memory=staged_bytes,
-    )
+_LN_INPUTS = ("x", "g", "beta", "eps", "w")
 
 
 def _staged_bytes(x: mx.array) -> int:
@@ -412,7 +394,7 @@ def ln_matvec(
     staged = _staged_bytes(x)
     eps_arr = mx.array([eps], dtype=mx.float32)
     shape = out_shape or (x.shape[0], 1, w.shape[0])
-    kernel = _ln_kernel(staged)
+    kernel = _kernel("mag_ln_mv3", _LN_INPUTS, ("y",), _LN_MATVEC, staged)
     (y,) = _launch(kernel, [x, g, b, eps_arr, w], x, w, [shape], GELU=gelu, STAGED=staged > 0, PARTS=1)
     return y
 
@@ -430,7 +412,7 @@ def ln_qkv(
     staged = _staged_bytes(x)
     eps_arr = mx.array([eps], dtype=mx.float32)
     shapes = [(rows, heads, 1, dm // heads), (2, rows, heads, 1, dm // heads)]
-    kernel = _ln_qkv_kernel(staged)
+    kernel = _kernel("mag_ln_qkv3", _LN_INPUTS, ("q", "kv"), _LN_QKV, staged)
     q, kv = _launch(kernel, [x, g, b, eps_arr, w], x, w, shapes, GELU=False, STAGED=staged > 0, PARTS=3)
     return q, kv
 
@@ -441,5 +423,6 @@ def matvec_add(x: mx.array, w: mx.array, res: mx.array, fused: bool = True) -> m
     if not (fused and supported(x, w)):
         return reference_matvec_add(x, w, res)
     staged = _staged_bytes(x)
-    (y,) = _launch(_add_kernel(staged), [x, w, res], x, w, [res.shape], STAGED=staged > 0)
+    kernel = _kernel("mag_mv_add3", ("x", "w", "res"), ("y",), _MATVEC_ADD, staged)
+    (y,) = _launch(kernel, [x, w, res], x, w, [res.shape], STAGED=staged > 0)
     return y

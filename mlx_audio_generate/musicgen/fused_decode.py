@@ -174,8 +174,9 @@ def use_layer_kernel(dec: Any, x: mx.array, args: FusedArgs) -> bool:
 
 
 def kernel_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: int) -> mx.array:
-    """All layers of a decode step as one CUDA kernel each, after its cache write (2 launches per layer;
-    check `use_layer_kernel` first). Layer 0's LayerNorm + QKV is the fused kernel of decode_kernels.py."""
+    """All layers of a decode step as one CUDA kernel each (check `use_layer_kernel` first). Layer 0's
+    LayerNorm + QKV is the fused kernel of decode_kernels.py and its k / v one cache write; every layer's
+    kernel writes the next layer's k / v into that layer's cache itself (in place: one launch per layer)."""
     norm = dec.layers[0].self_attn_layer_norm
     q, kv = ln_qkv(
         x,
@@ -188,11 +189,15 @@ def kernel_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: i
     cross_len = 0 if args.cross_kv is None else args.cross_kv[0][0].shape[2]
     length = layer_kernel.step_length(offset + 1, len(dec.layers), cache[0].max_len, cross_len)
     n = len(dec.layers)
+    buf = cache[0].write(kv, offset)
     for i in range(n):
-        buf = cache[i].write(kv, offset)
-        x, q, kv = layer_kernel.decoder_layer(
-            x, q, buf, length, args.consts[i], args.layer[i], cross_len, i + 1 < n
-        )
+        nxt = i + 1 < n
+        x, q, written = layer_kernel.decoder_layer(
+            x, q, buf, cache[i + 1].state[0] if nxt else buf, length, args.consts[i], args.layer[i],
+            cross_len, nxt,
+        )  # fmt: skip
+        if nxt:
+            cache[i + 1].state[0] = buf = written
     return x
 
 

@@ -42,8 +42,11 @@ MAX_ROWS = 16
 ENV = "MLX_AUDIO_GENERATE_LAYER_KERNEL"
 # Dynamic shared memory for the staged rows (B x ffn width): 1 block per SM leaves room for it.
 MAX_STAGED_BYTES = 160 * 1024
-BLOCK = 512  # 16 warps per SM: more weight loads in flight
+# Threads per block: None = by width (`block_for`); the probe sets it (bench/layer_kernel_probe.py)
+BLOCK: int | None = None
 BLOCKS_PER_SM = 1  # every block resident: >1 only where that many fit an SM (bench/layer_kernel_probe.py)
+TIMING = False  # the probe's per-barrier timestamps (bench/layer_kernel_probe.py --timing)
+MAX_BH = 512  # rows x heads: one counter each per barrier slot
 
 
 # CUdevice_attribute values (cuda.h)
@@ -89,7 +92,15 @@ def kernel_header() -> str:
 
 def kernel_source() -> str:
     """The kernel's body as mx.fast.cuda_kernel takes it."""
-    return _compact(SOURCE.replace("@SLOTS@", str(SLOTS)))
+    return _compact(SOURCE.replace("@SLOTS@", str(SLOTS)).replace("@SLOT_INTS@", str(SLOT_INTS)))
+
+
+def block_for(d: int) -> int:
+    """Threads per block: 256 up to 1024 wide (musicgen-small: ~10% less per launch), else 512 (more weight
+    loads in flight; bench/results/2026-12-01-h200-r4/)."""
+    if BLOCK is not None:
+        return BLOCK
+    return 256 if d <= 1024 else 512
 
 
 @functools.cache
@@ -106,37 +117,43 @@ def _kernel(staged_bytes: int) -> object:
 
 @functools.cache
 def _launch(
-    dtype: mx.Dtype, rows: int, d: int, ffn: int, cross: bool, nxt: bool, block: int, per_sm: int
+    dtype: mx.Dtype,
+    rows: int,
+    d: int,
+    ffn: int,
+    cross: bool,
+    nxt: bool,
+    block: int,
+    per_sm: int,
+    timing: bool,
 ) -> dict:
     """The launch arguments of one model's layer (built once: a decode step launches it once per layer)."""
     heads = d // 64
     nblocks = sm_count(0) * per_sm
-    # slices per head of the attention: at most the grid's warps per head (and one per 32 positions)
+    # slices per head of the attention: at most the grid's warps per head (and one per 16 positions)
     maxsplit = max(1, nblocks * block // 32 // (rows * heads))
     template = [("T", dtype), ("B", rows), ("D", d), ("F", ffn), ("CROSS", cross), ("NEXT", nxt),
-                ("MAXSPLIT", maxsplit)]  # fmt: skip
-    shapes = [
-        (rows, 1, d),
-        (rows, heads, 1, 64) if nxt else (1,),
-        (2, rows, heads, 1, 64) if nxt else (1,),
-        (5 * rows * d + rows * ffn,),
-        (rows * heads * maxsplit * 66,),
-    ]
+                ("MAXSPLIT", maxsplit), ("TIMING", timing)]  # fmt: skip
+    # ws (fp32): the T activations (5 x B x D + B x F), the attention partials, 64 timestamps
+    scratch = (5 * rows * d + rows * ffn) * dtype.size // 4 + rows * heads * maxsplit * 66 + 64
+    shapes = [(rows, 1, d), (rows, heads, 1, 64) if nxt else (1,), (scratch,)]
     return dict(
         template=template,
         grid=(nblocks * block, 1, 1),
         threadgroup=(block, 1, 1),
         output_shapes=shapes,
-        output_dtypes=[dtype, dtype, dtype, dtype, mx.float32],
+        output_dtypes=[dtype, dtype, mx.float32],
     )
 
 
-# Barrier words: SLOTS slots of 4 int32 (an arrival count in the first two, "timed out", unused). MLX may run
-# graph nodes without a data path between them at once (a CUDA graph's independent branches; it orders a
-# node after the last writer of its buffers, not after earlier readers), so launches of one graph must not
-# share a slot: each decode step takes the next `layers` slots (`step_length`), each layer its own of them.
+# Barrier words: SLOTS slots of SLOT_INTS int32 (an arrival count in the first two, "timed out", unused, then
+# a counter per head: lk_last; back to 0 after each use). MLX may run graph nodes without a data path between
+# them at once (a CUDA graph's independent branches; it orders a node after the last writer of its buffers,
+# not after earlier readers), so launches of one graph must not share a slot: each decode step takes the
+# next `layers` slots (`step_length`), each layer its own of them.
 # A CUDA graph holds at most a few hundred nodes (MLX_MAX_OPS_PER_BUFFER), far fewer than SLOTS.
 SLOTS = 4096
+SLOT_INTS = 4 + MAX_BH
 _STATE: dict[int, mx.array] = {}  # per grid size (a slot's count is a multiple of its grid's blocks)
 _NEXT_SLOT = [0]
 
@@ -144,7 +161,7 @@ _NEXT_SLOT = [0]
 def _barrier_state(blocks: int) -> mx.array:
     """The grid barriers' words for grids of `blocks` blocks (kept for the process)."""
     if blocks not in _STATE:
-        state = mx.zeros((SLOTS * 4,), dtype=mx.int32)
+        state = mx.zeros((SLOTS * SLOT_INTS,), dtype=mx.int32)
         mx.eval(state)
         _STATE[blocks] = state
     return _STATE[blocks]
@@ -167,7 +184,7 @@ def step_length(length: int, layers: int, cache_len: int, text_len: int) -> mx.a
 
 def check_barrier() -> None:
     """Raise if a layer kernel's grid barrier timed out since the last check (its outputs were wrong)."""
-    failed = [b for b, state in _STATE.items() if int(state.reshape(SLOTS, 4)[:, 2].max().item()) != 0]
+    failed = [b for b, s in _STATE.items() if int(s.reshape(SLOTS, SLOT_INTS)[:, 2].max().item()) != 0]
     for blocks in failed:
         del _STATE[blocks]  # fresh words for the next launches
     if failed:
@@ -196,6 +213,7 @@ def supported(x: mx.array, d: int, ffn: int, heads: int) -> bool:
         and mx.cuda.is_available()
         and x.dtype in (mx.float16, mx.bfloat16)
         and 1 <= rows <= MAX_ROWS
+        and rows * heads <= MAX_BH
         and x.size == rows * d
         and d == heads * 64
         and d % 256 == 0
@@ -212,36 +230,54 @@ def decoder_layer(
     x: mx.array,
     q: mx.array,
     cache: mx.array,
+    cache_next: mx.array,
     length: mx.array,
     consts: mx.array,
     weights: list[mx.array],
     cross_len: int,
     nxt: bool,
-) -> tuple[mx.array, mx.array | None, mx.array | None]:
+) -> tuple[mx.array, mx.array | None, mx.array]:
     """One decoder layer of a decode step: x (B, 1, D), q (B, H, 1, 64) (this layer's query), `cache`
-    (2, B, H, max_len, 64) with this step's k / v already written at L - 1, `length` from `step_length`,
-    `consts` from `layer_consts`, `weights` in INPUTS order from w_o (cross ones: any arrays when
-    `cross_len` is 0; the next layer's: any when not `nxt`). Returns y (B, 1, D) and, with `nxt`, the next
-    layer's q (B, H, 1, 64) and k / v (2, B, H, 1, 64). Check `supported` first."""
+    (2, B, H, max_len, 64) with this step's k / v already written at L - 1, `cache_next` the next layer's
+    cache (any array when not `nxt`), `length` from `step_length`, `consts` from `layer_consts`, `weights`
+    in INPUTS order from w_o (cross ones: any arrays when `cross_len` is 0; the next layer's: any when not
+    `nxt`). Returns y (B, 1, D) and, with `nxt`, the next layer's q (B, H, 1, 64) and its cache with this
+    step's k / v written at L - 1 (the kernel writes them in place: it returns `cache_next` itself, which
+    must be a whole row-contiguous buffer read by no other op of this step). Check `supported` first."""
     rows, d, ffn = x.shape[0], x.shape[-1], weights[9].shape[0]  # w_1 (F, D)
     kernel = _kernel(staged_bytes(rows, ffn, x.dtype))
-    launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, BLOCK, BLOCKS_PER_SM)
-    nblocks = launch["grid"][0] // launch["threadgroup"][0]
-    out = kernel(inputs=[x, q, cache, length, consts, _barrier_state(nblocks), *weights], **launch)
-    y, qn, kvn = out[0], out[1], out[2]
-    return (y, qn, kvn) if nxt else (y, None, None)
+    block = block_for(d)
+    launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, block, BLOCKS_PER_SM, TIMING)
+    nblocks = launch["grid"][0] // block
+    state = _barrier_state(nblocks)
+    out = kernel(inputs=[x, q, cache, cache_next, length, consts, state, *weights], **launch)
+    if TIMING:
+        _LAST_SCRATCH[0] = out[2]
+    return (out[0], out[1], cache_next) if nxt else (out[0], None, cache_next)
+
+
+_LAST_SCRATCH: list = [None]  # with TIMING: the last launch's scratch (its timestamps: `timestamps`)
+
+
+def timestamps(scratch: mx.array) -> tuple[list[int], int]:
+    """A TIMING launch's globaltimer readings (ns, low 32 bits) of block 0: [start, end, then arrival and
+    departure per grid barrier], and the number of barriers it passed."""
+    raw = scratch[-64:].view(mx.uint32).tolist()
+    n = int(raw[60])
+    return [int(t) for t in raw[: 2 + 2 * min(n, 28)]], n
 
 
 def reference_decoder_layer(
     x: mx.array,
     q: mx.array,
     cache: mx.array,
+    cache_next: mx.array,
     length: mx.array,
     consts: mx.array,
     weights: list[mx.array],
     cross_len: int,
     nxt: bool,
-) -> tuple[mx.array, mx.array | None, mx.array | None]:
+) -> tuple[mx.array, mx.array | None, mx.array]:
     """`decoder_layer`'s maths as MLX ops, with its arguments and results (the kernel's specification, and the
     tests' stand-in for it where CUDA is absent)."""
     w_o, ln2_g, ln2_b, w_cq, ck, cv, w_co, ln3_g, ln3_b, w_1, w_2, ln1_g, ln1_b, w_qkv = weights
@@ -262,7 +298,8 @@ def reference_decoder_layer(
         x = x + rows_of(mx.fast.scaled_dot_product_attention(qc, ck, cv, scale=scale)) @ w_co.T
     y = x + nn.gelu(mx.fast.layer_norm(x, ln3_g, ln3_b, eps) @ w_1.T) @ w_2.T
     if not nxt:
-        return y, None, None
+        return y, None, cache_next
     qkv = (mx.fast.layer_norm(y, ln1_g, ln1_b, eps) @ w_qkv.T).reshape(rows, 1, 3, heads, 64)
     qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, 1, 64)
-    return y, qkv[0], qkv[1:]
+    at = mx.array([n - 1], dtype=mx.int32)
+    return y, qkv[0], mx.slice_update(cache_next, qkv[1:].astype(cache_next.dtype), at, axes=(3,))

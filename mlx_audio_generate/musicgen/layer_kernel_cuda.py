@@ -48,14 +48,30 @@ __device__ __forceinline__ void lk_prefetch(const T* w) {
     }
 }
 
+__device__ __forceinline__ unsigned int lk_now() {  // the GPU's global timer (ns), low 32 bits
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return static_cast<unsigned int>(t);
+}
+
+// A launch's grid-barrier words: `bar` (its slot), `tm` (nullptr, or the probe's timestamps: block 0's
+// arrival at and departure from each barrier, layer_kernel.TIMING) and the barriers passed so far.
+struct LkSync {
+  int* bar;
+  unsigned int* tm;
+  int k;
+};
+
 // Every block of the grid is resident (one per SM), so they can wait for each other. A slot's first 8 bytes
 // count arrivals and are never reset: every barrier adds exactly gridDim.x, so barrier k of a launch is the
 // arrivals [k * n, (k + 1) * n) and a block waits until the count reaches the end of its barrier's range.
 // One release atomic to arrive, acquire loads to wait (the data written before the barrier is visible after
 // it). bar[2] != 0: a wait timed out (a broken slot: later waits give up at once; check_barrier reports it).
-__device__ __noinline__ void lk_barrier(int* bar) {
+__device__ __noinline__ void lk_barrier(LkSync& sy) {
   __syncthreads();
+  int* bar = sy.bar;
   if (threadIdx.x == 0) {
+    if (sy.tm != nullptr && blockIdx.x == 0 && sy.k < 28) sy.tm[2 + 2 * sy.k] = lk_now();
     unsigned long long* count = reinterpret_cast<unsigned long long*>(bar);
     volatile int* failed = bar + 2;
     const unsigned long long n = gridDim.x;
@@ -71,8 +87,27 @@ __device__ __noinline__ void lk_barrier(int* bar) {
         break;
       }
     }
+    if (sy.tm != nullptr && blockIdx.x == 0 && sy.k < 28) sy.tm[3 + 2 * sy.k] = lk_now();
   }
+  ++sy.k;
   __syncthreads();
+}
+
+// Called by a whole warp after its part of a task of `n` parts (its results stored): true for the warp
+// whose part completes the task (it then reads the others' results through L2). The count goes back to 0
+// with the last part, so a counter serves one task after another (tasks that follow a grid barrier).
+__device__ __forceinline__ bool lk_last(int* count, int n) {
+  __threadfence();
+  __syncwarp();
+  int last = 0;
+  if (threadIdx.x % 32 == 0) {
+    __threadfence();
+    last = atomicAdd(count, 1) == n - 1;
+    if (last) atomicExch(count, 0);
+  }
+  last = __shfl_sync(0xffffffffu, last, 0);
+  if (last) __threadfence();
+  return last != 0;
 }
 
 // Rows (B x DIN) written earlier in this launch into shared memory (one read through L2), then LayerNorm-ed
@@ -129,15 +164,14 @@ __device__ void lk_stage(const T* src, const T* g, const T* beta, float eps, T* 
   __syncthreads();
 }
 
-// W (N x DIN) @ the B staged rows: the grid's warps stride over groups of RP adjacent weight rows, each lane
-// 16 bytes of a row at a time (U loads in flight); epi(b, n, fp32 sum) from lane 0.
+// Rows [n0, n0 + RP) of W (N x DIN) @ the B staged rows, by one warp: each lane 16 bytes of a row at a time
+// (U loads in flight); epi(b, n, fp32 sum) from lane 0.
 template <typename T, int B, int DIN, int N, int RP, typename Epi>
-__device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, const Epi& epi) {
+__device__ __forceinline__ void lk_rows(const T* __restrict__ w, const T* xs, int n0, const Epi& epi) {
   constexpr int PER_LANE = DIN / 256;
   constexpr int U = PER_LANE < 8 ? PER_LANE : 8;
   const int lane = threadIdx.x % 32;
-  const int nw = lk_warps();
-  for (int n0 = lk_warp() * RP; n0 < N; n0 += nw * RP) {
+  {
     float acc[RP][B];
 #pragma unroll
     for (int r = 0; r < RP; ++r)
@@ -187,6 +221,12 @@ __device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, co
   }
 }
 
+// W (N x DIN) @ the B staged rows: the grid's warps stride over groups of RP adjacent weight rows.
+template <typename T, int B, int DIN, int N, int RP, typename Epi>
+__device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, const Epi& epi) {
+  for (int n0 = lk_warp() * RP; n0 < N; n0 += lk_warps() * RP) lk_rows<T, B, DIN, N, RP>(w, xs, n0, epi);
+}
+
 // One query (64 dims: two per lane, pre-scaled) against K/V rows [p0, p1) (row stride 64), online softmax in
 // fp32: the running max m, sum l and unnormalized output acc of this slice.
 template <typename T>
@@ -229,15 +269,16 @@ __device__ __forceinline__ void lk_attend(
 }
 
 // Attention of the B x H queries (q: (B, H, 64)) over `len` positions, the positions split over the grid's
-// warps (`splits` slices per head, partials in `part`, then combined by one warp per head). K/V of row b,
-// head h start at k + (b * H + h) * kstride. Writes T(out) as (B, H * 64). Barriers inside when split.
+// warps (`splits` slices per head, partials in `part`; the warp that completes a head's last slice combines
+// them: no grid barrier, `ctr` counts a head's slices). K/V of row b, head h start at k + (b * H + h) *
+// kstride. Writes T(out) as (B, H * 64).
 template <typename T, int B, int H, int MAXSPLIT>
 __device__ void lk_attention(
-    const T* q, const T* k, const T* v, long kstride, int len, float scale, float* part, T* out, int* bar) {
+    const T* q, const T* k, const T* v, long kstride, int len, float scale, float* part, T* out, int* ctr) {
   const int lane = threadIdx.x % 32;
   const int gw = lk_warp(), nw = lk_warps();
   constexpr int BH = B * H;
-  int splits = (len + 31) / 32;  // at least 32 positions a slice
+  int splits = (len + 15) / 16;  // at least 16 positions a slice (two loads of 8 per lane)
   const int fill = nw / BH > 1 ? nw / BH : 1;
   splits = splits < fill ? splits : fill;
   splits = splits < MAXSPLIT ? splits : MAXSPLIT;
@@ -261,20 +302,17 @@ __device__ void lk_attention(
     if (splits == 1) {
       out[bh * 64 + 2 * lane] = T(acc.x / l);
       out[bh * 64 + 2 * lane + 1] = T(acc.y / l);
-    } else {
-      float* pp = part + static_cast<long>(task) * 66;
-      __stcg(pp + 2 * lane, acc.x);
-      __stcg(pp + 2 * lane + 1, acc.y);
-      if (lane == 0) {
-        __stcg(pp + 64, m);
-        __stcg(pp + 65, l);
-      }
+      continue;
     }
-  }
-  if (splits == 1) return;
-  lk_barrier(bar);
-  for (int bh = gw; bh < BH; bh += nw) {
-    const float* pp = part + static_cast<long>(bh) * splits * 66;
+    float* pp = part + static_cast<long>(task) * 66;
+    __stcg(pp + 2 * lane, acc.x);
+    __stcg(pp + 2 * lane + 1, acc.y);
+    if (lane == 0) {
+      __stcg(pp + 64, m);
+      __stcg(pp + 65, l);
+    }
+    if (!lk_last(ctr + bh, splits)) continue;
+    pp = part + static_cast<long>(bh) * splits * 66;
     float mmax = -INFINITY;
     for (int s = 0; s < splits; ++s) mmax = fmaxf(mmax, __ldcg(pp + s * 66 + 64));
     float den = 0.f, ox = 0.f, oy = 0.f;
@@ -293,32 +331,37 @@ __device__ void lk_attention(
 }
 """
 
-# Inputs: x (B, 1, D); q (B, H, 1, 64); cache (2, B, H, M, 64); len int32 [L, slot, M, S]; consts fp32
-# [eps, scale, layer]; barrier int32 [4 x SLOTS]; then the layer's weights (the cross ones unread without
-# CROSS, the next layer's without NEXT). Outputs: y (B, 1, D); qn (B, H, 1, 64), kvn (2, B, H, 1, 64) (NEXT);
-# ws (T scratch); part (fp32 scratch).
+# Inputs: x (B, 1, D); q (B, H, 1, 64); cache (2, B, H, M, 64) (this layer's); cache_next (the next layer's,
+# written in place at position L - 1 with NEXT); len int32 [L, slot, M, S]; consts fp32 [eps, scale, layer];
+# barrier int32 [SLOTS x SLOT_INTS]; then the layer's weights (the cross ones unread without CROSS, the next
+# layer's without NEXT). Outputs: y (B, 1, D); qn (B, H, 1, 64) (NEXT); ws (fp32 scratch: the T activations,
+# the attention partials, the probe's timestamps).
 SOURCE = """
   constexpr int H = D / 64;
   extern __shared__ __align__(16) unsigned char lk_smem[];
   T* xs = reinterpret_cast<T*>(lk_smem);
   __shared__ float stats[2 * B];
   // this launch's barrier words: the step's first slot + the layer's index (see layer_kernel.SLOTS)
-  int* bar = const_cast<int*>(barrier) + 4 * ((len[1] + static_cast<int>(consts[2])) % @SLOTS@);
+  int* bar = const_cast<int*>(barrier) + @SLOT_INTS@ * ((len[1] + static_cast<int>(consts[2])) % @SLOTS@);
+  int* ctr = bar + 4;  // per head: its attention slices (or cross query rows) done
   const float eps = consts[0], scale = consts[1];
-  T* o = ws;               // self-attention output (B, D)
-  T* x1 = ws + B * D;      // after the self-attention residual
-  T* qc = ws + 2 * B * D;  // cross-attention query
-  T* oc = ws + 3 * B * D;  // cross-attention output
-  T* x2 = ws + 4 * B * D;  // after the cross-attention residual
-  T* hf = ws + 5 * B * D;  // GELU(fc1) (B, F)
+  T* o = reinterpret_cast<T*>(ws);  // self-attention output (B, D)
+  T* x1 = o + B * D;                // after the self-attention residual
+  T* qc = o + 2 * B * D;            // cross-attention query
+  T* oc = o + 3 * B * D;            // cross-attention output
+  T* x2 = o + 4 * B * D;            // after the cross-attention residual
+  T* hf = o + 5 * B * D;            // GELU(fc1) (B, F)
+  float* part = ws + (5 * B * D + B * F) * sizeof(T) / 4;  // attention partials (B * H * MAXSPLIT * 66)
+  LkSync sy{bar, TIMING ? reinterpret_cast<unsigned int*>(part + B * H * MAXSPLIT * 66) : nullptr, 0};
+  if (TIMING && blockIdx.x == 0 && threadIdx.x == 0) sy.tm[0] = lk_now();
 
   // 1. self-attention over the cache (this step's k / v already written at position len - 1)
   lk_prefetch<T, D, D, 1>(w_o);
   // the cache's length and the text's are run-time values (len[2], len[3]): one compiled kernel per model
   const long tmax = len[2];
-  lk_attention<T, B, H, MAXSPLIT>(q, cache, cache + B * H * tmax * 64, tmax * 64, len[0],
-                                  scale, part, o, bar);
-  lk_barrier(bar);
+  lk_attention<T, B, H, MAXSPLIT>(q, cache, cache + B * H * tmax * 64, tmax * 64, len[0], scale, part, o,
+                                  ctr);
+  lk_barrier(sy);
   // 2. x1 = x + out_proj(o)
   lk_stage<T, B, D>(o, nullptr, nullptr, 0.f, xs, stats);
   lk_gemv<T, B, D, D, 1>(w_o, xs, [&](int b, int n, float s) {
@@ -329,24 +372,26 @@ SOURCE = """
   } else {
     lk_prefetch<T, D, F, 2>(w_1);
   }
-  lk_barrier(bar);
+  lk_barrier(sy);
   const T* xr = x1;
   if (CROSS) {
     // 3. cross-attention: q of LayerNorm(x1), attention over the text's len[3] keys, x2 = x1 + out(oc)
+    // (the query and the attention in one stage, by the warp that completes a head's query, measured
+    // slower: the grid waits for that warp's whole attention; bench/results/2026-12-01-h200-r5/)
+    const int text = len[3];
     lk_stage<T, B, D>(x1, ln2_g, ln2_b, eps, xs, stats);
     lk_gemv<T, B, D, D, 1>(w_cq, xs, [&](int b, int n, float s) { qc[b * D + n] = T(s); });
     lk_prefetch<T, D, D, 1>(w_co);
-    lk_barrier(bar);
-    const int text = len[3];
+    lk_barrier(sy);
     lk_attention<T, B, H, MAXSPLIT>(qc, cross_k, cross_v, static_cast<long>(text) * 64, text, scale, part, oc,
-                                    bar);
-    lk_barrier(bar);
+                                    ctr);
+    lk_barrier(sy);
     lk_stage<T, B, D>(oc, nullptr, nullptr, 0.f, xs, stats);
     lk_gemv<T, B, D, D, 1>(w_co, xs, [&](int b, int n, float s) {
       x2[b * D + n] = T(lk_cg(x1 + b * D + n) + static_cast<float>(T(s)));
     });
     lk_prefetch<T, D, F, 2>(w_1);
-    lk_barrier(bar);
+    lk_barrier(sy);
     xr = x2;
   }
   // 4. feed-forward: GELU(fc1(LayerNorm(xr))), y = xr + fc2(.)
@@ -356,29 +401,42 @@ SOURCE = """
     hf[b * F + n] = T(0.5f * v * (1.f + erff(v * 0.7071067811865476f)));
   });
   lk_prefetch<T, F, D, 1>(w_2);
-  lk_barrier(bar);
+  lk_barrier(sy);
   lk_stage<T, B, F>(hf, nullptr, nullptr, 0.f, xs, stats);
   lk_gemv<T, B, F, D, 1>(w_2, xs, [&](int b, int n, float s) {
     y[b * D + n] = T(lk_cg(xr + b * D + n) + static_cast<float>(T(s)));
   });
   if (NEXT) {
-    // 5. the next layer's LayerNorm + QKV: q (B, H, 1, 64), k / v (2, B, H, 1, 64)
+    // 5. the next layer's LayerNorm + QKV: q (B, H, 1, 64) out, k / v into the next layer's cache at L - 1
+    // (in place: that cache is read only by the next layer's launch, which follows this one)
     lk_prefetch<T, D, 3 * D, 2>(w_qkv);
-    lk_barrier(bar);
+    lk_barrier(sy);
     lk_stage<T, B, D>(y, ln1_g, ln1_b, eps, xs, stats);
+    T* kv_next = const_cast<T*>(cache_next) + static_cast<long>(len[0] - 1) * 64;
     lk_gemv<T, B, D, 3 * D, 2>(w_qkv, xs, [&](int b, int n, float s) {
       if (n < D) {
         qn[b * D + n] = T(s);
       } else {
-        kvn[((n / D - 1) * B + b) * D + n % D] = T(s);
+        const int c = n % D;  // k (n / D == 1) or v (2) of head c / 64, dim c % 64
+        kv_next[((static_cast<long>(n / D - 1) * B + b) * H + c / 64) * tmax * 64 + c % 64] = T(s);
       }
     });
+    // warm L2 with the next layer's cached K / V (its first stage reads them; one 128-byte line a position)
+    const int cached = len[0] - 1;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < 2 * B * H * cached; i += gridDim.x * blockDim.x) {
+      const T* row = cache_next + (static_cast<long>(i / cached) * tmax + i % cached) * 64;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(row));
+    }
+  }
+  if (TIMING && blockIdx.x == 0 && threadIdx.x == 0) {
+    sy.tm[1] = lk_now();
+    sy.tm[60] = sy.k;
   }
 """
 
 INPUTS = [
-    "x", "q", "cache", "len", "consts", "barrier",
+    "x", "q", "cache", "cache_next", "len", "consts", "barrier",
     "w_o", "ln2_g", "ln2_b", "w_cq", "cross_k", "cross_v", "w_co",
     "ln3_g", "ln3_b", "w_1", "w_2", "ln1_g", "ln1_b", "w_qkv",
 ]  # fmt: skip
-OUTPUTS = ["y", "qn", "kvn", "ws", "part"]
+OUTPUTS = ["y", "qn", "ws"]

@@ -9,6 +9,11 @@ another, as in a decode step) for each width and launch shape, with random fp16 
 host-bound or GPU-bound, "host << whole" means GPU-bound); and the weight bytes per launch over that time. A
 width of 256 reads ~1.8 MB per launch, so its time is the fixed cost of a launch. Launch shapes: threads per
 block x blocks per SM (every block must be resident: 2 per SM only where two fit).
+
+`--timing` adds, per width, where one launch's GPU time goes: block 0's globaltimer at its start, at each
+grid barrier (arrival: block 0's work of the stage done; departure: every block arrived) and at its end
+(layer_kernel.TIMING), medians over the chain: "work" is each stage of block 0, "wait" each barrier, "gap"
+the time from one launch's end to the next one's start.
 """
 
 from __future__ import annotations
@@ -22,6 +27,27 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
+def stage_times(lk, mx, scratch: list) -> str:
+    """The medians over a chain's launches of block 0's stage and barrier times, as a table."""
+    import statistics
+
+    mx.eval(scratch)
+    runs = [lk.timestamps(s) for s in scratch]
+    n = min(k for _, k in runs)
+    cols: dict[str, list[float]] = {}
+    for j, (t, _) in enumerate(runs):
+        marks = [t[0], *t[2 : 2 + 2 * n], t[1]]  # start, (arrive, leave) per barrier, end
+        for k in range(len(marks) - 1):
+            name = f"wait {k // 2 + 1}" if k % 2 else f"work {k // 2 + 1}"
+            cols.setdefault(name, []).append(((marks[k + 1] - marks[k]) % 2**32) / 1e3)
+        cols.setdefault("whole", []).append(((t[1] - t[0]) % 2**32) / 1e3)
+        if j + 1 < len(runs):
+            cols.setdefault("gap", []).append(((runs[j + 1][0][0] - t[1]) % 2**32) / 1e3)
+    names = list(cols)
+    vals = [f"{statistics.median(cols[c]):.1f}" for c in names]
+    return "| " + " | ".join(names) + " |\n|" + "---:|" * len(names) + "\n| " + " | ".join(vals) + " |"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", default="256,1024,1536,2048")
@@ -31,6 +57,7 @@ def main() -> int:
     p.add_argument("--text", type=int, default=12)
     p.add_argument("--launches", type=int, default=96)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--timing", action="store_true", help="also where one launch's time goes (TIMING build)")
     p.add_argument("--out")
     a = p.parse_args()
     import mlx.core as mx
@@ -45,6 +72,7 @@ def main() -> int:
         "| width | launch shape | us / launch | host us / launch | weight GB/s | note |",
         "|---|---|---:|---:|---:|---|",
     ]
+    stages: list[tuple[int, str]] = []
     for d in [int(w) for w in a.widths.split(",")]:
         f, h, b = 4 * d, d // 64, a.rows
         key = iter(mx.random.split(mx.random.key(0), 32))
@@ -61,22 +89,29 @@ def main() -> int:
         consts = lk.layer_consts(1e-5, 0.125, 1)[0]
         mx.eval(w, cache, x0, q0, consts)
         nbytes = sum(t.nbytes for i, t in enumerate(w) if i not in (4, 5))
-        for shape in a.shapes.split(","):
+        nxt_cache = rnd(2, b, h, a.cached + 8, 64)  # the next layer's (written in place at `cached` - 1)
+        variants = [(sh, False) for sh in a.shapes.split(",")]
+        if a.timing:
+            variants.append((a.shapes.split(",")[0], True))
+        for shape, timing in variants:
             threads, per_sm = (int(v) for v in shape.split("x"))
             staged = lk.staged_bytes(b, f, dt)
             if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:
                 lines.append(f"| {d} | {shape} | – | – | – | skipped: {per_sm} blocks do not fit an SM |")
                 continue
-            lk.BLOCK, lk.BLOCKS_PER_SM = threads, per_sm
-            best, host = [], []
+            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = threads, per_sm, timing
+            best, host, scratch = [], [], []
             for _ in range(a.repeats + 1):
                 x, q = x0, q0
+                scratch = []
                 mx.synchronize()
                 t0 = time.perf_counter()
                 for _ in range(a.launches):
                     length = lk.step_length(a.cached, 1, cache.shape[3], a.text)
-                    x, qn, _ = lk.decoder_layer(x, q, cache, length, consts, w, a.text, True)
+                    x, qn, _ = lk.decoder_layer(x, q, cache, nxt_cache, length, consts, w, a.text, True)
                     q = qn
+                    if timing:
+                        scratch.append(lk._LAST_SCRATCH[0])
                 mx.async_eval(x, q)  # returns once every launch is encoded: the host's part
                 t1 = time.perf_counter()
                 mx.synchronize()
@@ -86,12 +121,17 @@ def main() -> int:
             i = min(range(1, len(best)), key=best.__getitem__)  # the first round compiles the kernel
             t = best[i]
             note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached"
+            if timing:
+                note += "; TIMING build"
+                stages.append((d, stage_times(lk, mx, scratch)))
             lines.append(
                 f"| {d} | {shape} | {t * 1e6:.1f} | {host[i] * 1e6:.1f} | {nbytes / t / 1e9:.0f} | {note} |"
             )
             print(lines[-1], flush=True)
-    lk.BLOCK, lk.BLOCKS_PER_SM = 512, 1
+    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = None, 1, False
     text = "\n".join(["## Layer kernel probe", "", *lines, ""])
+    for d, row in stages:
+        text += f"\n### Width {d}: one launch, block 0's clock (us, medians)\n\n{row}\n"
     print(text)
     if a.out:
         Path(a.out).write_text(text)

@@ -11,6 +11,12 @@ __device__ __forceinline__ float lk_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float lk_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 template <typename T>
 __device__ __forceinline__ float2 lk_f2(const T* p) {  // two consecutive T (4-byte aligned) as floats
   const unsigned int raw = *reinterpret_cast<const unsigned int*>(p);
@@ -165,11 +171,14 @@ __device__ void lk_stage(const T* src, const T* g, const T* beta, float eps, T* 
 }
 
 // Rows [n0, n0 + RP) of W (N x DIN) @ the B staged rows, by one warp: each lane 16 bytes of a row at a time
-// (U loads in flight); epi(b, n, fp32 sum) from lane 0.
+// (U x RP loads in flight: 16 for one row, so fc2's 8192-wide rows take 2 dependent rounds, not 4; the stage
+// measured the same, 12.4 vs 11.5 us at width 2048, within run-to-run spread); epi(b, n, fp32 sum) from
+// lane 0.
 template <typename T, int B, int DIN, int N, int RP, typename Epi>
 __device__ __forceinline__ void lk_rows(const T* __restrict__ w, const T* xs, int n0, const Epi& epi) {
   constexpr int PER_LANE = DIN / 256;
-  constexpr int U = PER_LANE < 8 ? PER_LANE : 8;
+  constexpr int UMAX = RP == 1 ? 16 : 8;
+  constexpr int U = PER_LANE < UMAX ? PER_LANE : UMAX;
   const int lane = threadIdx.x % 32;
   {
     float acc[RP][B];
@@ -312,19 +321,29 @@ __device__ void lk_attention(
       __stcg(pp + 65, l);
     }
     if (!lk_last(ctr + bh, splits)) continue;
+    // combine: lane s % 32 weighs slice s (exp(m_s - max), 0 for an empty slice: m = -inf), then every lane
+    // sums its two dims over the slices, 8 loads in flight (the partials are in L2)
     pp = part + static_cast<long>(bh) * splits * 66;
-    float mmax = -INFINITY;
-    for (int s = 0; s < splits; ++s) mmax = fmaxf(mmax, __ldcg(pp + s * 66 + 64));
+    float mloc = -INFINITY;
+    for (int s = lane; s < splits; s += 32) mloc = fmaxf(mloc, __ldcg(pp + s * 66 + 64));
+    const float mmax = lk_max(mloc);
     float den = 0.f, ox = 0.f, oy = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float ls = __ldcg(pp + s * 66 + 65);
-      if (ls > 0.f) {
-        const float wgt = expf(__ldcg(pp + s * 66 + 64) - mmax);
-        den += wgt * ls;
-        ox += wgt * __ldcg(pp + s * 66 + 2 * lane);
-        oy += wgt * __ldcg(pp + s * 66 + 2 * lane + 1);
+    for (int s0 = 0; s0 < splits; s0 += 32) {
+      float wl = 0.f;
+      if (s0 + lane < splits) {
+        wl = expf(__ldcg(pp + (s0 + lane) * 66 + 64) - mmax);
+        den += wl * __ldcg(pp + (s0 + lane) * 66 + 65);
+      }
+      const int n = splits - s0 < 32 ? splits - s0 : 32;
+#pragma unroll 8
+      for (int j = 0; j < n; ++j) {
+        const float wj = __shfl_sync(0xffffffffu, wl, j);
+        const float2 a = __ldcg(reinterpret_cast<const float2*>(pp + (s0 + j) * 66) + lane);
+        ox += wj * a.x;
+        oy += wj * a.y;
       }
     }
+    den = lk_sum(den);
     out[bh * 64 + 2 * lane] = T(ox / den);
     out[bh * 64 + 2 * lane + 1] = T(oy / den);
   }

@@ -2,18 +2,21 @@
 
 Why: a decode step is bound by host time per kernel, not by the GPU (docs/benchmarks.md: 12-40 us of host
 work per launch whatever the kernel does). With the fused kernels of decode_kernels.py a layer still takes
-9-10 launches; this takes one, plus the cache write (a slice update) before it.
+9-10 launches; this takes one: it also writes the next layer's k / v into that layer's cache (in place), so
+only layer 0's cache write is a slice update of its own.
 
-How: a persistent grid, one 512-thread block per SM (`sm_count`: every block is resident at once), runs the
-layer's stages in order and waits at a software grid barrier between them: one release atomic to arrive on
-an arrival count, acquire loads to wait. The counts live in a persistent buffer (`_barrier_state`), a slot
-per layer and step (`step_length`); they are never reset: every barrier adds one arrival per block, so a
-slot's count is always a whole number of barriers. Before each barrier every warp warms L2 with its rows of
-the next product, so the weights stream in while the grid waits. Stages, for one position per row:
+How: a persistent grid, one block per SM (`sm_count`: every block is resident at once; 256 threads up to
+1024 wide, else 512: `block_for`), runs the layer's stages in order and waits at a software grid barrier
+between them: one release atomic to arrive on an arrival count, acquire loads to wait. The counts live in a
+persistent buffer (`_barrier_state`), a slot per layer and step (`step_length`); they are never reset:
+every barrier adds one arrival per block, so a slot's count is always a whole number of barriers. Before
+each barrier every warp warms L2 with its rows of the next product, so the weights stream in while the grid
+waits. Stages, for one position per row:
 
-  self-attention of q over the cache's first L positions (split over the grid's warps, then combined)
-  -> out projection + residual -> [LayerNorm + cross q -> cross-attention -> cross out + residual]
-  -> LayerNorm + fc1 + GELU -> fc2 + residual -> [LayerNorm + QKV of the next layer]
+  self-attention of q over the cache's first L positions (split over the grid's warps; the warp that
+  finishes a head's last slice combines them) -> out projection + residual -> [LayerNorm + cross q ->
+  cross-attention -> cross out + residual] -> LayerNorm + fc1 + GELU -> fc2 + residual -> [LayerNorm + QKV of
+  the next layer: q out, k / v into its cache at L - 1, its cached K / V prefetched into L2]
 
 Every product is a matrix-vector product over the grid's warps (each weight row read once for all rows, 16
 bytes per lane, fp32 accumulation) against its input staged in shared memory; results round to T exactly
@@ -23,7 +26,8 @@ GPU machine). Data written by one block and read by another after a barrier is r
 
 A barrier that waits longer than a few seconds (it cannot happen when every block is resident; it would if the
 GPU were partitioned under us) sets an error word instead of hanging; `check_barrier` raises after the decode
-loop if it was set. Head size 64 only (every MusicGen), widths multiples of 256.
+loop if it was set. Head size 64 only (every MusicGen), widths multiples of 256. `TIMING` builds record block
+0's clock at every barrier (bench/layer_kernel_probe.py --timing: where a launch's time goes).
 """
 
 from __future__ import annotations

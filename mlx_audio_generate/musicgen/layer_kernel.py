@@ -100,8 +100,8 @@ def kernel_source() -> str:
 
 
 def block_for(d: int) -> int:
-    """Threads per block: 256 up to 1024 wide (musicgen-small: ~10% less per launch), else 512 (more weight
-    loads in flight; bench/results/2026-12-01-h200-r4/)."""
+    """Threads per block: 256 up to 1024 wide (musicgen-small: 3-19% less per launch in the probes), else 512
+    (more weight loads in flight: large 290 vs 273 steps/s; bench/results/2026-12-01-h200-r5/)."""
     if BLOCK is not None:
         return BLOCK
     return 256 if d <= 1024 else 512

@@ -100,7 +100,7 @@ def main() -> int:
                 lines.append(f"| {d} | {shape} | – | – | – | skipped: {per_sm} blocks do not fit an SM |")
                 continue
             lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = threads, per_sm, timing
-            best, host, scratch = [], [], []
+            best, host = [], []
             for _ in range(a.repeats + 1):
                 x, q = x0, q0
                 scratch = []

@@ -170,17 +170,18 @@ __device__ void lk_stage(const T* src, const T* g, const T* beta, float eps, T* 
   __syncthreads();
 }
 
-// Rows [n0, n0 + RP) of W (N x DIN) @ the B staged rows, by one warp: each lane 16 bytes of a row at a time
-// (U x RP loads in flight: 16 for one row, so fc2's 8192-wide rows take 2 dependent rounds, not 4; the stage
-// measured the same, 12.4 vs 11.5 us at width 2048, within run-to-run spread); epi(b, n, fp32 sum) from
-// lane 0.
+// W (N x DIN) @ the B staged rows: the grid's warps stride over groups of RP adjacent weight rows, each lane
+// 16 bytes of a row at a time (U x RP loads in flight: 16 for one row, so fc2's 8192-wide rows take 2
+// dependent rounds, not 4; the stage measured the same, 12.4 vs 11.5 us at width 2048, within run-to-run
+// spread); epi(b, n, fp32 sum) from lane 0.
 template <typename T, int B, int DIN, int N, int RP, typename Epi>
-__device__ __forceinline__ void lk_rows(const T* __restrict__ w, const T* xs, int n0, const Epi& epi) {
+__device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, const Epi& epi) {
   constexpr int PER_LANE = DIN / 256;
   constexpr int UMAX = RP == 1 ? 16 : 8;
   constexpr int U = PER_LANE < UMAX ? PER_LANE : UMAX;
   const int lane = threadIdx.x % 32;
-  {
+  const int nw = lk_warps();
+  for (int n0 = lk_warp() * RP; n0 < N; n0 += nw * RP) {
     float acc[RP][B];
 #pragma unroll
     for (int r = 0; r < RP; ++r)
@@ -228,12 +229,6 @@ __device__ __forceinline__ void lk_rows(const T* __restrict__ w, const T* xs, in
           for (int b = 0; b < B; ++b) epi(b, n0 + r, acc[r][b]);
     }
   }
-}
-
-// W (N x DIN) @ the B staged rows: the grid's warps stride over groups of RP adjacent weight rows.
-template <typename T, int B, int DIN, int N, int RP, typename Epi>
-__device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, const Epi& epi) {
-  for (int n0 = lk_warp() * RP; n0 < N; n0 += lk_warps() * RP) lk_rows<T, B, DIN, N, RP>(w, xs, n0, epi);
 }
 
 // One query (64 dims: two per lane, pre-scaled) against K/V rows [p0, p1) (row stride 64), online softmax in
@@ -362,7 +357,7 @@ SOURCE = """
   __shared__ float stats[2 * B];
   // this launch's barrier words: the step's first slot + the layer's index (see layer_kernel.SLOTS)
   int* bar = const_cast<int*>(barrier) + @SLOT_INTS@ * ((len[1] + static_cast<int>(consts[2])) % @SLOTS@);
-  int* ctr = bar + 4;  // per head: its attention slices (or cross query rows) done
+  int* ctr = bar + 4;  // per head: its attention slices done (lk_last)
   const float eps = consts[0], scale = consts[1];
   T* o = reinterpret_cast<T*>(ws);  // self-attention output (B, D)
   T* x1 = o + B * D;                // after the self-attention residual
@@ -395,8 +390,8 @@ SOURCE = """
   const T* xr = x1;
   if (CROSS) {
     // 3. cross-attention: q of LayerNorm(x1), attention over the text's len[3] keys, x2 = x1 + out(oc)
-    // (the query and the attention in one stage, by the warp that completes a head's query, measured
-    // slower: the grid waits for that warp's whole attention; bench/results/2026-12-01-h200-r5/)
+    // (tried: the query and the attention in one stage, by the warp that completes a head's query; slower,
+    // the grid waits for that warp's whole attention: bench/results/2026-12-01-h200-r5/)
     const int text = len[3];
     lk_stage<T, B, D>(x1, ln2_g, ln2_b, eps, xs, stats);
     lk_gemv<T, B, D, D, 1>(w_cq, xs, [&](int b, int n, float s) { qc[b * D + n] = T(s); });

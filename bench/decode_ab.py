@@ -6,7 +6,9 @@
 The decode step is host-bound on the GPU, so steps/s moves ~15% between processes and leased machines; the
 two versions are therefore timed in alternating rounds in one process, on the same weights (B's LM gets
 A's parameters), and the table gives every round and the median. B's package is imported under another
-name (its imports are relative), so both live side by side.
+name (its imports are relative), so both live side by side. `--a-set` / `--b-set` set a module attribute of
+one side's package before the rounds (a knob A/B of one checkout: `--b . --b-set
+musicgen.layer_kernel.PREFETCH=0`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ def import_b(root: str):
     return load("mag_b.musicgen.model"), load("mag_b.musicgen.lm_generate")
 
 
+def apply_sets(package: str, sets: list[str]) -> None:
+    """`module.path.NAME=literal` under `package`, e.g. musicgen.layer_kernel.PREFETCH=3."""
+    import ast
+
+    for item in sets:
+        target, value = item.split("=", 1)
+        module, name = target.rsplit(".", 1)
+        mod = importlib.import_module(f"{package}.{module}")
+        if not hasattr(mod, name):
+            raise SystemExit(f"{package}.{module} has no {name}")
+        setattr(mod, name, ast.literal_eval(value))
+
+
 def steps_per_s(gen_mod, lm, steps: int, warm: int = 10) -> float:
     states, mask = text()
     gen = gen_mod.generate_steps(lm, states, mask, steps + warm + 4, gen_mod.SamplingOptions(), key=0)
@@ -45,11 +60,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--dtype", default="float16")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--a-set", action="append", default=[], help="module.NAME=value in A's package")
+    p.add_argument("--b-set", action="append", default=[], help="module.NAME=value in B's package")
     p.add_argument("--out")
     a = p.parse_args()
     from mlx_audio_generate.musicgen import lm_generate as gen_a
 
     model_b, gen_b = import_b(a.b)
+    apply_sets("mlx_audio_generate", a.a_set)
+    apply_sets("mag_b", a.b_set)
     rep = Report("MusicGen decode A/B (one process, alternating rounds)", a.out)
     rows = []
     for name in parse_list(a.models):
@@ -64,7 +83,8 @@ def main() -> None:
         for label, v in res.items():
             rows.append([name, label, " / ".join(f"{x:.0f}" for x in v), f"{statistics.median(v):.1f}"])
         del lm_a, lm_b
-    rep.table(["model", "version", "steps/s per round", "median"], rows, note=f"B = {a.b}")
+    note = f"B = {a.b}; A sets {a.a_set or 'nothing'}; B sets {a.b_set or 'nothing'}"
+    rep.table(["model", "version", "steps/s per round", "median"], rows, note=note)
 
 
 if __name__ == "__main__":

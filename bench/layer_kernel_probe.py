@@ -58,6 +58,7 @@ def main() -> int:
     p.add_argument("--launches", type=int, default=96)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timing", action="store_true", help="also where one launch's time goes (TIMING build)")
+    p.add_argument("--prefetch", default=None, help="prefetch schedules to time (layer_kernel.PREFETCH bits)")
     p.add_argument("--out")
     a = p.parse_args()
     import mlx.core as mx
@@ -72,7 +73,7 @@ def main() -> int:
         "| width | launch shape | us / launch | host us / launch | weight GB/s | note |",
         "|---|---|---:|---:|---:|---|",
     ]
-    stages: list[tuple[int, str]] = []
+    stages: list[tuple[str, str]] = []
     for d in [int(w) for w in a.widths.split(",")]:
         f, h, b = 4 * d, d // 64, a.rows
         key = iter(mx.random.split(mx.random.key(0), 32))
@@ -90,16 +91,17 @@ def main() -> int:
         mx.eval(w, cache, x0, q0, consts)
         nbytes = sum(t.nbytes for i, t in enumerate(w) if i not in (4, 5))
         nxt_cache = rnd(2, b, h, a.cached + 8, 64)  # the next layer's (written in place at `cached` - 1)
-        variants = [(sh, False) for sh in a.shapes.split(",")]
+        schedules = [lk.prefetch_for(d)] if a.prefetch is None else [int(v) for v in a.prefetch.split(",")]
+        variants = [(sh, False, pf) for pf in schedules for sh in a.shapes.split(",")]
         if a.timing:
-            variants.append((a.shapes.split(",")[0], True))
-        for shape, timing in variants:
+            variants += [(a.shapes.split(",")[0], True, pf) for pf in schedules]
+        for shape, timing, pf in variants:
             threads, per_sm = (int(v) for v in shape.split("x"))
             staged = lk.staged_bytes(b, f, dt)
             if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:
                 lines.append(f"| {d} | {shape} | – | – | – | skipped: {per_sm} blocks do not fit an SM |")
                 continue
-            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = threads, per_sm, timing
+            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.PREFETCH = threads, per_sm, timing, pf
             best, host = [], []
             for _ in range(a.repeats + 1):
                 x, q = x0, q0
@@ -120,15 +122,15 @@ def main() -> int:
             lk.check_barrier()
             i = min(range(1, len(best)), key=best.__getitem__)  # the first round compiles the kernel
             t = best[i]
-            note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached"
+            note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached; prefetch {pf}"
             if timing:
                 note += "; TIMING build"
-                stages.append((d, stage_times(lk, mx, scratch)))
+                stages.append((f"{d}, prefetch {pf}", stage_times(lk, mx, scratch)))
             lines.append(
                 f"| {d} | {shape} | {t * 1e6:.1f} | {host[i] * 1e6:.1f} | {nbytes / t / 1e9:.0f} | {note} |"
             )
             print(lines[-1], flush=True)
-    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = None, 1, False
+    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.PREFETCH = None, 1, False, None
     text = "\n".join(["## Layer kernel probe", "", *lines, ""])
     for d, row in stages:
         text += f"\n### Width {d}: one launch, block 0's clock (us, medians)\n\n{row}\n"

@@ -58,7 +58,9 @@ def main() -> int:
     p.add_argument("--launches", type=int, default=96)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timing", action="store_true", help="also where one launch's time goes (TIMING build)")
-    p.add_argument("--prefetch", default=None, help="prefetch schedules to time (layer_kernel.PREFETCH bits)")
+    p.add_argument(
+        "--evict-first", default=None, help="0,1: weight loads plain / evict-first (default: by width)"
+    )
     p.add_argument("--out")
     a = p.parse_args()
     import mlx.core as mx
@@ -91,7 +93,8 @@ def main() -> int:
         mx.eval(w, cache, x0, q0, consts)
         nbytes = sum(t.nbytes for i, t in enumerate(w) if i not in (4, 5))
         nxt_cache = rnd(2, b, h, a.cached + 8, 64)  # the next layer's (written in place at `cached` - 1)
-        schedules = [lk.prefetch_for(d)] if a.prefetch is None else [int(v) for v in a.prefetch.split(",")]
+        ef_list = a.evict_first.split(",") if a.evict_first else [str(int(lk.evict_first_for(d)))]
+        schedules = [v.strip() == "1" for v in ef_list]
         variants = [(sh, False, pf) for pf in schedules for sh in a.shapes.split(",")]
         if a.timing:
             variants += [(a.shapes.split(",")[0], True, pf) for pf in schedules]
@@ -101,7 +104,7 @@ def main() -> int:
             if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:
                 lines.append(f"| {d} | {shape} | – | – | – | skipped: {per_sm} blocks do not fit an SM |")
                 continue
-            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.PREFETCH = threads, per_sm, timing, pf
+            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.EVICT_FIRST = threads, per_sm, timing, pf
             best, host = [], []
             for _ in range(a.repeats + 1):
                 x, q = x0, q0
@@ -122,15 +125,17 @@ def main() -> int:
             lk.check_barrier()
             i = min(range(1, len(best)), key=best.__getitem__)  # the first round compiles the kernel
             t = best[i]
-            note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached; prefetch {pf}"
+            note = (
+                f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached; evict-first {int(pf)}"
+            )
             if timing:
                 note += "; TIMING build"
-                stages.append((f"{d}, prefetch {pf}", stage_times(lk, mx, scratch)))
+                stages.append((f"{d}, evict-first {int(pf)}", stage_times(lk, mx, scratch)))
             lines.append(
                 f"| {d} | {shape} | {t * 1e6:.1f} | {host[i] * 1e6:.1f} | {nbytes / t / 1e9:.0f} | {note} |"
             )
             print(lines[-1], flush=True)
-    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.PREFETCH = None, 1, False, None
+    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.EVICT_FIRST = None, 1, False, None
     text = "\n".join(["## Layer kernel probe", "", *lines, ""])
     for d, row in stages:
         text += f"\n### Width {d}: one launch, block 0's clock (us, medians)\n\n{row}\n"

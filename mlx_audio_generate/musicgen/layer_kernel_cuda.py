@@ -42,12 +42,12 @@ __device__ __forceinline__ int lk_warps() { return gridDim.x * (blockDim.x / 32)
 
 // Warm L2 with this warp's rows of the next product (the rows lk_gemv will give it), one 128-byte line per
 // lane and instruction: issued before a barrier, so the weights stream in while the grid waits.
-template <typename T, int DIN, int N, int RP, int R0 = 0, int R1 = 1 << 30>
-__device__ __forceinline__ void lk_prefetch(const T* w) {  // rounds [R0, R1) of the warp's loop in lk_gemv
+template <typename T, int DIN, int N, int RP>
+__device__ __forceinline__ void lk_prefetch(const T* w) {
   constexpr int LINES = DIN * sizeof(T) / 128;
   const int lane = threadIdx.x % 32;
   const int nw = lk_warps();
-  for (int n0 = lk_warp() * RP + R0 * nw * RP, k = R0; n0 < N && k < R1; n0 += nw * RP, ++k)
+  for (int n0 = lk_warp() * RP; n0 < N; n0 += nw * RP)
     for (int r = 0; r < RP && n0 + r < N; ++r) {
       const char* row = reinterpret_cast<const char*>(w + static_cast<size_t>(n0 + r) * DIN);
       for (int l = lane; l < LINES; l += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + l * 128));
@@ -170,8 +170,8 @@ __device__ void lk_stage(const T* src, const T* g, const T* beta, float eps, T* 
   __syncthreads();
 }
 
-// A 16-byte weight load: EF marks its L2 line evict-first (read once a launch: it should leave L2 before the
-// rows prefetched for the coming products do; `pol` from lk_policy).
+// A 16-byte weight load: EF marks its L2 line evict-first (each weight is read once a launch, so it should
+// leave L2 before the rows prefetched for the coming products and the activations do; `pol`: lk_policy).
 template <bool EF>
 __device__ __forceinline__ uint4 lk_ldw(const uint4* p, unsigned long long pol) {
   if (!EF) return __ldg(p);
@@ -378,10 +378,6 @@ SOURCE = """
   int* bar = const_cast<int*>(barrier) + @SLOT_INTS@ * ((len[1] + static_cast<int>(consts[2])) % @SLOTS@);
   int* ctr = bar + 4;  // per head: its attention slices done (lk_last)
   const float eps = consts[0], scale = consts[1];
-  // PF, the prefetch schedule (layer_kernel.PREFETCH), bits: 1 the first round of fc1's rows two barriers
-  // early (with cross out's), the rest at the barrier before fc1; 2 weight loads evict-first in L2
-  constexpr bool EF = (PF & 2) != 0;
-  constexpr bool PF_FC1 = CROSS && (PF & 1) != 0;
   T* o = reinterpret_cast<T*>(ws);  // self-attention output (B, D)
   T* x1 = o + B * D;                // after the self-attention residual
   T* qc = o + 2 * B * D;            // cross-attention query
@@ -419,7 +415,6 @@ SOURCE = """
     lk_stage<T, B, D>(x1, ln2_g, ln2_b, eps, xs, stats);
     lk_gemv<T, B, D, D, 1, EF>(w_cq, xs, [&](int b, int n, float s) { qc[b * D + n] = T(s); });
     lk_prefetch<T, D, D, 1>(w_co);
-    if (PF_FC1) lk_prefetch<T, D, F, 2, 0, 1>(w_1);
     lk_barrier(sy);
     lk_attention<T, B, H, MAXSPLIT>(qc, cross_k, cross_v, static_cast<long>(text) * 64, text, scale, part, oc,
                                     ctr);
@@ -428,11 +423,7 @@ SOURCE = """
     lk_gemv<T, B, D, D, 1, EF>(w_co, xs, [&](int b, int n, float s) {
       x2[b * D + n] = T(lk_cg(x1 + b * D + n) + static_cast<float>(T(s)));
     });
-    if (PF_FC1) {
-      lk_prefetch<T, D, F, 2, 1>(w_1);
-    } else {
-      lk_prefetch<T, D, F, 2>(w_1);
-    }
+    lk_prefetch<T, D, F, 2>(w_1);
     lk_barrier(sy);
     xr = x2;
   }

@@ -8,7 +8,7 @@ two versions are therefore timed in alternating rounds in one process, on the sa
 A's parameters), and the table gives every round and the median. B's package is imported under another
 name (its imports are relative), so both live side by side. `--a-set` / `--b-set` set a module attribute of
 one side's package before the rounds (a knob A/B of one checkout: `--b . --b-set
-musicgen.layer_kernel.EVICT_FIRST=False`).
+musicgen.layer_kernel.BLOCK=256`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def import_b(root: str):
 
 
 def apply_sets(package: str, sets: list[str]) -> None:
-    """`module.path.NAME=literal` under `package`, e.g. musicgen.layer_kernel.EVICT_FIRST=False."""
+    """`module.path.NAME=literal` under `package`, e.g. musicgen.layer_kernel.BLOCK=256."""
     import ast
 
     for item in sets:

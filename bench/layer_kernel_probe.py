@@ -10,6 +10,11 @@ host-bound or GPU-bound, "host << whole" means GPU-bound); and the weight bytes 
 width of 256 reads ~1.8 MB per launch, so its time is the fixed cost of a launch. Launch shapes: threads per
 block x blocks per SM (every block must be resident: 2 per SM only where two fit).
 
+A chain launches ONE layer's weights over and over, so whatever stays in L2 from one launch to the next
+helps it; a decode step streams every layer's weights in turn. Decide L2 policies with bench/decode_ab.py,
+not here: evict-first weight loads measured 4-20% faster per launch in this probe and +1% to -4% in the
+decode (bench/results/2026-12-01-h200-r6/).
+
 `--timing` adds, per width, where one launch's GPU time goes: block 0's globaltimer at its start, at each
 grid barrier (arrival: block 0's work of the stage done; departure: every block arrived) and at its end
 (layer_kernel.TIMING), medians over the chain: "work" is each stage of block 0, "wait" each barrier, "gap"
@@ -58,9 +63,6 @@ def main() -> int:
     p.add_argument("--launches", type=int, default=96)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timing", action="store_true", help="also where one launch's time goes (TIMING build)")
-    p.add_argument(
-        "--evict-first", default=None, help="0,1: weight loads plain / evict-first (default: by width)"
-    )
     p.add_argument("--out")
     a = p.parse_args()
     import mlx.core as mx
@@ -75,7 +77,7 @@ def main() -> int:
         "| width | launch shape | us / launch | host us / launch | weight GB/s | note |",
         "|---|---|---:|---:|---:|---|",
     ]
-    stages: list[tuple[str, str]] = []
+    stages: list[tuple[int, str]] = []
     for d in [int(w) for w in a.widths.split(",")]:
         f, h, b = 4 * d, d // 64, a.rows
         key = iter(mx.random.split(mx.random.key(0), 32))
@@ -93,18 +95,16 @@ def main() -> int:
         mx.eval(w, cache, x0, q0, consts)
         nbytes = sum(t.nbytes for i, t in enumerate(w) if i not in (4, 5))
         nxt_cache = rnd(2, b, h, a.cached + 8, 64)  # the next layer's (written in place at `cached` - 1)
-        ef_list = a.evict_first.split(",") if a.evict_first else [str(int(lk.evict_first_for(d)))]
-        schedules = [v.strip() == "1" for v in ef_list]
-        variants = [(sh, False, pf) for pf in schedules for sh in a.shapes.split(",")]
+        variants = [(sh, False) for sh in a.shapes.split(",")]
         if a.timing:
-            variants += [(a.shapes.split(",")[0], True, pf) for pf in schedules]
-        for shape, timing, pf in variants:
+            variants.append((a.shapes.split(",")[0], True))
+        for shape, timing in variants:
             threads, per_sm = (int(v) for v in shape.split("x"))
             staged = lk.staged_bytes(b, f, dt)
             if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:
                 lines.append(f"| {d} | {shape} | – | – | – | skipped: {per_sm} blocks do not fit an SM |")
                 continue
-            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.EVICT_FIRST = threads, per_sm, timing, pf
+            lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = threads, per_sm, timing
             best, host = [], []
             for _ in range(a.repeats + 1):
                 x, q = x0, q0
@@ -125,17 +125,15 @@ def main() -> int:
             lk.check_barrier()
             i = min(range(1, len(best)), key=best.__getitem__)  # the first round compiles the kernel
             t = best[i]
-            note = (
-                f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached; evict-first {int(pf)}"
-            )
+            note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached"
             if timing:
                 note += "; TIMING build"
-                stages.append((f"{d}, evict-first {int(pf)}", stage_times(lk, mx, scratch)))
+                stages.append((d, stage_times(lk, mx, scratch)))
             lines.append(
                 f"| {d} | {shape} | {t * 1e6:.1f} | {host[i] * 1e6:.1f} | {nbytes / t / 1e9:.0f} | {note} |"
             )
             print(lines[-1], flush=True)
-    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING, lk.EVICT_FIRST = None, 1, False, None
+    lk.BLOCK, lk.BLOCKS_PER_SM, lk.TIMING = None, 1, False
     text = "\n".join(["## Layer kernel probe", "", *lines, ""])
     for d, row in stages:
         text += f"\n### Width {d}: one launch, block 0's clock (us, medians)\n\n{row}\n"

@@ -47,20 +47,12 @@ def wrap(name: str, header: str, source: str, inputs: dict, outputs: dict, templ
 
 
 def layer_kernel_source(
-    i: int,
-    dtype: str,
-    rows: int,
-    d: int,
-    cross: bool,
-    nxt: bool,
-    timing: bool = False,
-    ef: bool | None = None,
+    i: int, dtype: str, rows: int, d: int, cross: bool, nxt: bool, timing: bool = False
 ) -> str:
     inputs = {n: dtype for n in lk.INPUTS} | {"len": "int32", "consts": "float32", "barrier": "int32"}
     outputs = {n: dtype for n in lk.OUTPUTS} | {"ws": "float32"}
-    ef = lk.evict_first_for(d) if ef is None else ef
     template = [("T", dtype), ("B", rows), ("D", d), ("F", 4 * d), ("CROSS", cross), ("NEXT", nxt),
-                ("MAXSPLIT", 16), ("TIMING", timing), ("EF", ef)]  # fmt: skip
+                ("MAXSPLIT", 16), ("TIMING", timing)]  # fmt: skip
     # each kernel in its own namespace: the headers are repeated per kernel
     return (
         f"namespace k{i} {{\n"
@@ -95,8 +87,6 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         layer_kernel_source(2, "float16", 16, 1024, True, True),  # 16 rows
         layer_kernel_source(3, "bfloat16", 8, 1536, True, False),  # medium, last layer
         layer_kernel_source(4, "float16", 2, 1024, True, True, timing=True),  # the probe's timestamps
-        layer_kernel_source(5, "float16", 2, 2048, True, True, ef=False),  # plain weight loads
-        layer_kernel_source(6, "bfloat16", 2, 1024, True, True, ef=True),  # evict-first ones
         decode_kernel_sources(0, "float16"),
         decode_kernel_sources(1, "bfloat16"),
     ]

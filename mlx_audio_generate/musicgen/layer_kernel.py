@@ -11,8 +11,7 @@ between them: one release atomic to arrive on an arrival count, acquire loads to
 persistent buffer (`_barrier_state`), a slot per layer and step (`step_length`); they are never reset:
 every barrier adds one arrival per block, so a slot's count is always a whole number of barriers. Before
 each barrier every warp warms L2 with its rows of the next product, so the weights stream in while the grid
-waits; above 1024 wide the weight loads mark their L2 lines evict-first (`evict_first_for`), so the weights
-already read leave L2 before the prefetched rows and the activations. Stages, for one position per row:
+waits. Stages, for one position per row:
 
   self-attention of q over the cache's first L positions (split over the grid's warps; the warp that
   finishes a head's last slice combines them) -> out projection + residual -> [LayerNorm + cross q ->
@@ -50,8 +49,6 @@ MAX_STAGED_BYTES = 160 * 1024
 # Threads per block: None = by width (`block_for`); the probe sets it (bench/layer_kernel_probe.py)
 BLOCK: int | None = None
 BLOCKS_PER_SM = 1  # every block resident: >1 only where that many fit an SM (bench/layer_kernel_probe.py)
-# Weight loads evict-first in L2 (the source's EF): None = by width (`evict_first_for`); the probe sets it
-EVICT_FIRST: bool | None = None
 TIMING = False  # the probe's per-barrier timestamps (bench/layer_kernel_probe.py --timing)
 MAX_BH = 512  # rows x heads: one counter each per barrier slot
 
@@ -110,15 +107,6 @@ def block_for(d: int) -> int:
     return 256 if d <= 1024 else 512
 
 
-def evict_first_for(d: int) -> bool:
-    """Whether the weight loads mark their L2 lines evict-first: above 1024 wide (per launch 63.8 vs 66.4 us
-    at width 2048, 44.3 vs 50.4 at 1536); not up to 1024 (30.7 vs 30.3 us; bench/results/2026-12-01-h200-r6/:
-    moving half of fc1's prefetch two barriers earlier measured the same, and was not kept)."""
-    if EVICT_FIRST is not None:
-        return EVICT_FIRST
-    return d > 1024
-
-
 @functools.cache
 def _kernel(staged_bytes: int) -> object:
     return mx.fast.cuda_kernel(
@@ -142,7 +130,6 @@ def _launch(
     block: int,
     per_sm: int,
     timing: bool,
-    evict_first: bool,
 ) -> dict:
     """The launch arguments of one model's layer (built once: a decode step launches it once per layer)."""
     heads = d // 64
@@ -150,7 +137,7 @@ def _launch(
     # slices per head of the attention: at most the grid's warps per head (and one per 16 positions)
     maxsplit = max(1, nblocks * block // 32 // (rows * heads))
     template = [("T", dtype), ("B", rows), ("D", d), ("F", ffn), ("CROSS", cross), ("NEXT", nxt),
-                ("MAXSPLIT", maxsplit), ("TIMING", timing), ("EF", evict_first)]  # fmt: skip
+                ("MAXSPLIT", maxsplit), ("TIMING", timing)]  # fmt: skip
     # ws (fp32): the T activations (5 x B x D + B x F), the attention partials, 64 timestamps
     scratch = (5 * rows * d + rows * ffn) * dtype.size // 4 + rows * heads * maxsplit * 66 + 64
     shapes = [(rows, 1, d), (rows, heads, 1, 64) if nxt else (1,), (scratch,)]
@@ -264,9 +251,7 @@ def decoder_layer(
     rows, d, ffn = x.shape[0], x.shape[-1], weights[9].shape[0]  # w_1 (F, D)
     kernel = _kernel(staged_bytes(rows, ffn, x.dtype))
     block = block_for(d)
-    launch = _launch(
-        x.dtype, rows, d, ffn, cross_len > 0, nxt, block, BLOCKS_PER_SM, TIMING, evict_first_for(d)
-    )
+    launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, block, BLOCKS_PER_SM, TIMING)
     nblocks = launch["grid"][0] // block
     state = _barrier_state(nblocks)
     out = kernel(inputs=[x, q, cache, cache_next, length, consts, state, *weights], **launch)

@@ -170,31 +170,12 @@ __device__ void lk_stage(const T* src, const T* g, const T* beta, float eps, T* 
   __syncthreads();
 }
 
-// A 16-byte weight load: EF marks its L2 line evict-first (each weight is read once a launch, so it should
-// leave L2 before the rows prefetched for the coming products and the activations do; `pol`: lk_policy).
-template <bool EF>
-__device__ __forceinline__ uint4 lk_ldw(const uint4* p, unsigned long long pol) {
-  if (!EF) return __ldg(p);
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p), "l"(pol));
-  return r;
-}
-
-__device__ __forceinline__ unsigned long long lk_policy() {
-  unsigned long long pol;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-  return pol;
-}
-
 // W (N x DIN) @ the B staged rows: the grid's warps stride over groups of RP adjacent weight rows, each lane
 // 16 bytes of a row at a time (U x RP loads in flight: 16 for one row, so fc2's 8192-wide rows take 2
 // dependent rounds, not 4; the stage measured the same, 12.4 vs 11.5 us at width 2048, within run-to-run
 // spread); epi(b, n, fp32 sum) from lane 0.
-template <typename T, int B, int DIN, int N, int RP, bool EF, typename Epi>
+template <typename T, int B, int DIN, int N, int RP, typename Epi>
 __device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, const Epi& epi) {
-  const unsigned long long pol = EF ? lk_policy() : 0ull;
   constexpr int PER_LANE = DIN / 256;
   constexpr int UMAX = RP == 1 ? 16 : 8;
   constexpr int U = PER_LANE < UMAX ? PER_LANE : UMAX;
@@ -215,8 +196,8 @@ __device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, co
         for (int r = 0; r < RP; ++r) {
           const int n = n0 + r < N ? n0 + r : N - 1;
           if (i0 + u < PER_LANE)
-            wr[u][r] = lk_ldw<EF>(reinterpret_cast<const uint4*>(w + static_cast<size_t>(n) * DIN) +
-                                      (i0 + u) * 32 + lane, pol);
+            wr[u][r] = __ldg(reinterpret_cast<const uint4*>(w + static_cast<size_t>(n) * DIN) +
+                             (i0 + u) * 32 + lane);
         }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -397,7 +378,7 @@ SOURCE = """
   lk_barrier(sy);
   // 2. x1 = x + out_proj(o)
   lk_stage<T, B, D>(o, nullptr, nullptr, 0.f, xs, stats);
-  lk_gemv<T, B, D, D, 1, EF>(w_o, xs, [&](int b, int n, float s) {
+  lk_gemv<T, B, D, D, 1>(w_o, xs, [&](int b, int n, float s) {
     x1[b * D + n] = T(static_cast<float>(x[b * D + n]) + static_cast<float>(T(s)));
   });
   if (CROSS) {
@@ -413,14 +394,14 @@ SOURCE = """
     // the grid waits for that warp's whole attention: bench/results/2026-12-01-h200-r5/)
     const int text = len[3];
     lk_stage<T, B, D>(x1, ln2_g, ln2_b, eps, xs, stats);
-    lk_gemv<T, B, D, D, 1, EF>(w_cq, xs, [&](int b, int n, float s) { qc[b * D + n] = T(s); });
+    lk_gemv<T, B, D, D, 1>(w_cq, xs, [&](int b, int n, float s) { qc[b * D + n] = T(s); });
     lk_prefetch<T, D, D, 1>(w_co);
     lk_barrier(sy);
     lk_attention<T, B, H, MAXSPLIT>(qc, cross_k, cross_v, static_cast<long>(text) * 64, text, scale, part, oc,
                                     ctr);
     lk_barrier(sy);
     lk_stage<T, B, D>(oc, nullptr, nullptr, 0.f, xs, stats);
-    lk_gemv<T, B, D, D, 1, EF>(w_co, xs, [&](int b, int n, float s) {
+    lk_gemv<T, B, D, D, 1>(w_co, xs, [&](int b, int n, float s) {
       x2[b * D + n] = T(lk_cg(x1 + b * D + n) + static_cast<float>(T(s)));
     });
     lk_prefetch<T, D, F, 2>(w_1);
@@ -429,14 +410,14 @@ SOURCE = """
   }
   // 4. feed-forward: GELU(fc1(LayerNorm(xr))), y = xr + fc2(.)
   lk_stage<T, B, D>(xr, ln3_g, ln3_b, eps, xs, stats);
-  lk_gemv<T, B, D, F, 2, EF>(w_1, xs, [&](int b, int n, float s) {
+  lk_gemv<T, B, D, F, 2>(w_1, xs, [&](int b, int n, float s) {
     const float v = static_cast<float>(T(s));
     hf[b * F + n] = T(0.5f * v * (1.f + erff(v * 0.7071067811865476f)));
   });
   lk_prefetch<T, F, D, 1>(w_2);
   lk_barrier(sy);
   lk_stage<T, B, F>(hf, nullptr, nullptr, 0.f, xs, stats);
-  lk_gemv<T, B, F, D, 1, EF>(w_2, xs, [&](int b, int n, float s) {
+  lk_gemv<T, B, F, D, 1>(w_2, xs, [&](int b, int n, float s) {
     y[b * D + n] = T(lk_cg(xr + b * D + n) + static_cast<float>(T(s)));
   });
   if (NEXT) {
@@ -446,7 +427,7 @@ SOURCE = """
     lk_barrier(sy);
     lk_stage<T, B, D>(y, ln1_g, ln1_b, eps, xs, stats);
     T* kv_next = const_cast<T*>(cache_next) + static_cast<long>(len[0] - 1) * 64;
-    lk_gemv<T, B, D, 3 * D, 2, EF>(w_qkv, xs, [&](int b, int n, float s) {
+    lk_gemv<T, B, D, 3 * D, 2>(w_qkv, xs, [&](int b, int n, float s) {
       if (n < D) {
         qn[b * D + n] = T(s);
       } else {

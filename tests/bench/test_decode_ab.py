@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 AB = ROOT / "bench" / "decode_ab.py"
+# as tests/bench/test_sa_bench_counts.py does (monkeypatch.syspath_prepend trips over a stale pkg_resources)
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def run_ab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -35,7 +37,6 @@ def test_knobs_reach_each_side_and_are_recorded(tmp_path):
 
 
 def test_apply_sets_sets_one_packages_attribute(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import decode_ab
 
     from mlx_audio_generate.musicgen import layer_kernel as lk

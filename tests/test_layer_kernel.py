@@ -141,7 +141,7 @@ def wiring_against_the_layers(cross: bool, calls: list) -> None:
          "1536-fp16-512-threads"],
 )  # fmt: skip
 def test_layer_kernel_matches_the_ops(width, heads, dtype, text_len, steps, rows):
-    # 96 / 300 steps: the self-attention goes from one slice per head to many (one per 32 positions, then as
+    # 96 / 300 steps: the self-attention goes from one slice per head to many (one per 16 positions, then as
     # many as the grid's warps allow); 77 text positions: the cross-attention is split too; widths up to 1024
     # run 256-thread blocks, 1536 512-thread ones
     lm = lm_of(width, heads, 3, dtype, cross=text_len > 0)

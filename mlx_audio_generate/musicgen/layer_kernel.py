@@ -50,6 +50,9 @@ MAX_STAGED_BYTES = 160 * 1024
 BLOCK: int | None = None
 BLOCKS_PER_SM = 1  # every block resident: >1 only where that many fit an SM (bench/layer_kernel_probe.py)
 TIMING = False  # the probe's per-barrier timestamps (bench/layer_kernel_probe.py --timing)
+# A TIMING launch's words at the end of its scratch (read as uint32): block 0's start and end, its arrival and
+# departure at each of the first TM_BARRIERS grid barriers, and at TM_COUNT the barriers it passed
+TM_WORDS, TM_BARRIERS, TM_COUNT = 64, 28, 60
 MAX_BH = 512  # rows x heads: one counter each per barrier slot
 
 
@@ -89,14 +92,21 @@ def _compact(src: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fill(src: str) -> str:
+    """The source with this module's layout constants in place of its @NAME@ marks."""
+    for name in ("SLOTS", "SLOT_INTS", "TM_BARRIERS", "TM_COUNT"):
+        src = src.replace(f"@{name}@", str(globals()[name]))
+    return _compact(src)
+
+
 def kernel_header() -> str:
     """The kernel's helper functions as mx.fast.cuda_kernel takes them."""
-    return _compact(HEADER)
+    return _fill(HEADER)
 
 
 def kernel_source() -> str:
     """The kernel's body as mx.fast.cuda_kernel takes it."""
-    return _compact(SOURCE.replace("@SLOTS@", str(SLOTS)).replace("@SLOT_INTS@", str(SLOT_INTS)))
+    return _fill(SOURCE)
 
 
 def block_for(d: int) -> int:
@@ -138,8 +148,8 @@ def _launch(
     maxsplit = max(1, nblocks * block // 32 // (rows * heads))
     template = [("T", dtype), ("B", rows), ("D", d), ("F", ffn), ("CROSS", cross), ("NEXT", nxt),
                 ("MAXSPLIT", maxsplit), ("TIMING", timing)]  # fmt: skip
-    # ws (fp32): the T activations (5 x B x D + B x F), the attention partials, 64 timestamps
-    scratch = (5 * rows * d + rows * ffn) * dtype.size // 4 + rows * heads * maxsplit * 66 + 64
+    # ws (fp32): the T activations (5 x B x D + B x F), the attention partials, TM_WORDS timestamps
+    scratch = (5 * rows * d + rows * ffn) * dtype.size // 4 + rows * heads * maxsplit * 66 + TM_WORDS
     shapes = [(rows, 1, d), (rows, heads, 1, 64) if nxt else (1,), (scratch,)]
     return dict(
         template=template,
@@ -266,9 +276,9 @@ _LAST_SCRATCH: list = [None]  # with TIMING: the last launch's scratch (its time
 def timestamps(scratch: mx.array) -> tuple[list[int], int]:
     """A TIMING launch's globaltimer readings (ns, low 32 bits) of block 0: [start, end, then arrival and
     departure per grid barrier], and the number of barriers it passed."""
-    raw = scratch[-64:].view(mx.uint32).tolist()
-    n = int(raw[60])
-    return [int(t) for t in raw[: 2 + 2 * min(n, 28)]], n
+    raw = scratch[-TM_WORDS:].view(mx.uint32).tolist()
+    n = int(raw[TM_COUNT])
+    return [int(t) for t in raw[: 2 + 2 * min(n, TM_BARRIERS)]], n
 
 
 def reference_decoder_layer(

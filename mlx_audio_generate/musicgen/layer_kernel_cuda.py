@@ -77,7 +77,7 @@ __device__ __noinline__ void lk_barrier(LkSync& sy) {
   __syncthreads();
   int* bar = sy.bar;
   if (threadIdx.x == 0) {
-    if (sy.tm != nullptr && blockIdx.x == 0 && sy.k < 28) sy.tm[2 + 2 * sy.k] = lk_now();
+    if (sy.tm != nullptr && blockIdx.x == 0 && sy.k < @TM_BARRIERS@) sy.tm[2 + 2 * sy.k] = lk_now();
     unsigned long long* count = reinterpret_cast<unsigned long long*>(bar);
     volatile int* failed = bar + 2;
     const unsigned long long n = gridDim.x;
@@ -93,7 +93,7 @@ __device__ __noinline__ void lk_barrier(LkSync& sy) {
         break;
       }
     }
-    if (sy.tm != nullptr && blockIdx.x == 0 && sy.k < 28) sy.tm[3 + 2 * sy.k] = lk_now();
+    if (sy.tm != nullptr && blockIdx.x == 0 && sy.k < @TM_BARRIERS@) sy.tm[3 + 2 * sy.k] = lk_now();
   }
   ++sy.k;
   __syncthreads();
@@ -444,7 +444,7 @@ SOURCE = """
   }
   if (TIMING && blockIdx.x == 0 && threadIdx.x == 0) {
     sy.tm[1] = lk_now();
-    sy.tm[60] = sy.k;
+    sy.tm[@TM_COUNT@] = sy.k;
   }
 """
 

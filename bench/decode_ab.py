@@ -38,12 +38,17 @@ def apply_sets(package: str, sets: list[str]) -> None:
     import ast
 
     for item in sets:
-        target, value = item.split("=", 1)
-        module, name = target.rsplit(".", 1)
+        target, sep, value = item.partition("=")
+        module, dot, name = target.rpartition(".")
+        if not (sep and dot and module and name):
+            raise SystemExit(f"decode_ab: a setting is module.NAME=value, not {item!r}")
         mod = importlib.import_module(f"{package}.{module}")
         if not hasattr(mod, name):
             raise SystemExit(f"{package}.{module} has no {name}")
-        setattr(mod, name, ast.literal_eval(value))
+        try:
+            setattr(mod, name, ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"decode_ab: {value!r} (for {target}) is not a Python literal") from None
 
 
 def steps_per_s(gen_mod, lm, steps: int, warm: int = 10) -> float:

@@ -4,7 +4,8 @@
 - A = this checkout, B = a copy of it with a knob set on B only: the rounds run, and the report's note
   records both sides' settings;
 - `apply_sets` sets the attribute of the named package's module to the parsed literal;
-- a knob that names no attribute exits non-zero, naming it, before any model is built.
+- a knob that names no attribute exits non-zero, naming it, before any model is built; a setting that is
+  not module.NAME=literal stops with one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 AB = ROOT / "bench" / "decode_ab.py"
@@ -54,3 +57,14 @@ def test_an_unknown_knob_stops_the_run(tmp_path):
     assert p.returncode != 0
     assert "mlx_audio_generate.musicgen.layer_kernel has no NO_SUCH_KNOB" in p.stderr
     assert not (tmp_path / "ab.md").exists()
+
+
+def test_a_malformed_setting_is_one_line(monkeypatch):
+    import decode_ab
+
+    for bad, msg in [
+        ("BLOCK", "module.NAME=value"),
+        ("musicgen.layer_kernel.BLOCK=big", "not a Python literal"),
+    ]:
+        with pytest.raises(SystemExit, match=msg):
+            decode_ab.apply_sets("mlx_audio_generate", [bad])

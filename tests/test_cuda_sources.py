@@ -47,12 +47,13 @@ def wrap(name: str, header: str, source: str, inputs: dict, outputs: dict, templ
 
 
 def layer_kernel_source(
-    i: int, dtype: str, rows: int, d: int, cross: bool, nxt: bool, timing: bool = False
+    i: int, dtype: str, rows: int, d: int, cross: bool, nxt: bool, timing: bool = False, htp: int = 0
 ) -> str:
+    """One layer kernel's unit; `htp` > 0: the absorbed cross-attention, vo that many columns wide."""
     inputs = {n: dtype for n in lk.INPUTS} | {"len": "int32", "consts": "float32", "barrier": "int32"}
     outputs = {n: dtype for n in lk.OUTPUTS} | {"ws": "float32"}
     template = [("T", dtype), ("B", rows), ("D", d), ("F", 4 * d), ("CROSS", cross), ("NEXT", nxt),
-                ("MAXSPLIT", 16), ("TIMING", timing)]  # fmt: skip
+                ("MAXSPLIT", 16), ("TIMING", timing), ("ABSORB", htp > 0), ("HTP", htp or 256)]  # fmt: skip
     # each kernel in its own namespace: the headers are repeated per kernel
     return (
         f"namespace k{i} {{\n"
@@ -87,6 +88,8 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         layer_kernel_source(2, "float16", 16, 1024, True, True),  # 16 rows
         layer_kernel_source(3, "bfloat16", 8, 1536, True, False),  # medium, last layer
         layer_kernel_source(4, "float16", 2, 1024, True, True, timing=True),  # the probe's timestamps
+        layer_kernel_source(5, "float16", 2, 2048, True, True, htp=512),  # large, absorbed, 12-token text
+        layer_kernel_source(6, "bfloat16", 4, 1024, True, False, htp=256),  # absorbed, last layer
         decode_kernel_sources(0, "float16"),
         decode_kernel_sources(1, "bfloat16"),
     ]
@@ -112,7 +115,7 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
     # The layer kernel runs up to 512-thread blocks, one per SM: past 128 registers a thread it could not
     # launch.
     regs = [int(m) for m in re.findall(r"Used (\d+) registers", run.stderr)]
-    assert len(regs) >= 5 and max(regs) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
+    assert len(regs) >= 7 and max(regs) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
     # no register spills (a spilling kernel would be slow, not wrong: worth knowing before a GPU run)
     assert " 0 bytes spill stores" in run.stderr and "bytes spill stores" in run.stderr
     spills = [

@@ -76,8 +76,67 @@ def test_cpu_never_takes_the_layer_kernel(monkeypatch):
     assert codes.shape == (1, 4, 6)
 
 
-@pytest.mark.parametrize("cross", [True, False], ids=["cross-attention", "no-cross-attention"])
-def test_layer_kernel_wiring_with_the_reference_layer(monkeypatch, cross):
+def test_absorbed_cross_attention_is_the_same_maths():
+    # kq . LayerNorm(x) and vo . softmax (absorb_cross) against q = W_q LayerNorm(x), SDPA and W_o, in fp32 on
+    # the CPU device (on the GPU machine MLX's fp32 products of the two orders differ by 2.2e-4, measured,
+    # which says nothing about the maths): the reference layer both ways; the kernel is held to the ops on
+    # the GPU below
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    try:
+        absorbed_against_the_full_layer()
+    finally:
+        mx.set_default_device(device)
+
+
+def absorbed_against_the_full_layer() -> None:
+    rows, d, heads, text, ffn, n = 2, 256, 4, 9, 1024, 21
+    keys = iter(mx.random.split(mx.random.key(7), 20))
+
+    def rnd(*shape, scale=1.0):
+        return mx.random.normal(shape, key=next(keys)) * scale
+
+    w = [rnd(d, d, scale=d**-0.5), 1 + rnd(d, scale=0.1), rnd(d, scale=0.1), rnd(d, d, scale=d**-0.5),
+         rnd(rows, heads, text, 64), rnd(rows, heads, text, 64), rnd(d, d, scale=d**-0.5),
+         1 + rnd(d, scale=0.1), rnd(d, scale=0.1), rnd(ffn, d, scale=d**-0.5), rnd(d, ffn, scale=ffn**-0.5),
+         1 + rnd(d, scale=0.1), rnd(d, scale=0.1), rnd(3 * d, d, scale=d**-0.5)]  # fmt: skip
+    kq, vo = lk.absorb_cross(w[4], w[5], w[3], w[6])
+    assert kq.shape == (rows * heads * text, d) and vo.shape == (rows * d, 256)  # 36 columns padded to 256
+    assert not np.array(vo.reshape(rows, d, 256)[:, :, heads * text :]).any()
+    x, q = rnd(rows, 1, d), rnd(rows, heads, 1, 64)
+    cache, nxt = rnd(2, rows, heads, 32, 64), mx.zeros((2, rows, heads, 32, 64))
+    length, consts = mx.array([n, 0, 32, text], mx.int32), mx.array([1e-5, 0.125, 0], mx.float32)
+    absorbed = [*w[:3], kq, w[4], w[5], vo, *w[7:]]
+    want = lk.reference_decoder_layer(x, q, cache, nxt, length, consts, w, text, True)
+    got = lk.reference_decoder_layer(x, q, cache, nxt, length, consts, absorbed, text, True, absorbed=True)
+    for g, r in zip(got, want, strict=True):
+        assert rel_err(g, r) <= 1e-5
+    assert rel_err(got[0] - x, want[0] - x) <= 1e-5  # the layer's own contribution, not only the residual
+
+
+def test_when_the_cross_attention_is_absorbed(monkeypatch):
+    # up to ABSORB_ROWS rows x text tokens (no more bytes than W_q + W_o), texts up to 64 tokens, on CUDA only
+    monkeypatch.setattr(lk.mx.cuda, "is_available", lambda: True)
+    assert lk.absorbs(2, 12, 32, 8192, mx.float16) and lk.absorbs(2, 32, 32, 8192, mx.float16)
+    assert lk.absorbs(1, 64, 16, 4096, mx.float16)
+    assert not lk.absorbs(2, 33, 32, 8192, mx.float16)  # 66 rows x tokens: more bytes than W_q + W_o
+    assert not lk.absorbs(8, 9, 16, 4096, mx.float16) and not lk.absorbs(2, 0, 16, 4096, mx.float16)
+    assert not lk.absorbs(1, 65, 16, 4096, mx.float16)  # one softmax per warp: 64 scores at most
+    assert lk.absorbed_width(32, 12) == 512 and lk.absorbed_width(16, 16) == 256
+    assert not lk.absorbs(2, 12, 32, 256, mx.float16)  # the probabilities do not fit the staged rows
+    monkeypatch.setattr(lk, "ABSORB_ROWS", 0)  # the A/B switch: never
+    assert not lk.absorbs(2, 12, 32, 8192, mx.float16)
+    monkeypatch.setattr(lk.mx.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(lk, "ABSORB_ROWS", 64)
+    assert not lk.absorbs(2, 12, 32, 8192, mx.float16)
+
+
+@pytest.mark.parametrize(
+    "cross,absorbed",
+    [(True, False), (True, True), (False, False)],
+    ids=["cross-attention", "absorbed-cross-attention", "no-cross-attention"],
+)
+def test_layer_kernel_wiring_with_the_reference_layer(monkeypatch, cross, absorbed):
     # Everywhere: the decode step's layer-kernel branch (weights per layer, the next layer's q / k / v handed
     # on, cache writes, lengths) with the kernel replaced by its specification in MLX ops (and layer 0's
     # fused LayerNorm + QKV by the ops), in fp32 against the decoder's own layers: the same maths, so the
@@ -94,9 +153,13 @@ def test_layer_kernel_wiring_with_the_reference_layer(monkeypatch, cross):
 
     def ref_layer(*args):
         calls.append(args[4])  # the step's length array
+        if args[7]:  # a cross-attention: absorbed as asked, kq / vo in the weights' places
+            assert args[9] == absorbed
+            assert args[6][3].shape == ((2 * 4 * 9, 256) if absorbed else (256, 256))
         return lk.reference_decoder_layer(*args)
 
     monkeypatch.setattr(lk, "supported", lambda *a: True)
+    monkeypatch.setattr(lk, "absorbs", lambda *a: absorbed)  # (only on CUDA otherwise)
     monkeypatch.setattr(lk, "decoder_layer", ref_layer)
     monkeypatch.setattr(fused_decode, "ln_qkv", ref_ln_qkv)
     # on the CPU device everywhere: on the GPU machine MLX's fp32 products differ by more than 1e-5 between
@@ -128,27 +191,35 @@ def wiring_against_the_layers(cross: bool, calls: list) -> None:
 
 @gpu
 @pytest.mark.parametrize(
-    "width,heads,dtype,text_len,steps,rows",
+    "width,heads,dtype,text_len,steps,rows,absorb",
     [
-        (256, 4, mx.float16, 7, 96, 2),
-        (1024, 16, mx.float16, 77, 40, 2),
-        (512, 8, mx.bfloat16, 12, 300, 2),
-        (256, 4, mx.float16, 0, 70, 2),
-        (1024, 16, mx.float16, 9, 50, 8),
-        (1536, 24, mx.float16, 12, 40, 2),
+        (256, 4, mx.float16, 7, 96, 2, True),
+        (1024, 16, mx.float16, 77, 40, 2, False),
+        (512, 8, mx.bfloat16, 12, 300, 2, True),
+        (256, 4, mx.float16, 0, 70, 2, False),
+        (1024, 16, mx.float16, 9, 50, 8, False),
+        (1536, 24, mx.float16, 12, 40, 2, True),
+        (1536, 24, mx.float16, 12, 40, 2, False),
+        (1024, 16, mx.float16, 64, 30, 1, True),
+        (2048, 32, mx.float16, 12, 30, 2, True),
     ],
-    ids=["256-fp16", "1024-fp16-long-text", "512-bf16-300-steps", "no-cross-attention", "8-rows",
-         "1536-fp16-512-threads"],
+    ids=["256-fp16-absorbed", "1024-fp16-long-text", "512-bf16-300-steps-absorbed", "no-cross-attention",
+         "8-rows", "1536-fp16-512-threads-absorbed", "1536-fp16-512-threads", "1024-fp16-64-tokens-absorbed",
+         "2048-fp16-absorbed"],
 )  # fmt: skip
-def test_layer_kernel_matches_the_ops(width, heads, dtype, text_len, steps, rows):
+def test_layer_kernel_matches_the_ops(monkeypatch, width, heads, dtype, text_len, steps, rows, absorb):
     # 96 / 300 steps: the self-attention goes from one slice per head to many (one per 16 positions, then as
     # many as the grid's warps allow); 77 text positions: the cross-attention is split too; widths up to 1024
-    # run 256-thread blocks, 1536 512-thread ones
+    # run 256-thread blocks, 1536 512-thread ones. Absorbed (absorb_cross) where rows x text <= 64: 64 tokens
+    # fill both of a lane's scores, 7 leave 228 of vo's 256 columns padding; the rest run W_q, SDPA, W_o
+    if not absorb and text_len and rows * text_len <= lk.ABSORB_ROWS:
+        monkeypatch.setattr(lk, "ABSORB_ROWS", 0)
     lm = lm_of(width, heads, 3, dtype, cross=text_len > 0)
     tokens = mx.random.randint(0, 2048, (rows, 4, steps), key=mx.random.key(2))
     states = mx.random.normal((rows, text_len, 128), key=mx.random.key(3)) if text_len else None
     want = forced_logits(lm, tokens, states, layer_kernel=False)
     got = forced_logits(lm, tokens, states, layer_kernel=True)
+    assert lm.decoder._fused.absorbed == absorb
     tol = 1e-2 if dtype == mx.float16 else 5e-2  # fp16 / bf16 rounding of 3 layers, summation order
     errs = [rel_err(g, w) for g, w in zip(got, want, strict=True)]
     assert max(errs) <= tol, (max(errs), int(np.argmax(errs)))

@@ -89,6 +89,7 @@ class FusedArgs:
     # layer's index); None: not dense, or a masked cross-attention (the kernel attends every position)
     layer: list[list[mx.array]] | None = None
     consts: list[mx.array] | None = None
+    absorbed: bool = False  # the layer kernels' cross-attention absorbed (layer_kernel.absorb_cross)
 
 
 def is_dense(layer: Any) -> bool:
@@ -131,24 +132,33 @@ def fused_args(
             [_post_args(layer, None if cross_kv is None else cross_kv[i], cross_mask)
              for i, layer in enumerate(dec.layers)] if dense else []
         )  # fmt: skip
-        layer, consts = None, None
+        layer, consts, absorbed = None, None, False
         if dense and cross_mask is None:
-            layer = _layer_kernel_args(dec.layers, cross_kv)
+            if cross_kv is not None:
+                cfg, (k, _) = dec.config, cross_kv[0]
+                absorbed = layer_kernel.absorbs(k.shape[0], k.shape[2], k.shape[1], cfg.ffn_dim, k.dtype)
+            layer = _layer_kernel_args(dec.layers, cross_kv, absorbed)
             sa, norm = dec.layers[0].self_attn, dec.layers[0].self_attn_layer_norm
             consts = layer_kernel.layer_consts(norm.eps, sa.scale, len(dec.layers))
-        a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post, layer, consts)
+        a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post, layer, consts, absorbed)
     return a
 
 
-def _layer_kernel_args(layers: Any, cross_kv: list[tuple[mx.array, mx.array]] | None) -> list[list[mx.array]]:
+def _layer_kernel_args(
+    layers: Any, cross_kv: list[tuple[mx.array, mx.array]] | None, absorbed: bool
+) -> list[list[mx.array]]:
     """Per layer, layer_kernel.INPUTS from w_o on: the cross-attention's (any arrays without one: the kernel
-    does not read them) and the next layer's LayerNorm + QKV (the last layer's: any arrays)."""
+    does not read them; `absorbed`: kq and vo in place of its q and out weights, computed lazily, so only
+    where the kernel runs) and the next layer's LayerNorm + QKV (the last layer's: any arrays)."""
     out = []
     for i, layer in enumerate(layers):
         w_o = layer.self_attn.out_proj.weight
         if cross_kv is not None:
             ca, cn = layer.encoder_attn, layer.encoder_attn_layer_norm
-            cross = [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv[i], ca.out_proj.weight]
+            w_q, w_co = ca.q_proj.weight, ca.out_proj.weight
+            if absorbed:
+                w_q, w_co = layer_kernel.absorb_cross(*cross_kv[i], w_q, w_co)
+            cross = [cn.weight, cn.bias, w_q, *cross_kv[i], w_co]
         else:
             cross = [w_o] * 6
         fn = layer.final_layer_norm
@@ -194,7 +204,7 @@ def kernel_layers(dec: Any, x: mx.array, args: FusedArgs, cache: list, offset: i
         nxt = i + 1 < n
         x, q, written = layer_kernel.decoder_layer(
             x, q, buf, cache[i + 1].state[0] if nxt else buf, length, args.consts[i], args.layer[i],
-            cross_len, nxt,
+            cross_len, nxt, args.absorbed,
         )  # fmt: skip
         if nxt:
             cache[i + 1].state[0] = buf = written

@@ -18,6 +18,13 @@ waits. Stages, for one position per row:
   cross-attention -> cross out + residual] -> LayerNorm + fc1 + GELU -> fc2 + residual -> [LayerNorm + QKV of
   the next layer: q out, k / v into its cache at L - 1, its cached K / V prefetched into L2]
 
+With a short text (rows x text tokens <= ABSORB_ROWS) the cross-attention's two products are absorbed into the
+text's keys and values once per generation (`absorb_cross`, as multi-head latent attention absorbs its
+projections): the scores are kq . LayerNorm(x1) with kq = W_q[h]^T k, and x2 = x1 + vo . softmax with
+vo = W_o[:, h] v. That is one stage and one grid barrier fewer, and fewer bytes than W_q and W_o (rows x text
+x H x D each against D x D). The same maths up to summation order; the rounding of q and of the attention's
+output to T is gone (fp32 there).
+
 Every product is a matrix-vector product over the grid's warps (each weight row read once for all rows, 16
 bytes per lane, fp32 accumulation) against its input staged in shared memory; results round to T exactly
 where the unfused ops store (LayerNorm output, product, residual sum, GELU, attention output), so the layer
@@ -54,6 +61,9 @@ TIMING = False  # the probe's per-barrier timestamps (bench/layer_kernel_probe.p
 # departure at each of the first TM_BARRIERS grid barriers, and at TM_COUNT the barriers it passed
 TM_WORDS, TM_BARRIERS, TM_COUNT = 64, 28, 60
 MAX_BH = 512  # rows x heads: one counter each per barrier slot
+# Absorb the cross-attention's products (`absorb_cross`) up to this many rows x text tokens (at 64, kq + vo
+# are as many bytes as W_q + W_o); 0 = never (bench/decode_ab.py --b-set musicgen.layer_kernel.ABSORB_ROWS=0)
+ABSORB_ROWS = 64
 
 
 # CUdevice_attribute values (cuda.h)
@@ -140,14 +150,18 @@ def _launch(
     block: int,
     per_sm: int,
     timing: bool,
+    htp: int = 0,
 ) -> dict:
-    """The launch arguments of one model's layer (built once: a decode step launches it once per layer)."""
+    """The launch arguments of one model's layer (built once: a decode step launches it once per layer);
+    `htp` > 0: the cross-attention is absorbed (`absorb_cross`), its vo `htp` columns wide."""
     heads = d // 64
     nblocks = sm_count(0) * per_sm
     # slices per head of the attention: at most the grid's warps per head (and one per 16 positions)
     maxsplit = max(1, nblocks * block // 32 // (rows * heads))
+    # (HTP is a width for the unused absorbed stage's code when not absorbed: any multiple of 256)
     template = [("T", dtype), ("B", rows), ("D", d), ("F", ffn), ("CROSS", cross), ("NEXT", nxt),
-                ("MAXSPLIT", maxsplit), ("TIMING", timing)]  # fmt: skip
+                ("MAXSPLIT", maxsplit), ("TIMING", timing), ("ABSORB", htp > 0),
+                ("HTP", htp or 256)]  # fmt: skip
     # ws (fp32): the T activations (5 x B x D + B x F), the attention partials, TM_WORDS timestamps
     scratch = (5 * rows * d + rows * ffn) * dtype.size // 4 + rows * heads * maxsplit * 66 + TM_WORDS
     shapes = [(rows, 1, d), (rows, heads, 1, 64) if nxt else (1,), (scratch,)]
@@ -240,6 +254,38 @@ def supported(x: mx.array, d: int, ffn: int, heads: int) -> bool:
     )
 
 
+def absorbed_width(heads: int, text_len: int) -> int:
+    """vo's columns: heads x text tokens, padded to a multiple of 256 (the products' 16-byte lanes)."""
+    return -(-heads * text_len // 256) * 256
+
+
+def absorbs(rows: int, text_len: int, heads: int, ffn: int, dtype: mx.Dtype) -> bool:
+    """Whether a generation's layer kernels take the absorbed cross-attention (`absorb_cross`): CUDA, a text
+    of at most 64 tokens (one softmax per warp), no more bytes than W_q + W_o, and the probabilities (fp32)
+    fit where the rows are staged."""
+    return (
+        mx.cuda.is_available()
+        and 0 < text_len <= 64
+        and rows * text_len <= ABSORB_ROWS
+        and rows * absorbed_width(heads, text_len) * 4 <= staged_bytes(rows, ffn, dtype)
+    )
+
+
+def absorb_cross(k: mx.array, v: mx.array, w_q: mx.array, w_o: mx.array) -> tuple[mx.array, mx.array]:
+    """The cross-attention's keys / values (B, H, T, 64) with its q and out weights (D, D) absorbed, in
+    fp32 then rounded to their dtype: kq (B x H x T, D), row (b, h, j) = W_q[h]^T k[b, h, j] (so a score is
+    kq . LayerNorm(x)), and vo (B x D, absorbed_width), row (b, n) = W_o[n, h] . v[b, h, j] over the columns
+    (h, j), then zeros (so the output is vo . the probabilities). Built once per generation."""
+    b, h, t, dh = k.shape
+    d = w_q.shape[1]
+    f32 = mx.float32
+    kq = k.astype(f32) @ w_q.astype(f32).reshape(h, dh, d)  # (B, H, T, D)
+    vo = v.astype(f32) @ w_o.astype(f32).reshape(d, h, dh).transpose(1, 2, 0)  # (B, H, T, D)
+    vo = vo.reshape(b, h * t, d).transpose(0, 2, 1)  # (B, D, H x T)
+    vo = mx.pad(vo, [(0, 0), (0, 0), (0, absorbed_width(h, t) - h * t)])
+    return kq.reshape(b * h * t, d).astype(k.dtype), vo.reshape(b * d, -1).astype(v.dtype)
+
+
 def decoder_layer(
     x: mx.array,
     q: mx.array,
@@ -250,18 +296,21 @@ def decoder_layer(
     weights: list[mx.array],
     cross_len: int,
     nxt: bool,
+    absorbed: bool = False,
 ) -> tuple[mx.array, mx.array | None, mx.array]:
     """One decoder layer of a decode step: x (B, 1, D), q (B, H, 1, 64) (this layer's query), `cache`
     (2, B, H, max_len, 64) with this step's k / v already written at L - 1, `cache_next` the next layer's
     cache (any array when not `nxt`), `length` from `step_length`, `consts` from `layer_consts`, `weights`
-    in INPUTS order from w_o (cross ones: any arrays when `cross_len` is 0; the next layer's: any when not
-    `nxt`). Returns y (B, 1, D) and, with `nxt`, the next layer's q (B, H, 1, 64) and its cache with this
-    step's k / v written at L - 1 (the kernel writes them in place: it returns `cache_next` itself, which
-    must be a whole row-contiguous buffer read by no other op of this step). Check `supported` first."""
+    in INPUTS order from w_o (cross ones: any arrays when `cross_len` is 0; `absorbed`: kq and vo of
+    `absorb_cross` in place of w_cq and w_co; the next layer's: any when not `nxt`). Returns y (B, 1, D)
+    and, with `nxt`, the next layer's q (B, H, 1, 64) and its cache with this step's k / v written at L - 1
+    (the kernel writes them in place: it returns `cache_next` itself, which must be a whole row-contiguous
+    buffer read by no other op of this step). Check `supported` first."""
     rows, d, ffn = x.shape[0], x.shape[-1], weights[9].shape[0]  # w_1 (F, D)
     kernel = _kernel(staged_bytes(rows, ffn, x.dtype))
     block = block_for(d)
-    launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, block, BLOCKS_PER_SM, TIMING)
+    htp = weights[6].shape[-1] if absorbed and cross_len else 0  # vo's columns
+    launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, block, BLOCKS_PER_SM, TIMING, htp)
     nblocks = launch["grid"][0] // block
     state = _barrier_state(nblocks)
     out = kernel(inputs=[x, q, cache, cache_next, length, consts, state, *weights], **launch)
@@ -291,6 +340,7 @@ def reference_decoder_layer(
     weights: list[mx.array],
     cross_len: int,
     nxt: bool,
+    absorbed: bool = False,
 ) -> tuple[mx.array, mx.array | None, mx.array]:
     """`decoder_layer`'s maths as MLX ops, with its arguments and results (the kernel's specification, and the
     tests' stand-in for it where CUDA is absent)."""
@@ -307,7 +357,14 @@ def reference_decoder_layer(
 
     o = mx.fast.scaled_dot_product_attention(q, cache[0, :, :, :n], cache[1, :, :, :n], scale=scale)
     x = x + rows_of(o) @ w_o.T
-    if cross_len:
+    if cross_len and absorbed:  # w_cq, w_co: kq, vo (absorb_cross); scores, softmax and output in fp32
+        f32, ht = mx.float32, heads * cross_len
+        kq = w_cq.reshape(rows, ht, d).astype(f32)
+        ln = mx.fast.layer_norm(x, ln2_g, ln2_b, eps).astype(f32)  # (B, 1, D)
+        p = mx.softmax((ln @ kq.transpose(0, 2, 1) * scale).reshape(rows, heads, cross_len), axis=-1)
+        vo = w_co.reshape(rows, d, -1)[:, :, :ht].astype(f32)
+        x = x + (p.reshape(rows, 1, ht) @ vo.transpose(0, 2, 1)).astype(x.dtype)
+    elif cross_len:
         qc = heads_of(mx.fast.layer_norm(x, ln2_g, ln2_b, eps) @ w_cq.T)
         x = x + rows_of(mx.fast.scaled_dot_product_attention(qc, ck, cv, scale=scale)) @ w_co.T
     y = x + nn.gelu(mx.fast.layer_norm(x, ln3_g, ln3_b, eps) @ w_1.T) @ w_2.T

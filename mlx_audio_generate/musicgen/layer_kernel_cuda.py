@@ -42,16 +42,21 @@ __device__ __forceinline__ int lk_warps() { return gridDim.x * (blockDim.x / 32)
 
 // Warm L2 with this warp's rows of the next product (the rows lk_gemv will give it), one 128-byte line per
 // lane and instruction: issued before a barrier, so the weights stream in while the grid waits.
-template <typename T, int DIN, int N, int RP>
-__device__ __forceinline__ void lk_prefetch(const T* w) {
+template <typename T, int DIN, int RP>
+__device__ __forceinline__ void lk_prefetch_n(const T* w, int n) {  // n rows, a run-time count
   constexpr int LINES = DIN * sizeof(T) / 128;
   const int lane = threadIdx.x % 32;
   const int nw = lk_warps();
-  for (int n0 = lk_warp() * RP; n0 < N; n0 += nw * RP)
-    for (int r = 0; r < RP && n0 + r < N; ++r) {
+  for (int n0 = lk_warp() * RP; n0 < n; n0 += nw * RP)
+    for (int r = 0; r < RP && n0 + r < n; ++r) {
       const char* row = reinterpret_cast<const char*>(w + static_cast<size_t>(n0 + r) * DIN);
       for (int l = lane; l < LINES; l += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + l * 128));
     }
+}
+
+template <typename T, int DIN, int N, int RP>
+__device__ __forceinline__ void lk_prefetch(const T* w) {
+  lk_prefetch_n<T, DIN, RP>(w, N);
 }
 
 __device__ __forceinline__ unsigned int lk_now() {  // the GPU's global timer (ns), low 32 bits
@@ -231,6 +236,110 @@ __device__ __forceinline__ void lk_gemv(const T* __restrict__ w, const T* xs, co
   }
 }
 
+// 8 consecutive staged values as floats: fp32 (two 16-byte loads) or T (one)
+__device__ __forceinline__ void lk_load8(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+template <typename T>
+__device__ __forceinline__ void lk_load8(const T* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* t = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = static_cast<float>(t[j]);
+}
+
+// W (n x DIN, n a run-time count) with each row against its own staged row: row r against row r / per_x
+// of xs (the absorbed cross-attention: each guidance row has its own text, so its own matrix); otherwise
+// as lk_gemv (warps stride over groups of RP rows, 16 bytes per lane and load); epi(r, fp32 sum), lane 0.
+template <typename T, typename XT, int DIN, int RP, typename Epi>
+__device__ __forceinline__ void lk_gemv_own(const T* __restrict__ w, int n, int per_x, const XT* xs,
+                                            const Epi& epi) {
+  constexpr int PER_LANE = DIN / 256;
+  constexpr int UMAX = RP == 1 ? 16 : 8;
+  constexpr int U = PER_LANE < UMAX ? PER_LANE : UMAX;
+  const int lane = threadIdx.x % 32;
+  const int nw = lk_warps();
+  for (int n0 = lk_warp() * RP; n0 < n; n0 += nw * RP) {
+    float acc[RP];
+    const XT* xr[RP];
+#pragma unroll
+    for (int r = 0; r < RP; ++r) {
+      acc[r] = 0.f;
+      xr[r] = xs + static_cast<long>((n0 + r < n ? n0 + r : n - 1) / per_x) * DIN;
+    }
+#pragma unroll
+    for (int i0 = 0; i0 < PER_LANE; i0 += U) {
+      uint4 wr[U][RP];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int r = 0; r < RP; ++r) {
+          const int m = n0 + r < n ? n0 + r : n - 1;
+          if (i0 + u < PER_LANE)
+            wr[u][r] = __ldg(reinterpret_cast<const uint4*>(w + static_cast<size_t>(m) * DIN) +
+                             (i0 + u) * 32 + lane);
+        }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u < PER_LANE) {
+          const int c = ((i0 + u) * 32 + lane) * 8;
+#pragma unroll
+          for (int r = 0; r < RP; ++r) {
+            float xv[8];
+            lk_load8(xr[r] + c, xv);
+            const T* wv = reinterpret_cast<const T*>(&wr[u][r]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[r] += static_cast<float>(wv[j]) * xv[j];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < RP; ++r) acc[r] = lk_sum(acc[r]);
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < RP; ++r)
+        if (n0 + r < n) epi(n0 + r, acc[r]);
+    }
+  }
+}
+
+// The softmax of each of the B x H heads' `text` scores (fp32, (B, H, text), text <= 64) into p: row b's
+// probabilities at p + b * HTP + h * text + j, zeros from H * text to HTP. Every score is copied into its
+// place first, 4 loads a thread in flight (one L2 round trip, not one per head), then a warp per head works
+// in shared memory (the whole block).
+template <int B, int H, int HTP>
+__device__ void lk_softmax_rows(const float* scores, int text, float* p) {
+  constexpr int PER = 4;
+  const int lane = threadIdx.x % 32, ht = H * text;
+  for (int i0 = threadIdx.x; i0 < B * HTP; i0 += PER * blockDim.x) {
+    float v[PER];
+#pragma unroll
+    for (int u = 0; u < PER; ++u) {
+      const int i = i0 + u * blockDim.x, c = i % HTP;
+      v[u] = i < B * HTP && c < ht ? __ldcg(scores + (i / HTP) * ht + c) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < PER; ++u)
+      if (i0 + u * blockDim.x < B * HTP) p[i0 + u * blockDim.x] = v[u];
+  }
+  __syncthreads();
+  for (int bh = threadIdx.x / 32; bh < B * H; bh += blockDim.x / 32) {
+    float* s = p + (bh / H) * HTP + (bh % H) * text;  // each lane rewrites only the scores it read
+    const float s0 = lane < text ? s[lane] : -INFINITY;
+    const float s1 = lane + 32 < text ? s[lane + 32] : -INFINITY;
+    const float m = lk_max(fmaxf(s0, s1));
+    const float e0 = lane < text ? expf(s0 - m) : 0.f;
+    const float e1 = lane + 32 < text ? expf(s1 - m) : 0.f;
+    const float inv = 1.f / lk_sum(e0 + e1);
+    if (lane < text) s[lane] = e0 * inv;
+    if (lane + 32 < text) s[lane + 32] = e1 * inv;
+  }
+  __syncthreads();
+}
+
 // One query (64 dims: two per lane, pre-scaled) against K/V rows [p0, p1) (row stride 64), online softmax in
 // fp32: the running max m, sum l and unnormalized output acc of this slice.
 template <typename T>
@@ -347,9 +456,10 @@ __device__ void lk_attention(
 
 # Inputs: x (B, 1, D); q (B, H, 1, 64); cache (2, B, H, M, 64) (this layer's); cache_next (the next layer's,
 # written in place at position L - 1 with NEXT); len int32 [L, slot, M, S]; consts fp32 [eps, scale, layer];
-# barrier int32 [SLOTS x SLOT_INTS]; then the layer's weights (the cross ones unread without CROSS, the next
-# layer's without NEXT). Outputs: y (B, 1, D); qn (B, H, 1, 64) (NEXT); ws (fp32 scratch: the T activations,
-# the attention partials, the probe's timestamps).
+# barrier int32 [SLOTS x SLOT_INTS]; then the layer's weights (the cross ones unread without CROSS; with
+# ABSORB, w_cq and w_co hold kq and vo and cross_k / cross_v are unread; the next layer's unread without
+# NEXT). Outputs: y (B, 1, D); qn (B, H, 1, 64) (NEXT); ws (fp32 scratch: the T activations, the attention
+# partials, the probe's timestamps).
 SOURCE = """
   constexpr int H = D / 64;
   extern __shared__ __align__(16) unsigned char lk_smem[];
@@ -381,14 +491,36 @@ SOURCE = """
   lk_gemv<T, B, D, D, 1>(w_o, xs, [&](int b, int n, float s) {
     x1[b * D + n] = T(static_cast<float>(x[b * D + n]) + static_cast<float>(T(s)));
   });
-  if (CROSS) {
+  if (CROSS && ABSORB) {
+    lk_prefetch_n<T, D, 1>(w_cq, B * H * len[3]);
+  } else if (CROSS) {
     lk_prefetch<T, D, D, 1>(w_cq);
   } else {
     lk_prefetch<T, D, F, 2>(w_1);
   }
   lk_barrier(sy);
   const T* xr = x1;
-  if (CROSS) {
+  if (CROSS && ABSORB) {
+    // 3. the cross-attention with its two products absorbed into the text's keys and values
+    // (layer_kernel.absorb_cross): w_cq holds kq, row (b, h, j) = W_q[h]^T k[b, h, j] (B x H x text rows),
+    // w_co holds vo, row (b, n) = W_o[n, h] . v[b, h, j] over the columns (h, j), zeros up to HTP: the
+    // scores are kq . LayerNorm(x1) and x2 = x1 + vo . softmax (one grid barrier and no attention stage
+    // fewer; no more bytes than W_q + W_o while B x text <= 64)
+    const int text = len[3];
+    lk_stage<T, B, D>(x1, ln2_g, ln2_b, eps, xs, stats);
+    lk_gemv_own<T, T, D, 1>(w_cq, B * H * text, H * text, xs,
+                            [&](int r, float s) { __stcg(part + r, s * scale); });
+    lk_prefetch_n<T, HTP, 2>(w_co, B * D);
+    lk_barrier(sy);
+    float* p = reinterpret_cast<float*>(lk_smem);  // B x HTP probabilities (fp32) where the rows were staged
+    lk_softmax_rows<B, H, HTP>(part, text, p);
+    lk_gemv_own<T, float, HTP, 2>(w_co, B * D, D, p, [&](int r, float s) {
+      x2[r] = T(lk_cg(x1 + r) + static_cast<float>(T(s)));
+    });
+    lk_prefetch<T, D, F, 2>(w_1);
+    lk_barrier(sy);
+    xr = x2;
+  } else if (CROSS) {
     // 3. cross-attention: q of LayerNorm(x1), attention over the text's len[3] keys, x2 = x1 + out(oc)
     // (tried: the query and the attention in one stage, by the warp that completes a head's query; slower,
     // the grid waits for that warp's whole attention: bench/results/2026-12-01-h200-r5/)

@@ -19,6 +19,9 @@ decode (bench/results/2026-12-01-h200-r6/).
 grid barrier (arrival: block 0's work of the stage done; departure: every block arrived) and at its end
 (layer_kernel.TIMING), medians over the chain: "work" is each stage of block 0, "wait" each barrier, "gap"
 the time from one launch's end to the next one's start.
+
+`--absorbed` adds the first launch shape (and its TIMING build) with the cross-attention absorbed
+(layer_kernel.absorb_cross: kq and vo in place of W_q and W_o).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> int:
     p.add_argument("--launches", type=int, default=96)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timing", action="store_true", help="also where one launch's time goes (TIMING build)")
+    p.add_argument("--absorbed", action="store_true", help="also the absorbed cross-attention")
     p.add_argument("--out")
     a = p.parse_args()
     import mlx.core as mx
@@ -77,7 +81,7 @@ def main() -> int:
         "| width | launch shape | us / launch | host us / launch | weight GB/s | note |",
         "|---|---|---:|---:|---:|---|",
     ]
-    stages: list[tuple[int, str]] = []
+    stages: list[tuple[str, str]] = []
     for d in [int(w) for w in a.widths.split(",")]:
         f, h, b = 4 * d, d // 64, a.rows
         key = iter(mx.random.split(mx.random.key(0), 32))
@@ -93,12 +97,17 @@ def main() -> int:
         x0, q0 = rnd(b, 1, d), rnd(b, h, 1, 64)
         consts = lk.layer_consts(1e-5, 0.125, 1)[0]
         mx.eval(w, cache, x0, q0, consts)
-        nbytes = sum(t.nbytes for i, t in enumerate(w) if i not in (4, 5))
+        kq, vo = lk.absorb_cross(w[4], w[5], w[3], w[6])
+        w_abs = [*w[:3], kq, w[4], w[5], vo, *w[7:]]
+        mx.eval(kq, vo)
         nxt_cache = rnd(2, b, h, a.cached + 8, 64)  # the next layer's (written in place at `cached` - 1)
-        variants = [(sh, False) for sh in a.shapes.split(",")]
-        if a.timing:
-            variants.append((a.shapes.split(",")[0], True))
-        for shape, timing in variants:
+        first = a.shapes.split(",")[0]
+        variants = [(sh, False, False) for sh in a.shapes.split(",")]
+        variants += [(first, True, False)] if a.timing else []
+        variants += [(first, t, True) for t in (False, True) if a.absorbed and (a.timing or not t)]
+        for shape, timing, absorbed in variants:
+            wl = w_abs if absorbed else w
+            nbytes = sum(t.nbytes for i, t in enumerate(wl) if i not in (4, 5))
             threads, per_sm = (int(v) for v in shape.split("x"))
             staged = lk.staged_bytes(b, f, dt)
             if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:
@@ -113,7 +122,9 @@ def main() -> int:
                 t0 = time.perf_counter()
                 for _ in range(a.launches):
                     length = lk.step_length(a.cached, 1, cache.shape[3], a.text)
-                    x, qn, _ = lk.decoder_layer(x, q, cache, nxt_cache, length, consts, w, a.text, True)
+                    x, qn, _ = lk.decoder_layer(
+                        x, q, cache, nxt_cache, length, consts, wl, a.text, True, absorbed
+                    )
                     q = qn
                     if timing:
                         scratch.append(lk._LAST_SCRATCH[0])
@@ -126,9 +137,11 @@ def main() -> int:
             i = min(range(1, len(best)), key=best.__getitem__)  # the first round compiles the kernel
             t = best[i]
             note = f"min of {a.repeats}; {a.launches} chained launches, {a.cached} cached"
+            if absorbed:
+                note += "; absorbed cross-attention"
             if timing:
                 note += "; TIMING build"
-                stages.append((d, stage_times(lk, mx, scratch)))
+                stages.append((f"{d}{' absorbed' if absorbed else ''}", stage_times(lk, mx, scratch)))
             lines.append(
                 f"| {d} | {shape} | {t * 1e6:.1f} | {host[i] * 1e6:.1f} | {nbytes / t / 1e9:.0f} | {note} |"
             )

@@ -134,10 +134,15 @@ def fused_args(
         )  # fmt: skip
         layer, consts, absorbed = None, None, False
         if dense and cross_mask is None:
-            if cross_kv is not None:
+            if cross_kv is not None and layer_kernel.wanted(dec.layer_kernel):
                 cfg, (k, _) = dec.config, cross_kv[0]
-                absorbed = layer_kernel.absorbs(k.shape[0], k.shape[2], k.shape[1], cfg.ffn_dim, k.dtype)
+                (rows, heads, text), d = k.shape[:3], cfg.hidden_size
+                absorbed = layer_kernel.supported(
+                    mx.zeros((rows, 1, d), k.dtype), d, cfg.ffn_dim, heads
+                ) and layer_kernel.absorbs(rows, text, heads, cfg.ffn_dim, k.dtype)
             layer = _layer_kernel_args(dec.layers, cross_kv, absorbed)
+            if absorbed:  # now, once: not in the first decode step's graph
+                mx.eval([t for args in layer for t in (args[3], args[6])])
             sa, norm = dec.layers[0].self_attn, dec.layers[0].self_attn_layer_norm
             consts = layer_kernel.layer_consts(norm.eps, sa.scale, len(dec.layers))
         a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post, layer, consts, absorbed)
@@ -148,8 +153,8 @@ def _layer_kernel_args(
     layers: Any, cross_kv: list[tuple[mx.array, mx.array]] | None, absorbed: bool
 ) -> list[list[mx.array]]:
     """Per layer, layer_kernel.INPUTS from w_o on: the cross-attention's (any arrays without one: the kernel
-    does not read them; `absorbed`: kq and vo in place of its q and out weights, computed lazily, so only
-    where the kernel runs) and the next layer's LayerNorm + QKV (the last layer's: any arrays)."""
+    does not read them; `absorbed`: kq and vo in place of its q and out weights) and the next layer's
+    LayerNorm + QKV (the last layer's: any arrays)."""
     out = []
     for i, layer in enumerate(layers):
         w_o = layer.self_attn.out_proj.weight

@@ -12,6 +12,8 @@ On the CPU the decoder's transposed convolutions run in polyphase form as GEMMs 
 conv_transpose1d's zero-stuffed input (2.5x faster at small's block 1, 1024 -> 512 channels at stride 8); on
 the GPU MLX's conv_transpose1d was the fastest of the three forms (H200, 2026-12-01: small's whole decode
 15.8 ms against 17.0 for the GEMMs, 1.0's 33.4 against 35.3); `OobleckVAE.upsample` selects the formulation.
+The residual units' dilated convolutions can run as plain ones over interleaved subsequences
+(`dilated_conv`, `OobleckVAE.dilated`): on CUDA where cuDNN picks a slow algorithm.
 """
 
 from __future__ import annotations
@@ -216,16 +218,51 @@ def _activation(use_snake: bool, channels: int) -> nn.Module:
     return Snake(channels) if use_snake else nn.ELU()
 
 
+DILATED_MODES = ("auto", "conv", "subsequences")
+
+
+def dilated_conv(x: mx.array, conv: nn.Conv1d, dilation: int, mode: str = "auto") -> mx.array:
+    """`conv(x)`: a residual unit's kernel-7 convolution (padding 3 x `dilation`) on channels-last x.
+
+    "subsequences" computes the same sums as a dilation-1 convolution of the `dilation` interleaved
+    subsequences x[j::dilation] as one batch (the length zero-padded to a multiple of the dilation, which
+    the crop removes). On CUDA, cuDNN's heuristic plan is ~20x slow for two of the decoders' dilation-9
+    shapes: 512 channels x 16384 samples (small's block 1) took 5.3 ms against 0.26 ms this way, and 1024 x
+    8192 (1.0's block 0) 5.4 against 0.29 (H200, 2026-12-02, bench/oobleck_conv_probe.py). At the other
+    dilation-9 shapes with 512 or more channels this form was as fast or faster; below 512 channels and at
+    dilation 3 the conv was faster. "auto" takes "subsequences" on CUDA for dilation 9 at 512 or more
+    channels, MLX's conv1d ("conv") elsewhere."""
+    channels = x.shape[-1]
+    if mode == "auto":
+        cuda = mx.default_device() == mx.gpu and mx.cuda.is_available()
+        mode = "subsequences" if cuda and dilation == 9 and channels >= 512 else "conv"
+    if mode == "conv" or dilation == 1:
+        return conv(x)
+    if mode != "subsequences":
+        raise ValueError(f"unknown dilated-conv mode {mode!r} (one of {', '.join(DILATED_MODES)})")
+    n, length, _ = x.shape
+    d, padded = dilation, -(-length // dilation) * dilation
+    if padded != length:
+        x = mx.pad(x, [(0, 0), (0, padded - length), (0, 0)])
+    xs = x.reshape(n, padded // d, d, channels).transpose(0, 2, 1, 3).reshape(n * d, padded // d, channels)
+    y = mx.conv1d(xs, conv.weight, padding=3)
+    y = y.reshape(n, d, padded // d, -1).transpose(0, 2, 1, 3).reshape(n, padded, -1)[:, :length]
+    return y + conv.bias if "bias" in conv else y
+
+
 class ResidualUnit(nn.Module):
     def __init__(self, channels: int, dilation: int, use_snake: bool):
         super().__init__()
+        self.dilation = dilation
+        self.dilated = "auto"  # see `dilated_conv`; OobleckVAE.dilated sets it for every unit
         self.act1 = _activation(use_snake, channels)
         self.conv1 = nn.Conv1d(channels, channels, 7, dilation=dilation, padding=3 * dilation)
         self.act2 = _activation(use_snake, channels)
         self.conv2 = nn.Conv1d(channels, channels, 1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return x + self.conv2(self.act2(self.conv1(self.act1(x))))
+        h = dilated_conv(self.act1(x), self.conv1, self.dilation, self.dilated)
+        return x + self.conv2(self.act2(h))
 
 
 class EncoderBlock(nn.Module):
@@ -376,6 +413,23 @@ class OobleckVAE(nn.Module):
         for b in self.decoder.blocks:
             b.upsample = mode
         self._jit.fns.clear()  # the compiled decoder traced the previous mode
+
+    def _units(self) -> list[ResidualUnit]:
+        return [u for part in (self.encoder, self.decoder) for b in part.blocks for u in b.res]
+
+    @property
+    def dilated(self) -> str:
+        """How the residual units' dilated convolutions run (see `dilated_conv`): "auto" (default), "conv"
+        (MLX's conv1d) or "subsequences"."""
+        return self._units()[0].dilated
+
+    @dilated.setter
+    def dilated(self, mode: str) -> None:
+        if mode not in DILATED_MODES:
+            raise ValueError(f"unknown dilated-conv mode {mode!r} (one of {', '.join(DILATED_MODES)})")
+        for u in self._units():
+            u.dilated = mode
+        self._jit.fns.clear()  # the compiled parts traced the previous mode
 
     def _run(self, name: str, x: mx.array) -> mx.array:
         """self.encoder / self.decoder on channels-last x, compiled or not (see the module doc)."""

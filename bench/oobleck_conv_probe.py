@@ -14,14 +14,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import Report, log, mx
 
 SHAPES = [(1024, 2048), (1024, 8192), (1024, 16384), (512, 16384), (512, 65536), (256, 65536), (256, 262144),
           (128, 262144), (128, 524288), (128, 1048576), (128, 2097152)]  # fmt: skip
+
+
+def timed(fn, reps: int) -> float:
+    for _ in range(3):
+        mx.eval(fn())
+    runs = []
+    for _ in range(2):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        mx.eval([fn() for _ in range(reps)])
+        mx.synchronize()
+        runs.append((time.perf_counter() - t0) / reps * 1e3)
+    return statistics.median(runs)
 
 
 def main() -> int:
@@ -30,47 +41,32 @@ def main() -> int:
     p.add_argument("--dtype", default="float16")
     p.add_argument("--out")
     a = p.parse_args()
-    import mlx.core as mx
     import mlx.nn as nn
 
     from mlx_audio_generate.codecs.oobleck import DILATIONS, dilated_conv
 
-    def timed(fn) -> float:
-        for _ in range(3):
-            mx.eval(fn())
-        runs = []
-        for _ in range(2):
-            mx.synchronize()
-            t0 = time.perf_counter()
-            mx.eval([fn() for _ in range(a.reps)])
-            mx.synchronize()
-            runs.append((time.perf_counter() - t0) / a.reps * 1e3)
-        return statistics.median(runs)
-
     dt = getattr(mx, a.dtype)
-    head = "| channels | samples | " + " | ".join(f"d{d} conv | d{d} subsequences" for d in DILATIONS) + " |"
-    lines = [f"## Oobleck dilated conv ({a.dtype}, ms, {mx.default_device()})", "", head,
-             "|---:|---:|" + "---:|" * (2 * len(DILATIONS))]  # fmt: skip
+    rep = Report(f"Oobleck dilated conv ({a.dtype}, ms)", a.out)
+    rows = []
     for c, length in SHAPES:
         x = mx.random.normal((1, length, c)).astype(dt)
-        cells = []
+        row: list = [c, length]
         for d in DILATIONS:
             conv = nn.Conv1d(c, c, 7, dilation=d, padding=3 * d)
             conv.set_dtype(dt)
             mx.eval(x, conv.parameters())
             for mode in ("conv", "subsequences"):
                 if mode == "conv" or d > 1:
-                    ms = timed(lambda conv=conv, d=d, x=x, mode=mode: dilated_conv(x, conv, d, mode))
-                    cells.append(f"{ms:.3f}")
+                    row.append(
+                        timed(lambda conv=conv, d=d, x=x, mode=mode: dilated_conv(x, conv, d, mode), a.reps)
+                    )
                 else:
-                    cells.append("–")  # dilation 1: the same conv
-        lines.append(f"| {c} | {length} | " + " | ".join(cells) + " |")
-        print(lines[-1], flush=True)
+                    row.append(None)  # dilation 1: the same conv
+        log(f"{c} channels x {length}: done")
+        rows.append(row)
         del x
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    header = ["channels", "samples"] + [f"d{d} {m}" for d in DILATIONS for m in ("conv", "subsequences")]
+    rep.table(header, rows)
     return 0
 
 

@@ -1,7 +1,7 @@
 """MLX's fused attention (mx.fast.scaled_dot_product_attention) against two matmuls around a precise
 softmax, at the Stable Audio DiTs' attention shapes and a few others, on the GPU.
 
-    PYTHONPATH=/tmp/site:$PWD python3 bench/sdpa_probe.py
+    PYTHONPATH=/tmp/site:$PWD python3 bench/sdpa_probe.py --out $OUT/sdpa.md
     MLX_CUDA_USE_CUDNN_SDPA=0 PYTHONPATH=/tmp/site:$PWD python3 bench/sdpa_probe.py   # MLX's own kernel
 
 Each time is one of 10 calls chained in one graph (each call's output is the next one's queries, as the
@@ -11,9 +11,11 @@ MLX_CUDA_USE_CUDNN_SDPA=0. Results: bench/results/2026-12-02-h200-r7/3_sdpa_prob
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 
-import mlx.core as mx
+from common import Report, mx
 
 # batch, query heads, queries, keys, KV heads: 1.0's self / cross-attention (CFG batch 2), small's (batch 1)
 SHAPES = [(2, 24, 1025, 1025, 24), (2, 24, 1025, 130, 12), (2, 24, 1025, 130, 24), (1, 16, 257, 257, 16),
@@ -45,20 +47,25 @@ def chained(q: mx.array, k: mx.array, v: mx.array, fused: bool) -> mx.array:
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out")
+    a = p.parse_args()
+    cudnn = os.environ.get("MLX_CUDA_USE_CUDNN_SDPA", "1") != "0"
+    rep = Report(f"Attention, fp16 (MLX_CUDA_USE_CUDNN_SDPA={'1' if cudnn else '0'})", a.out)
     dt = mx.float16
+    rows = []
     for b, h, n, s, hk in SHAPES:
         q = mx.random.normal((b, h, n, 64)).astype(dt)
         k = mx.random.normal((b, hk, s, 64)).astype(dt)
         v = mx.random.normal((b, hk, s, 64)).astype(dt)
         mx.eval(q, k, v)
-        flops = 4 * b * h * n * s * 64
-        a = per_call(lambda q=q, k=k, v=v: chained(q, k, v, True))
-        c = per_call(lambda q=q, k=k, v=v: chained(q, k, v, False))
-        print(
-            f"b{b} h{h} n{n} s{s} hk{hk}: sdpa {a * 1e6:.0f} us ({flops / a / 1e12:.0f} TFLOP/s)  "
-            f"matmul {c * 1e6:.0f} us ({flops / c / 1e12:.0f})",
-            flush=True,
-        )
+        tflop = 4 * b * h * n * s * 64 / 1e12
+        fused = per_call(lambda q=q, k=k, v=v: chained(q, k, v, True))
+        matmul = per_call(lambda q=q, k=k, v=v: chained(q, k, v, False))
+        rows.append([b, h, n, s, hk, fused * 1e6, tflop / fused, matmul * 1e6, tflop / matmul])
+    header = ["batch", "heads", "queries", "keys", "KV heads", "sdpa us", "sdpa TFLOP/s", "matmul us",
+              "matmul TFLOP/s"]  # fmt: skip
+    rep.table(header, rows, note=f"One of {CHAIN} chained calls each.")
 
 
 if __name__ == "__main__":

@@ -97,9 +97,8 @@ def main() -> int:
         x0, q0 = rnd(b, 1, d), rnd(b, h, 1, 64)
         consts = lk.layer_consts(1e-5, 0.125, 1)[0]
         mx.eval(w, cache, x0, q0, consts)
-        kq, vo = lk.absorb_cross(w[4], w[5], w[3], w[6])
-        w_abs = [*w[:3], kq, w[4], w[5], vo, *w[7:]]
-        mx.eval(kq, vo)
+        w_abs = lk.absorbed_weights(w) if a.absorbed else w  # (used only with --absorbed)
+        mx.eval(w_abs)
         nxt_cache = rnd(2, b, h, a.cached + 8, 64)  # the next layer's (written in place at `cached` - 1)
         first = a.shapes.split(",")[0]
         variants = [(sh, False, False) for sh in a.shapes.split(",")]
@@ -107,7 +106,8 @@ def main() -> int:
         variants += [(first, t, True) for t in (False, True) if a.absorbed and (a.timing or not t)]
         for shape, timing, absorbed in variants:
             wl = w_abs if absorbed else w
-            nbytes = sum(t.nbytes for i, t in enumerate(wl) if i not in (4, 5))
+            cross_kv = (lk.WEIGHT["cross_k"], lk.WEIGHT["cross_v"])  # read by the attention, not streamed
+            nbytes = sum(t.nbytes for i, t in enumerate(wl) if i not in cross_kv)
             threads, per_sm = (int(v) for v in shape.split("x"))
             staged = lk.staged_bytes(b, f, dt)
             if per_sm * (staged + 2048) > 220 * 1024 or per_sm * threads > 1024:

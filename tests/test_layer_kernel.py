@@ -100,13 +100,13 @@ def absorbed_against_the_full_layer() -> None:
          rnd(rows, heads, text, 64), rnd(rows, heads, text, 64), rnd(d, d, scale=d**-0.5),
          1 + rnd(d, scale=0.1), rnd(d, scale=0.1), rnd(ffn, d, scale=d**-0.5), rnd(d, ffn, scale=ffn**-0.5),
          1 + rnd(d, scale=0.1), rnd(d, scale=0.1), rnd(3 * d, d, scale=d**-0.5)]  # fmt: skip
-    kq, vo = lk.absorb_cross(w[4], w[5], w[3], w[6])
+    absorbed = lk.absorbed_weights(w)
+    kq, vo = absorbed[lk.WEIGHT["w_cq"]], absorbed[lk.WEIGHT["w_co"]]
     assert kq.shape == (rows * heads * text, d) and vo.shape == (rows * d, 256)  # 36 columns padded to 256
     assert not np.array(vo.reshape(rows, d, 256)[:, :, heads * text :]).any()
     x, q = rnd(rows, 1, d), rnd(rows, heads, 1, 64)
     cache, nxt = rnd(2, rows, heads, 32, 64), mx.zeros((2, rows, heads, 32, 64))
     length, consts = mx.array([n, 0, 32, text], mx.int32), mx.array([1e-5, 0.125, 0], mx.float32)
-    absorbed = [*w[:3], kq, w[4], w[5], vo, *w[7:]]
     want = lk.reference_decoder_layer(x, q, cache, nxt, length, consts, w, text, True)
     got = lk.reference_decoder_layer(x, q, cache, nxt, length, consts, absorbed, text, True, absorbed=True)
     for g, r in zip(got, want, strict=True):
@@ -155,7 +155,7 @@ def test_layer_kernel_wiring_with_the_reference_layer(monkeypatch, cross, absorb
         calls.append(args[4])  # the step's length array
         if args[7]:  # a cross-attention: absorbed as asked, kq / vo in the weights' places
             assert args[9] == absorbed
-            assert args[6][3].shape == ((2 * 4 * 9, 256) if absorbed else (256, 256))
+            assert args[6][lk.WEIGHT["w_cq"]].shape == ((2 * 4 * 9, 256) if absorbed else (256, 256))
         return lk.reference_decoder_layer(*args)
 
     monkeypatch.setattr(lk, "supported", lambda *a: True)

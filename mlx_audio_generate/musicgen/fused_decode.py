@@ -141,8 +141,8 @@ def fused_args(
                     mx.zeros((rows, 1, d), k.dtype), d, cfg.ffn_dim, heads
                 ) and layer_kernel.absorbs(rows, text, heads, cfg.ffn_dim, k.dtype)
             layer = _layer_kernel_args(dec.layers, cross_kv, absorbed)
-            if absorbed:  # now, once: not in the first decode step's graph
-                mx.eval([t for args in layer for t in (args[3], args[6])])
+            if absorbed:  # kq / vo now, once: not in the first decode step's graph
+                mx.eval([row[layer_kernel.WEIGHT[n]] for row in layer for n in ("w_cq", "w_co")])
             sa, norm = dec.layers[0].self_attn, dec.layers[0].self_attn_layer_norm
             consts = layer_kernel.layer_consts(norm.eps, sa.scale, len(dec.layers))
         a = dec._fused = FusedArgs(cross_kv, cross_mask, first, dense, pre, post, layer, consts, absorbed)
@@ -153,17 +153,14 @@ def _layer_kernel_args(
     layers: Any, cross_kv: list[tuple[mx.array, mx.array]] | None, absorbed: bool
 ) -> list[list[mx.array]]:
     """Per layer, layer_kernel.INPUTS from w_o on: the cross-attention's (any arrays without one: the kernel
-    does not read them; `absorbed`: kq and vo in place of its q and out weights) and the next layer's
+    does not read them; `absorbed`: as `layer_kernel.absorbed_weights` makes them) and the next layer's
     LayerNorm + QKV (the last layer's: any arrays)."""
     out = []
     for i, layer in enumerate(layers):
         w_o = layer.self_attn.out_proj.weight
         if cross_kv is not None:
             ca, cn = layer.encoder_attn, layer.encoder_attn_layer_norm
-            w_q, w_co = ca.q_proj.weight, ca.out_proj.weight
-            if absorbed:
-                w_q, w_co = layer_kernel.absorb_cross(*cross_kv[i], w_q, w_co)
-            cross = [cn.weight, cn.bias, w_q, *cross_kv[i], w_co]
+            cross = [cn.weight, cn.bias, ca.q_proj.weight, *cross_kv[i], ca.out_proj.weight]
         else:
             cross = [w_o] * 6
         fn = layer.final_layer_norm
@@ -176,7 +173,8 @@ def _layer_kernel_args(
             ]
         else:
             nxt_args = [w_o] * 3
-        out.append([w_o, *cross, fn.weight, fn.bias, layer.fc1.weight, layer.fc2.weight, *nxt_args])
+        row = [w_o, *cross, fn.weight, fn.bias, layer.fc1.weight, layer.fc2.weight, *nxt_args]
+        out.append(layer_kernel.absorbed_weights(row) if absorbed else row)
     return out
 
 

@@ -65,6 +65,8 @@ MAX_BH = 512  # rows x heads: one counter each per barrier slot
 # Absorb the cross-attention's products (`absorb_cross`) up to this many rows x text tokens (at 64, kq + vo
 # are as many bytes as W_q + W_o); 0 = never (bench/decode_ab.py --b-set musicgen.layer_kernel.ABSORB_ROWS=0)
 ABSORB_ROWS = 64
+# decoder_layer's `weights` (INPUTS from w_o on): name -> position
+WEIGHT = {name: i for i, name in enumerate(INPUTS[INPUTS.index("w_o") :])}
 
 
 # CUdevice_attribute values (cuda.h)
@@ -287,6 +289,15 @@ def absorb_cross(k: mx.array, v: mx.array, w_q: mx.array, w_o: mx.array) -> tupl
     return kq.reshape(b * h * t, d).astype(k.dtype), vo.reshape(b * d, -1).astype(v.dtype)
 
 
+def absorbed_weights(weights: list[mx.array]) -> list[mx.array]:
+    """A layer's `decoder_layer` weights with its cross-attention absorbed: `absorb_cross`'s kq and vo in
+    w_cq's and w_co's places."""
+    w = list(weights)
+    q, o = WEIGHT["w_cq"], WEIGHT["w_co"]
+    w[q], w[o] = absorb_cross(w[WEIGHT["cross_k"]], w[WEIGHT["cross_v"]], w[q], w[o])
+    return w
+
+
 def decoder_layer(
     x: mx.array,
     q: mx.array,
@@ -303,14 +314,14 @@ def decoder_layer(
     (2, B, H, max_len, 64) with this step's k / v already written at L - 1, `cache_next` the next layer's
     cache (any array when not `nxt`), `length` from `step_length`, `consts` from `layer_consts`, `weights`
     in INPUTS order from w_o (cross ones: any arrays when `cross_len` is 0; `absorbed`: kq and vo of
-    `absorb_cross` in place of w_cq and w_co; the next layer's: any when not `nxt`). Returns y (B, 1, D)
+    `absorbed_weights`; the next layer's: any when not `nxt`). Returns y (B, 1, D)
     and, with `nxt`, the next layer's q (B, H, 1, 64) and its cache with this step's k / v written at L - 1
     (the kernel writes them in place: it returns `cache_next` itself, which must be a whole row-contiguous
     buffer read by no other op of this step). Check `supported` first."""
-    rows, d, ffn = x.shape[0], x.shape[-1], weights[9].shape[0]  # w_1 (F, D)
+    rows, d, ffn = x.shape[0], x.shape[-1], weights[WEIGHT["w_1"]].shape[0]  # w_1 (F, D)
     kernel = _kernel(staged_bytes(rows, ffn, x.dtype))
     block = block_for(d)
-    htp = weights[6].shape[-1] if absorbed and cross_len else 0  # vo's columns
+    htp = weights[WEIGHT["w_co"]].shape[-1] if absorbed and cross_len else 0  # vo's columns
     launch = _launch(x.dtype, rows, d, ffn, cross_len > 0, nxt, block, BLOCKS_PER_SM, TIMING, htp)
     nblocks = launch["grid"][0] // block
     state = _barrier_state(nblocks)

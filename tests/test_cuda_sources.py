@@ -1,12 +1,13 @@
-"""The CUDA sources of the MusicGen decode kernels compile, on a machine without a GPU.
+"""The CUDA sources of the MusicGen decode kernels and the attention kernels compile without a GPU.
 
 MLX compiles an `mx.fast.cuda_kernel` with NVRTC on first use, so a typo in a kernel's source would first show
 on a user's GPU. Here each source is wrapped exactly as MLX wraps it (mlx/backend/cuda/custom_kernel.cpp:
 `build_kernel`: a `__global__` function in `mlx::core::cu` whose parameters are `const <type>* <input>` then
 `<type>* <output>`, the template arguments as `constexpr` / `using` lines, then the body) and compiled for
 sm_90 with nvcc, where nvcc is installed (this project's CI machine has it; the runs on the GPU itself are
-tests/test_decode_kernels.py and tests/test_layer_kernel.py). MLX's own device header is replaced by the CUDA
-headers it includes that these kernels use (fp16 / bf16 types).
+tests/test_decode_kernels.py, tests/test_layer_kernel.py and tests/test_attention_kernel.py). MLX's own
+device header is replaced by the CUDA headers it includes that these kernels use (fp16 / bf16 types) and
+its stride type.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 
 import pytest
 
+from mlx_audio_generate import attention_kernel as ak
 from mlx_audio_generate.musicgen import decode_kernels as dk
 from mlx_audio_generate.musicgen import layer_kernel as lk
 
@@ -24,9 +26,16 @@ NVCC = shutil.which("nvcc")
 TYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float", "int32": "int32_t"}
 
 
-def wrap(name: str, header: str, source: str, inputs: dict, outputs: dict, template: list) -> str:
-    """One kernel as MLX's build_kernel writes it (inputs / outputs: name -> MLX dtype name)."""
-    params = [f"    const {TYPES[t]}* {n}" for n, t in inputs.items()]
+def wrap(
+    name: str, header: str, source: str, inputs: dict, outputs: dict, template: list, strided: bool = False
+) -> str:
+    """One kernel as MLX's build_kernel writes it (inputs / outputs: name -> MLX dtype name; `strided`: each
+    input followed by its `<input>_strides`, which MLX adds for a source that names them)."""
+    params = []
+    for n, t in inputs.items():
+        params.append(f"    const {TYPES[t]}* {n}")
+        if strided:
+            params.append(f"    const __grid_constant__ Strides {n}_strides")
     params += [f"    {TYPES[t]}* {n}" for n, t in outputs.items()]
     lines = []
     for k, v in template:
@@ -62,6 +71,18 @@ def layer_kernel_source(
     )
 
 
+def attention_kernel_source(i: int, dtype: str, masked: bool, shape: tuple[int, ...]) -> str:
+    """The attention kernel; shape (D, H, HK, N, S)."""
+    d, h, hk, n, s = shape
+    inputs = {x: dtype for x in ("q", "k", "v", *(("mask",) if masked else ()))}
+    template = [("T", dtype), ("D", d), ("H", h), ("HK", hk), ("N", n), ("S", s), ("WARPS", ak.WARPS),
+                ("KEYS", ak.KEYS), ("SCALE_BITS", 1040187392)]  # fmt: skip
+    body = wrap(
+        f"a{i}", ak.src.HEADER, ak.kernel_source(masked), inputs, {"out": dtype}, template, strided=True
+    )
+    return f"namespace a{i} {{\n{body}}}\n"
+
+
 def decode_kernel_sources(i: int, dtype: str) -> str:
     out = []
     ln = list(dk._LN_INPUTS)
@@ -80,8 +101,10 @@ def decode_kernel_sources(i: int, dtype: str) -> str:
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
 def test_decode_kernel_sources_compile_for_sm90(tmp_path):
-    includes = ["cstdint", "cuda_fp16.h", "cuda_bf16.h", "cooperative_groups.h"]
+    includes = ["cstdint", "cuda_fp16.h", "cuda_bf16.h", "cooperative_groups.h", "cuda/std/array"]
+    # MLX's device header's stride type (mlx/backend/cuda/device/utils.cuh, config.h)
     prelude = "".join(f"#include <{h}>\n" for h in includes)
+    prelude += "#define MAX_NDIM 10\nusing Strides = cuda::std::array<int64_t, MAX_NDIM>;\n"
     units = [
         layer_kernel_source(0, "float16", 2, 2048, True, True),  # musicgen-large, CFG batch 1
         layer_kernel_source(1, "bfloat16", 2, 1024, False, False),  # a melody decoder's last layer
@@ -90,6 +113,9 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         layer_kernel_source(4, "float16", 2, 1024, True, True, timing=True),  # the probe's timestamps
         layer_kernel_source(5, "float16", 2, 2048, True, True, htp=512),  # large, absorbed, 12-token text
         layer_kernel_source(6, "bfloat16", 4, 1024, True, False, htp=256),  # absorbed, last layer
+        attention_kernel_source(0, "float16", False, (128, 8, 8, 257, 257)),  # SA small, self-attention
+        attention_kernel_source(1, "bfloat16", True, (64, 12, 12, 64, 64)),  # T5-base with its bias
+        attention_kernel_source(2, "float16", False, (64, 24, 12, 1025, 130)),  # KV groups
         decode_kernel_sources(0, "float16"),
         decode_kernel_sources(1, "bfloat16"),
     ]
@@ -112,10 +138,16 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
+    # Registers per entry function (the mangled name holds its namespace: k* layer kernels, a* attention).
     # The layer kernel runs up to 512-thread blocks, one per SM: past 128 registers a thread it could not
-    # launch.
-    regs = [int(m) for m in re.findall(r"Used (\d+) registers", run.stderr)]
-    assert len(regs) >= 7 and max(regs) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
+    # launch. The attention kernel's blocks are WARPS warps.
+    regs = dict(
+        re.findall(r"Compiling entry function '_ZN\d+(\w\d+)\w*'.*?Used (\d+) registers", run.stderr, re.S)
+    )
+    layer = [int(r) for name, r in regs.items() if name.startswith("k")]
+    attention = [int(r) for name, r in regs.items() if name.startswith("a")]
+    assert len(layer) == 7 and max(layer) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
+    assert len(attention) == 3 and max(attention) <= min(255, 65536 // (32 * ak.WARPS)), regs
     # no register spills (a spilling kernel would be slow, not wrong: worth knowing before a GPU run)
     assert " 0 bytes spill stores" in run.stderr and "bytes spill stores" in run.stderr
     spills = [

@@ -219,7 +219,9 @@ class StableAudioDiT(nn.Module):
         super().__init__()
         # None: compile on the GPU, run eagerly on the CPU (see the module doc); True/False force it.
         self.compiled: bool | None = None
-        # "sdpa" (MLX's fused attention), "matmul" (see _attend) or "auto": "sdpa" for now everywhere.
+        # "sdpa" (MLX's fused attention), "short" (attention_kernel's one launch where it takes the shape),
+        # "matmul" (see dit_blocks._attend) or "auto": "short" (MLX's fused attention wherever the kernel
+        # does not run: the CPU, Metal, long sequences).
         self.attention = "auto"
         self._jit = _Compiled()
         c = self.config = config
@@ -325,7 +327,7 @@ class StableAudioDiT(nn.Module):
         return mx.addmm(bias, nn.silu(mlp.fc1(feats)), mlp.fc2.weight.T)
 
     def _attention_impl(self) -> str:
-        return "sdpa" if self.attention == "auto" else self.attention
+        return "short" if self.attention == "auto" else self.attention
 
     def _use_compiled(self) -> bool:
         return _on_gpu() if self.compiled is None else bool(self.compiled)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import attention_kernel
 from ..diffusion.dit_parts import GLUFeedForward, partial_rope
 from ..errors import UserError
 from ..quantize import residual_linear
@@ -31,19 +32,22 @@ class _LayerNorm(nn.Module):
 
 def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, impl: str) -> mx.array:
     """softmax(q k^T * scale) v over (B, H, N, D) queries and (B, Hk, S, D) keys/values, Hk dividing H
-    (query head h reads KV head h // (H / Hk), repeat_interleave's grouping).
+    (query head h reads KV head h // (H / Hk), repeat_interleave's grouping), returned heads-last
+    (B, N, H, D): the output projection's layout (a view for "sdpa" / "matmul", the kernel writes it).
 
-    impl "sdpa": MLX's fused kernel. "matmul": two matmuls around a precise (fp32) softmax; with KV groups
-    the G = H / Hk query heads of a group are stacked along the tokens so K/V are read once per group. On
-    the H100 MLX-CUDA's SDPA ran these long non-causal sequences at ~55 TFLOP/s; the matmuls run at several
-    times that (bench/stable_audio.py --profile). The CPU's SDPA is this same decomposition."""
+    impl "sdpa": MLX's fused kernel. "short": attention_kernel's one-launch kernel where it takes the shape
+    (short key sequences on CUDA; MLX's fused kernel elsewhere). "matmul": two matmuls around a precise
+    (fp32) softmax; with KV groups the G = H / Hk query heads of a group are stacked along the tokens so K/V
+    are read once per group. The CPU's SDPA is this same decomposition."""
+    if impl == "short":
+        return attention_kernel.attend(q, k, v, scale)
     if impl == "sdpa":
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale).transpose(0, 2, 1, 3)
     b, h, n, d = q.shape
     hk = k.shape[1]
     q = (q * scale).reshape(b, hk, (h // hk) * n, d)
     p = mx.softmax(q @ k.swapaxes(-1, -2), axis=-1, precise=True)
-    return (p @ v).reshape(b, h, n, d)
+    return (p @ v).reshape(b, h, n, d).transpose(0, 2, 1, 3)
 
 
 def _l2_normalize(x: mx.array) -> mx.array:
@@ -88,10 +92,10 @@ class Attention(nn.Module):
         return self._norm_k(k[:, :, 0].transpose(0, 2, 1, 3)), v[:, :, 0].transpose(0, 2, 1, 3)
 
     def _out(self, o: mx.array, residual: mx.array | None) -> mx.array:
-        """Output projection of (B, H, N, D) heads; `residual + out(o)` as one GEMM (addmm) when given
-        (the plain sum for a quantized `out`, see quantize.residual_linear)."""
-        b, _, n, _ = o.shape
-        o = o.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        """Output projection of heads-last (B, N, H, D) heads; `residual + out(o)` as one GEMM (addmm) when
+        given (the plain sum for a quantized `out`, see quantize.residual_linear)."""
+        b, n, _, _ = o.shape
+        o = o.reshape(b, n, -1)
         if residual is None:
             return self.out(o)
         return residual_linear(residual, o, self.out)

@@ -6,7 +6,9 @@ snapshot of a commit) goes on `sys.path`, and the optimised BLAS is loaded befor
 
 from __future__ import annotations
 
+import ast
 import datetime
+import importlib
 import os
 import platform
 import sys
@@ -311,3 +313,20 @@ def count_ops(*outputs) -> tuple[int, int, dict[str, int]]:
     counts = collections.Counter(names)
     kernels = sum(v for k, v in counts.items() if k not in VIEW_OPS)
     return len(names), kernels, dict(counts.most_common())
+
+
+def apply_sets(package: str, sets: list[str]) -> None:
+    """Set `module.path.NAME=literal` under `package` (e.g. musicgen.layer_kernel.BLOCK=256): a knob A/B of
+    one checkout in one process."""
+    for item in sets:
+        target, sep, value = item.partition("=")
+        module, dot, name = target.rpartition(".")
+        if not (sep and dot and module and name):
+            raise SystemExit(f"a setting is module.NAME=value, not {item!r}")
+        mod = importlib.import_module(f"{package}.{module}")
+        if not hasattr(mod, name):
+            raise SystemExit(f"{package}.{module} has no {name}")
+        try:
+            setattr(mod, name, ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"{value!r} (for {target}) is not a Python literal") from None

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Report, log, parse_list, time_steps
+from common import Report, apply_sets, log, parse_list, time_steps
 from decode_profile import build_lm, text
 
 
@@ -31,24 +31,6 @@ def import_b(root: str):
     sys.path.insert(0, str(tmp))
     load = importlib.import_module
     return load("mag_b.musicgen.model"), load("mag_b.musicgen.lm_generate")
-
-
-def apply_sets(package: str, sets: list[str]) -> None:
-    """`module.path.NAME=literal` under `package`, e.g. musicgen.layer_kernel.BLOCK=256."""
-    import ast
-
-    for item in sets:
-        target, sep, value = item.partition("=")
-        module, dot, name = target.rpartition(".")
-        if not (sep and dot and module and name):
-            raise SystemExit(f"decode_ab: a setting is module.NAME=value, not {item!r}")
-        mod = importlib.import_module(f"{package}.{module}")
-        if not hasattr(mod, name):
-            raise SystemExit(f"{package}.{module} has no {name}")
-        try:
-            setattr(mod, name, ast.literal_eval(value))
-        except (ValueError, SyntaxError):
-            raise SystemExit(f"decode_ab: {value!r} (for {target}) is not a Python literal") from None
 
 
 def steps_per_s(gen_mod, lm, steps: int, warm: int = 10) -> float:

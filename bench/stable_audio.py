@@ -35,6 +35,7 @@ import numpy as np
 from common import (
     Report,
     TorchMem,
+    apply_sets,
     count_ops,
     gpu_fast_ops,
     log,
@@ -159,10 +160,16 @@ def _samplers():
     return importlib.import_module("mlx_audio_generate.diffusion.samplers")
 
 
+def attention_of(variant: str) -> str:
+    """The DiT's attention of a variant: compiled (the library's "auto"), compiled-sdpa / -short / -matmul."""
+    _, _, impl = variant.partition("-")
+    return impl or "auto"
+
+
 def set_variant(m, variant: str, samplers=None) -> None:
     """compiled / compiled-matmul / eager on the DiT, the VAE, T5 and the samplers' fused step arithmetic."""
     m.dit.compiled = m.vae.compiled = m.t5.compiled = variant.startswith("compiled")
-    m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
+    m.dit.attention = attention_of(variant)
     steps = getattr(samplers or _samplers(), "fs", None)  # the fused step arithmetic (absent in older code)
     if steps is not None:
         steps.FUSE = variant.startswith("compiled")
@@ -483,7 +490,7 @@ def profile(name: str, dtype: str, tiny: bool, rep: Report) -> None:
     steps = {}
     for variant in ("eager", "compiled", "compiled-matmul"):
         m.dit.compiled = variant.startswith("compiled")
-        m.dit.attention = "matmul" if variant.endswith("matmul") else "sdpa"
+        m.dit.attention = attention_of(variant)
         steps[variant] = _time(lambda: m.dit.guided(x, tt, dc, st["cfg"]))
     m.dit.attention = "auto"
     depth = c.depth
@@ -538,7 +545,7 @@ def main() -> None:
     ap.add_argument("--refs", default="diffusers,sat", help="comma list of diffusers, sat (or none)")
     ap.add_argument("--sat-models", default="small,1.0", help="models stable-audio-tools runs")
     ap.add_argument("--variants", default="compiled,compiled-matmul,eager",
-                    help="ours: compiled, compiled-matmul (matmul attention), eager")  # fmt: skip
+                    help="ours: compiled (auto attention), compiled-sdpa/-short/-matmul, eager")  # fmt: skip
     ap.add_argument("--batches", default="1,4", help="ours' batch sizes for throughput")
     ap.add_argument("--steps-small", type=int, default=None, help="override small's 8 steps")
     ap.add_argument("--steps-1.0", dest="steps_10", type=int, default=None, help="override 1.0's 100 steps")
@@ -547,10 +554,12 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true", help="skip ours' warm-up (CPU: nothing to compile)")
     ap.add_argument("--profile", action="store_true", help="time the DiT step's parts and the VAE's blocks")
     ap.add_argument("--profile-vae", action="store_true", help="decoder blocks per upsample formulation")
+    ap.add_argument("--set", action="append", default=[], help="module.NAME=value in this checkout (A)")
     ap.add_argument("--ab-base", help="another checkout (holding mlx_audio_generate/) to time as B against A")
     ap.add_argument("--ab-rounds", type=int, default=3, help="alternating A/B rounds (median reported)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    apply_sets("mlx_audio_generate", args.set)
     ref_dtype = args.ref_dtype or args.dtype
     refs = [r for r in parse_list(args.refs) if r != "none"]
     rep = Report(f"Stable Audio Open ({args.dtype}{', TINY models' if args.tiny else ''})", args.out)
@@ -662,7 +671,8 @@ def main() -> None:
             ["clip", "checkout", "whole clip (s), median", "rounds (s)", "ms / step", "T5 + cond (s)",
              "VAE decode (s)"],
             ab_rows,
-            note=f"A/B, one process, same weights, alternating rounds (B = {args.ab_base}), compiled.",
+            note=f"A/B, one process, same weights, alternating rounds (B = {args.ab_base}), compiled; "
+            f"A sets {args.set or 'nothing'}.",
         )  # fmt: skip
     rep.para(f"MLX device: {mlx_device()}.")
 

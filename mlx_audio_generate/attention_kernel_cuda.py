@@ -30,23 +30,17 @@ __device__ __forceinline__ unsigned attn_pack_f(float lo, float hi, const __nv_b
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<unsigned*>(&v);
 }
-// c += a b for a 16x16 (row) and b 16x8 (col) tile
-__device__ __forceinline__ void attn_mma(
-    float* c, const unsigned* a, unsigned b0, unsigned b1, const __half*) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void attn_mma(
-    float* c, const unsigned* a, unsigned b0, unsigned b1, const __nv_bfloat16*) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// c += a b for a 16x16 (row) and b 16x8 (col) tile, one overload per input type
+#define ATTN_MMA(TYPE, PTX)                                                                     \
+  __device__ __forceinline__ void attn_mma(                                                     \
+      float* c, const unsigned* a, unsigned b0, unsigned b1, const TYPE*) {                     \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX                           \
+                 ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                   \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));               \
+  }
+ATTN_MMA(__half, "f16")
+ATTN_MMA(__nv_bfloat16, "bf16")
 // 16 bytes global -> shared without registers (completes at the wait)
 __device__ __forceinline__ void attn_cp16(void* dst, const void* src) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(dst));

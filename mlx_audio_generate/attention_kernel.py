@@ -2,7 +2,7 @@
 
 Why: a DiT call at batch 1 is bound by host time per kernel, not by the GPU (docs/benchmarks.md). MLX-CUDA
 runs `mx.fast.scaled_dot_product_attention` through cuDNN, which it records by CUDA stream capture into a
-child graph: on the H200 that took 13-24 µs of host time a call at Stable Audio's shapes, whatever its size
+child graph: on the H200 that took 13-26 µs of host time a call at Stable Audio's shapes, whatever its size
 (bench/sdpa_probe.py). An `mx.fast.cuda_kernel` is one plain graph node, cheaper to record.
 
 `attend(q, k, v, scale, mask)`: softmax(scale * q k^T + mask) v for q (B, H, N, D) and k / v (B, Hk, S, D),
@@ -58,13 +58,18 @@ def _broadcastable(mask: mx.array, shape: tuple[int, ...]) -> bool:
 def supported(
     q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None, force: bool = False
 ) -> bool:
-    """Whether the kernel takes this attention (`force`: past MAX_WORK too, for the probe)."""
-    if not (mx.default_device() == mx.gpu and mx.cuda.is_available()):
-        return False
+    """Whether the kernel runs this attention: on CUDA, for what `takes` accepts."""
+    return mx.default_device() == mx.gpu and mx.cuda.is_available() and takes(q, k, v, mask, force)
+
+
+def takes(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None, force: bool = False) -> bool:
+    """Whether the kernel computes attention of these shapes and dtypes (`force`: past MAX_WORK too, for
+    the probe)."""
     if q.ndim != 4 or k.ndim != 4 or tuple(v.shape) != tuple(k.shape):
         return False
     b, h, n, d = q.shape
     _, hk, s, dk = k.shape
+    additive = mask is None or mask.dtype in (mx.float16, mx.bfloat16, mx.float32)  # a boolean one selects
     return (
         q.dtype in (mx.float16, mx.bfloat16)
         and k.dtype == q.dtype
@@ -77,6 +82,7 @@ def supported(
         and 0 < s <= MAX_KEYS
         and n > 0
         and (force or b * h * n * s * d <= MAX_WORK)
+        and additive
         and (mask is None or _broadcastable(mask, (b, h, n, s)))
     )
 

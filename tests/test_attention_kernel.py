@@ -58,16 +58,22 @@ def test_cpu_takes_the_reference():
         )
 
 
-def test_supported_shapes():
-    if not ON_CUDA:
-        pytest.skip("supported() is False everywhere but CUDA")
+def test_the_shapes_the_kernel_takes():
     q, k, v = qkv(1, 8, 257, 257, 8, 128, mx.float16)
-    assert ak.supported(q, k, v)
-    assert not ak.supported(q, k[:, :, :1], v)  # K / V shapes differ
-    assert not ak.supported(q[..., :32], k[..., :32], v[..., :32])  # head dim 32
-    assert not ak.supported(*(x.astype(mx.float32) for x in (q, k, v)))  # float32: MLX's attention
+    assert ak.takes(q, k, v)
+    assert ak.supported(q, k, v) == ON_CUDA
+    assert not ak.takes(q, k[:, :, :1], v)  # K / V shapes differ
+    assert not ak.takes(q[..., :32], k[..., :32], v[..., :32])  # head dim 32
+    assert not ak.takes(*(x.astype(mx.float32) for x in (q, k, v)))  # float32: MLX's attention
+    assert not ak.takes(q, k[:, :3], v[:, :3])  # 3 KV heads do not divide 8
+    assert ak.takes(q, k[:, :2], v[:, :2])  # KV groups
+    assert ak.takes(q, k, v, mx.zeros((257, 257), mx.float16))
+    assert ak.takes(q, k, v, mx.zeros((1, 8, 1, 257), mx.float32))
+    assert not ak.takes(q, k, v, mx.zeros((257, 257), mx.bool_))  # a boolean mask selects: MLX's
+    assert not ak.takes(q, k, v, mx.zeros((2, 257, 257), mx.float16))  # 2 heads' rows against 8
+    assert not ak.takes(q, k, v, mx.zeros((1, 1, 1, 1, 257), mx.float16))  # 5-D
     big = qkv(2, 24, 1000, 1000, 24, 64, mx.float16)
-    assert not ak.supported(*big) and ak.supported(*big, force=True)
+    assert not ak.takes(*big) and ak.takes(*big, force=True)  # past MAX_WORK: cuDNN is faster
 
 
 @gpu

@@ -22,6 +22,7 @@ import struct
 import mlx.core as mx
 
 from . import attention_kernel_cuda as src
+from .devices import on_cuda
 
 MAX_KEYS = 4096
 # B*H*N*S*D multiply-adds per product: past this cuDNN's kernels are faster on the GPU (bench/sdpa_probe.py:
@@ -59,7 +60,7 @@ def supported(
     q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None, force: bool = False
 ) -> bool:
     """Whether the kernel runs this attention: on CUDA, for what `takes` accepts."""
-    return mx.default_device() == mx.gpu and mx.cuda.is_available() and takes(q, k, v, mask, force)
+    return on_cuda() and takes(q, k, v, mask, force)
 
 
 def takes(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None, force: bool = False) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..devices import on_cuda
 from ..errors import UserError
 from ..memory import check_bounds
 from ..weights import Checkpoint, torch_conv1d, torch_conv_transpose1d
@@ -234,8 +235,7 @@ def dilated_conv(x: mx.array, conv: nn.Conv1d, dilation: int, mode: str = "auto"
     channels, MLX's conv1d ("conv") elsewhere."""
     channels = x.shape[-1]
     if mode == "auto":
-        cuda = mx.default_device() == mx.gpu and mx.cuda.is_available()
-        mode = "subsequences" if cuda and dilation == 9 and channels >= 512 else "conv"
+        mode = "subsequences" if on_cuda() and dilation == 9 and channels >= 512 else "conv"
     if mode == "conv" or dilation == 1:
         return conv(x)
     if mode != "subsequences":

@@ -29,6 +29,8 @@ import functools
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..devices import on_cuda
+
 _HEADER = """
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -325,8 +327,7 @@ def _staged_bytes(x: mx.array) -> int:
 def supported(x: mx.array, w: mx.array) -> bool:
     """Whether the CUDA kernels take this product (else the caller uses the reference ops)."""
     return (
-        mx.default_device() == mx.gpu
-        and mx.cuda.is_available()
+        on_cuda()
         and x.dtype in (mx.float16, mx.bfloat16)
         and w.dtype == x.dtype
         and x.ndim >= 2

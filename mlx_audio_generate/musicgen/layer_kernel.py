@@ -47,6 +47,7 @@ import os
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..devices import on_cuda
 from .layer_kernel_cuda import HEADER, INPUTS, OUTPUTS, SOURCE
 
 MAX_ROWS = 16
@@ -240,8 +241,7 @@ def supported(x: mx.array, d: int, ffn: int, heads: int) -> bool:
     """Whether the layer kernel takes this decode step (else the caller runs the per-op path)."""
     rows = x.shape[0]
     return (
-        mx.default_device() == mx.gpu
-        and mx.cuda.is_available()
+        on_cuda()
         and x.dtype in (mx.float16, mx.bfloat16)
         and 1 <= rows <= MAX_ROWS
         and rows * heads <= MAX_BH

@@ -71,6 +71,7 @@ import numpy as np
 from ..audio import load_clip
 from ..codecs.same_tiles import TILE, decode_tiles, decode_windows
 from ..converted import Converted, load_weights, open_folder
+from ..devices import on_cuda
 from ..diffusion import flow
 from ..diffusion import samplers as S
 from ..diffusion.latents_io import given_latents, with_latents
@@ -96,9 +97,7 @@ def same_dtype_for(name: str | None) -> mx.Dtype:
     """The SAME decoder's dtype: `name`, or None = float16 on an MLX-CUDA GPU (the reference's CUDA
     default), float32 elsewhere (module doc)."""
     if name is None:
-        cuda = getattr(mx, "cuda", None)
-        on_cuda = mx.default_device().type == mx.gpu and cuda is not None and cuda.is_available()
-        return mx.float16 if on_cuda else mx.float32
+        return mx.float16 if on_cuda() else mx.float32
     if name not in SAME_DTYPES:
         raise UserError(f"same_dtype must be one of {', '.join(SAME_DTYPES)}, not {name!r}")
     return SAME_DTYPES[name]

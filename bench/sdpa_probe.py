@@ -56,13 +56,12 @@ def per_call(fn, runs: int = 20) -> tuple[float, float]:
 
 def chained(q, k, v, mask, impl: str) -> mx.array:
     groups = q.shape[1] // k.shape[1]
-    b, h, n, d = q.shape
     o = q
     for _ in range(CHAIN):
         if impl == "sdpa":
             o = mx.fast.scaled_dot_product_attention(o, k, v, scale=0.125, mask=mask)
         elif impl == "kernel":
-            o = ak.attend(o, k, v, 0.125, mask, force=True).reshape(b, n, h, d).transpose(0, 2, 1, 3)
+            o = ak.attend(o, k, v, 0.125, mask, force=True).transpose(0, 2, 1, 3)
         else:
             # K / V repeated to the query heads in every call, as a block without a fused kernel would
             kk, vv = (k, v) if groups == 1 else (mx.repeat(k, groups, axis=1), mx.repeat(v, groups, axis=1))

@@ -49,8 +49,10 @@ def _kernel(masked: bool) -> object:
     )
 
 
-def _broadcastable(mask: mx.array, shape: tuple[int, ...]) -> bool:
-    if mask.ndim > 4:
+def _additive(mask: mx.array, shape: tuple[int, ...]) -> bool:
+    """Whether `mask` is an additive mask (a boolean one selects: MLX's attention takes that) broadcastable
+    to `shape`."""
+    if mask.dtype not in (mx.float16, mx.bfloat16, mx.float32) or mask.ndim > 4:
         return False
     ms = (1,) * (4 - mask.ndim) + tuple(mask.shape)
     return all(m in (1, s) for m, s in zip(ms, shape, strict=True))
@@ -70,7 +72,6 @@ def takes(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None, f
         return False
     b, h, n, d = q.shape
     _, hk, s, dk = k.shape
-    additive = mask is None or mask.dtype in (mx.float16, mx.bfloat16, mx.float32)  # a boolean one selects
     return (
         q.dtype in (mx.float16, mx.bfloat16)
         and k.dtype == q.dtype
@@ -83,8 +84,7 @@ def takes(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None, f
         and 0 < s <= MAX_KEYS
         and n > 0
         and (force or b * h * n * s * d <= MAX_WORK)
-        and additive
-        and (mask is None or _broadcastable(mask, (b, h, n, s)))
+        and (mask is None or _additive(mask, (b, h, n, s)))
     )
 
 

@@ -222,6 +222,11 @@ def _activation(use_snake: bool, channels: int) -> nn.Module:
 DILATED_MODES = ("auto", "conv", "subsequences")
 
 
+def _check_dilated(mode: str) -> None:
+    if mode not in DILATED_MODES:
+        raise ValueError(f"unknown dilated-conv mode {mode!r} (one of {', '.join(DILATED_MODES)})")
+
+
 def dilated_conv(x: mx.array, conv: nn.Conv1d, dilation: int, mode: str = "auto") -> mx.array:
     """`conv(x)`: a residual unit's kernel-7 convolution (padding 3 x `dilation`) on channels-last x.
 
@@ -233,13 +238,12 @@ def dilated_conv(x: mx.array, conv: nn.Conv1d, dilation: int, mode: str = "auto"
     dilation-9 shapes with 512 or more channels this form was as fast or faster; below 512 channels and at
     dilation 3 the conv was faster. "auto" takes "subsequences" on CUDA for dilation 9 at 512 or more
     channels, MLX's conv1d ("conv") elsewhere."""
+    _check_dilated(mode)
     channels = x.shape[-1]
     if mode == "auto":
         mode = "subsequences" if on_cuda() and dilation == 9 and channels >= 512 else "conv"
     if mode == "conv" or dilation == 1:
         return conv(x)
-    if mode != "subsequences":
-        raise ValueError(f"unknown dilated-conv mode {mode!r} (one of {', '.join(DILATED_MODES)})")
     n, length, _ = x.shape
     d, padded = dilation, -(-length // dilation) * dilation
     if padded != length:
@@ -425,8 +429,7 @@ class OobleckVAE(nn.Module):
 
     @dilated.setter
     def dilated(self, mode: str) -> None:
-        if mode not in DILATED_MODES:
-            raise ValueError(f"unknown dilated-conv mode {mode!r} (one of {', '.join(DILATED_MODES)})")
+        _check_dilated(mode)
         for u in self._units():
             u.dilated = mode
         self._jit.fns.clear()  # the compiled parts traced the previous mode

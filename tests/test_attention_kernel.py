@@ -14,6 +14,7 @@ import pytest
 
 from mlx_audio_generate import attention_kernel as ak
 from mlx_audio_generate.stable_audio.dit import DiTConfig, StableAudioDiT
+from tests.reference.parity import rel_err
 
 ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
@@ -34,11 +35,6 @@ def exact(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | 
         out = ak.reference(*(x.astype(mx.float32) for x in (q, k, v)), scale, mask)
         mx.eval(out)
     return out
-
-
-def rel_err(a: mx.array, b: mx.array) -> float:
-    a, b = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def test_reference_is_mlx_attention_heads_last():

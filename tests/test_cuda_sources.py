@@ -1,4 +1,4 @@
-"""The CUDA sources of the MusicGen decode kernels and the attention kernels compile without a GPU.
+"""The CUDA sources of the MusicGen decode kernels and the DiT's attention kernels compile without a GPU.
 
 MLX compiles an `mx.fast.cuda_kernel` with NVRTC on first use, so a typo in a kernel's source would first show
 on a user's GPU. Here each source is wrapped exactly as MLX wraps it (mlx/backend/cuda/custom_kernel.cpp:
@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from mlx_audio_generate import attention_kernel as ak
+from mlx_audio_generate import row_kernels as rk
 from mlx_audio_generate.musicgen import decode_kernels as dk
 from mlx_audio_generate.musicgen import layer_kernel as lk
 
@@ -83,6 +84,17 @@ def attention_kernel_source(i: int, dtype: str, masked: bool, shape: tuple[int, 
     return f"namespace a{i} {{\n{body}}}\n"
 
 
+def row_kernel_source(i: int, dtype: str, which: str, width: int, rows: int) -> str:
+    """A row kernel: layer_norm (width W) or glu (halves F)."""
+    header, source = rk.kernel_source(which)
+    if which == "layer_norm":
+        inputs = {"x": dtype, "weight": dtype, "bias": dtype}
+        template = [("T", dtype), ("W", width), ("ROWS", rows), ("EPS_BITS", 925353388)]
+    else:
+        inputs, template = {"h": dtype}, [("T", dtype), ("F", width), ("ROWS", rows)]
+    return f"namespace r{i} {{\n{wrap(f'r{i}', header, source, inputs, {'y': dtype}, template)}}}\n"
+
+
 def decode_kernel_sources(i: int, dtype: str) -> str:
     out = []
     ln = list(dk._LN_INPUTS)
@@ -116,6 +128,10 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         attention_kernel_source(0, "float16", False, (128, 8, 8, 257, 257)),  # SA small, self-attention
         attention_kernel_source(1, "bfloat16", True, (64, 12, 12, 64, 64)),  # T5-base with its bias
         attention_kernel_source(2, "float16", False, (64, 24, 12, 1025, 130)),  # KV groups
+        row_kernel_source(0, "float16", "layer_norm", 1536, 2050),  # SA 1.0's blocks, CFG pair
+        row_kernel_source(1, "bfloat16", "layer_norm", 4096, 3),  # the widest
+        row_kernel_source(2, "float16", "glu", 6144, 2050),  # SA 1.0's feed-forward
+        row_kernel_source(3, "bfloat16", "glu", 8, 1),
         decode_kernel_sources(0, "float16"),
         decode_kernel_sources(1, "bfloat16"),
     ]
@@ -138,7 +154,8 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    # Registers per entry function (the mangled name holds its namespace: k* layer kernels, a* attention).
+    # Registers per entry function (the mangled name holds its namespace: k* layer kernels, a* attention,
+    # r* row kernels).
     # The layer kernel runs up to 512-thread blocks, one per SM: past 128 registers a thread it could not
     # launch. The attention kernel's blocks are WARPS warps.
     regs = dict(
@@ -146,6 +163,7 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
     )
     layer = [int(r) for name, r in regs.items() if name.startswith("k")]
     attention = [int(r) for name, r in regs.items() if name.startswith("a")]
+    assert len([name for name in regs if name.startswith("r")]) == 4, regs
     assert len(layer) == 7 and max(layer) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
     assert len(attention) == 3 and max(attention) <= min(255, 65536 // (32 * ak.WARPS)), regs
     # no register spills (a spilling kernel would be slow, not wrong: worth knowing before a GPU run)

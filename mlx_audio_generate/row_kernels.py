@@ -1,0 +1,205 @@
+"""A DiT block's memory-bound row operations as CUDA kernels (MLX CUDA backend): LayerNorm and the GLU gate.
+
+Why (bench/dit_profile.py under Nsight Compute, H200, docs/benchmarks.md "round 9"): at Stable Audio 1.0's
+shape (2050 rows of 1536, the CFG pair) MLX's layer_norm took 11.6 µs a call, 1.1 TB/s of the H200's ~4.8,
+72 calls a DiT call; the GLU's compiled `h * silu(gate)` read the feed-forward product's two halves as
+strided views at 2.4 TB/s. These kernels give each row to one warp and keep it in registers, loaded and
+stored 16 bytes a lane at a time.
+
+- `layer_norm(x, weight, bias, eps)`: rows of a width that is a multiple of 256, up to 4096; mean, then the
+  mean of squared deviations (two passes over the registers, as MLX and torch compute it), all in float32.
+- `glu(h)`: h = [x | gate] along the last axis (the product's own layout), x * silu(gate) in float32,
+  rounded once; halves of a width that is a multiple of 8.
+
+fp16 / bf16 on CUDA where `*_supported` holds (`ENABLED = False` turns both off: an A/B knob); MLX's ops
+elsewhere, which are the `*_reference` functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .devices import on_cuda
+
+ENABLED = True
+WARPS = 4  # warps (rows) per block
+MAX_WIDTH = 4096  # a row in one warp's registers: 128 floats a lane (8192 spills)
+
+_HEADER = """
+// 8 elements of T <-> 8 floats through one 16-byte access
+template <typename T>
+__device__ __forceinline__ void row_load8(const T* p, float* f) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(v[i]);
+}
+template <typename T>
+__device__ __forceinline__ void row_store8(T* p, const float* f) {
+  uint4 raw;
+  T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = static_cast<T>(f[i]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+__device__ __forceinline__ float row_warp_sum(float s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+"""
+
+_LAYER_NORM = """
+  constexpr int V = W / 256;  // 8-element vectors a lane
+  const int lane = threadIdx.x & 31;
+  const long row = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (row >= ROWS) return;
+  const T* xr = x + row * W;
+  float f[V][8];
+#pragma unroll
+  for (int v = 0; v < V; ++v) row_load8(xr + (v * 32 + lane) * 8, f[v]);
+  float s = 0.f;
+#pragma unroll
+  for (int v = 0; v < V; ++v)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += f[v][i];
+  const float mean = row_warp_sum(s) / W;
+  float q = 0.f;
+#pragma unroll
+  for (int v = 0; v < V; ++v)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q += (f[v][i] - mean) * (f[v][i] - mean);
+  const float inv = rsqrtf(row_warp_sum(q) / W + __int_as_float(EPS_BITS));
+  T* yr = y + row * W;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int c = (v * 32 + lane) * 8;
+    float g[8], b[8];
+    row_load8(weight + c, g);
+    row_load8(bias + c, b);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[v][i] = (f[v][i] - mean) * inv * g[i] + b[i];
+    row_store8(yr + c, f[v]);
+  }
+"""
+
+_GLU = """
+  // one thread per 8 outputs: x = h[row, c:c+8], gate = h[row, F + c:F + c + 8]
+  const long t = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= static_cast<long>(ROWS) * (F / 8)) return;
+  const long row = t / (F / 8);
+  const int c = static_cast<int>(t - row * (F / 8)) * 8;
+  float a[8], g[8];
+  row_load8(h + row * 2 * F + c, a);
+  row_load8(h + row * 2 * F + F + c, g);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) a[i] = a[i] * (g[i] / (1.0f + expf(-g[i])));
+  row_store8(y + row * F + c, a);
+"""
+
+
+@functools.cache
+def _kernel(which: str) -> object:
+    inputs, source = {"layer_norm": (["x", "weight", "bias"], _LAYER_NORM), "glu": (["h"], _GLU)}[which]
+    return mx.fast.cuda_kernel(
+        name=f"mag_row_{which}",
+        input_names=inputs,
+        output_names=["y"],
+        source=source,
+        header=_HEADER,
+        ensure_row_contiguous=True,
+    )
+
+
+def kernel_source(which: str) -> tuple[str, str]:
+    """(header, body) of a kernel, for the nvcc test."""
+    return _HEADER, {"layer_norm": _LAYER_NORM, "glu": _GLU}[which]
+
+
+def _half(x: mx.array) -> bool:
+    return x.dtype in (mx.float16, mx.bfloat16) and x.ndim >= 1 and x.size > 0
+
+
+def layer_norm_takes(x: mx.array, weight: mx.array, bias: mx.array) -> bool:
+    """Whether the kernel normalises these rows: fp16 / bf16, a width that is a multiple of 256 up to
+    MAX_WIDTH, weight and bias of that width (of x's dtype or cast to it)."""
+    w = x.shape[-1] if x.ndim else 0
+    return (
+        _half(x)
+        and w % 256 == 0
+        and 0 < w <= MAX_WIDTH
+        and tuple(weight.shape) == (w,)
+        and tuple(bias.shape) == (w,)
+    )
+
+
+def glu_takes(h: mx.array) -> bool:
+    """Whether the kernel gates this product: fp16 / bf16, halves of a width that is a multiple of 8."""
+    return _half(h) and h.shape[-1] % 16 == 0
+
+
+def layer_norm_supported(x: mx.array, weight: mx.array, bias: mx.array) -> bool:
+    return ENABLED and on_cuda() and layer_norm_takes(x, weight, bias)
+
+
+def glu_supported(h: mx.array) -> bool:
+    return ENABLED and on_cuda() and glu_takes(h)
+
+
+def layer_norm_reference(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
+    return mx.fast.layer_norm(x, weight, bias, eps)
+
+
+def glu_reference(h: mx.array) -> mx.array:
+    """x * silu(gate) for h = [x | gate] (split views of the product)."""
+    a, gate = mx.split(h, 2, axis=-1)
+    return a * nn.silu(gate)
+
+
+def _rows(x: mx.array) -> int:
+    n = 1
+    for s in x.shape[:-1]:
+        n *= s
+    return n
+
+
+def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
+    """LayerNorm over the last axis: the kernel where supported, else MLX's."""
+    if not layer_norm_supported(x, weight, bias):
+        return layer_norm_reference(x, weight, bias, eps)
+    rows = _rows(x)
+    (y,) = _kernel("layer_norm")(
+        inputs=[x, weight.astype(x.dtype), bias.astype(x.dtype)],
+        template=[
+            ("T", x.dtype),
+            ("W", x.shape[-1]),
+            ("ROWS", rows),
+            ("EPS_BITS", struct.unpack("<i", struct.pack("<f", eps))[0]),
+        ],  # fmt: skip
+        grid=(-(-rows // WARPS) * WARPS * 32, 1, 1),
+        threadgroup=(WARPS * 32, 1, 1),
+        output_shapes=[x.shape],
+        output_dtypes=[x.dtype],
+    )
+    return y
+
+
+def glu(h: mx.array) -> mx.array:
+    """x * silu(gate) of h = [x | gate]: the kernel where supported, else MLX's ops."""
+    if not glu_supported(h):
+        return glu_reference(h)
+    rows, f = _rows(h), h.shape[-1] // 2
+    threads = rows * (f // 8)
+    (y,) = _kernel("glu")(
+        inputs=[h],
+        template=[("T", h.dtype), ("F", f), ("ROWS", rows)],
+        grid=(-(-threads // 256) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(*h.shape[:-1], f)],
+        output_dtypes=[h.dtype],
+    )
+    return y

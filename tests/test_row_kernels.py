@@ -1,0 +1,94 @@
+"""The DiT's row kernels (mlx_audio_generate/row_kernels.py: LayerNorm, the GLU gate) against MLX's ops.
+
+The kernels run on MLX's CUDA backend only: those tests are skipped elsewhere and run on the GPU machine,
+against the reference in float32 on the CPU. Everywhere: the shape rules and the CPU's fallback. The
+sources compile with nvcc in tests/test_cuda_sources.py; the Stable Audio DiT's fp32 parity tests run the
+reference path.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_audio_generate import row_kernels as rk
+from tests.reference.parity import rel_err
+
+ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
+gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
+
+
+def rand(shape, dtype=mx.float32, seed=0, scale=1.0, shift=0.0):
+    mx.random.seed(seed)
+    a = (scale * mx.random.normal(shape) + shift).astype(dtype)
+    mx.eval(a)
+    return a
+
+
+def on_cpu(fn, *arrays):
+    with mx.stream(mx.cpu):
+        out = fn(*(a.astype(mx.float32) if isinstance(a, mx.array) else a for a in arrays))
+        mx.eval(out)
+    return out
+
+
+def test_the_shapes_the_kernels_take():
+    x, w = mx.zeros((2, 1025, 1536), mx.float16), mx.ones((1536,), mx.float16)
+    assert rk.layer_norm_takes(x, w, w)
+    assert rk.layer_norm_supported(x, w, w) == ON_CUDA
+    assert rk.layer_norm_takes(mx.zeros((7, 4096), mx.bfloat16), mx.ones((4096,)), mx.ones((4096,)))
+    assert not rk.layer_norm_takes(mx.zeros((7, 8192), mx.float16), mx.ones((8192,)), mx.ones((8192,)))
+    assert not rk.layer_norm_takes(mx.zeros((7, 128), mx.float16), mx.ones((128,)), mx.ones((128,)))
+    assert not rk.layer_norm_takes(x.astype(mx.float32), w, w)  # float32: MLX's
+    assert not rk.layer_norm_takes(x, w[:256], w)  # weight of another width
+    assert not rk.layer_norm_takes(mx.zeros((0, 1536), mx.float16), w, w)  # no rows
+    assert rk.glu_takes(mx.zeros((2, 1025, 12288), mx.float16))
+    assert rk.glu_takes(mx.zeros((3, 16), mx.bfloat16))
+    assert not rk.glu_takes(mx.zeros((3, 24), mx.float16))  # halves of 12: not vectors of 8
+    assert not rk.glu_takes(mx.zeros((3, 32), mx.float32))
+
+
+def test_switched_off_takes_the_reference(monkeypatch):
+    monkeypatch.setattr(rk, "ENABLED", False)
+    assert not rk.glu_supported(mx.zeros((3, 16), mx.float16))
+    assert not rk.layer_norm_supported(mx.zeros((3, 256), mx.float16), mx.ones((256,)), mx.ones((256,)))
+
+
+def test_cpu_takes_the_references():
+    x, w, b = rand((3, 512), mx.float16), rand((512,), mx.float16, 1), rand((512,), mx.float16, 2)
+    h = rand((3, 64), mx.float16, 3)
+    with mx.stream(mx.cpu):
+        np.testing.assert_array_equal(
+            np.array(rk.layer_norm(x, w, b, 1e-5)), np.array(mx.fast.layer_norm(x, w, b, 1e-5))
+        )
+        a, gate = mx.split(h, 2, axis=-1)
+        np.testing.assert_array_equal(np.array(rk.glu(h)), np.array(a * nn.silu(gate)))
+
+
+TOL = {mx.float16: 2e-3, mx.bfloat16: 1.6e-2}
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(2, 1025, 1536), (1, 257, 1024), (3, 4096), (1, 256)])
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_layer_norm_matches_the_reference(shape, dtype):
+    # rows off zero with a spread of their own: the mean and the variance both matter
+    x = rand(shape, dtype, scale=3.0, shift=2.0)
+    w, b = rand(shape[-1:], dtype, 1), rand(shape[-1:], dtype, 2)
+    assert rk.layer_norm_supported(x, w, b)
+    y = rk.layer_norm(x, w, b, 1e-5)
+    assert y.shape == x.shape and y.dtype == dtype
+    assert rel_err(y, on_cpu(lambda *a: mx.fast.layer_norm(*a, 1e-5), x, w, b)) <= TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(2, 1025, 12288), (1, 257, 8192), (5, 16)])
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_glu_matches_the_reference(shape, dtype):
+    h = rand(shape, dtype, scale=4.0)
+    assert rk.glu_supported(h)
+    y = rk.glu(h)
+    assert y.shape == (*shape[:-1], shape[-1] // 2) and y.dtype == dtype
+    assert rel_err(y, on_cpu(rk.glu_reference, h)) <= TOL[dtype]

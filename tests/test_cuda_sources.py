@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from mlx_audio_generate import attention_kernel as ak
+from mlx_audio_generate import qk_kernel as qk
 from mlx_audio_generate import row_kernels as rk
 from mlx_audio_generate.musicgen import decode_kernels as dk
 from mlx_audio_generate.musicgen import layer_kernel as lk
@@ -84,6 +85,21 @@ def attention_kernel_source(i: int, dtype: str, masked: bool, shape: tuple[int, 
     return f"namespace a{i} {{\n{body}}}\n"
 
 
+def qk_kernel_source(i: int, dtype: str, norm: bool, shape: tuple[int, ...], parts: int = 2) -> str:
+    """The q / k kernel (parts 2) or the q norm (parts 1); shape (B, N, H, D, R)."""
+    b, n, h, d, r = shape
+    inputs = {"src": dtype, "periods": "float32"}
+    if norm:
+        inputs |= {x: dtype for x in ("q_weight", "q_bias", "k_weight", "k_bias")[: 2 * parts]}
+    src = (3 if parts == 2 else 1) * h
+    template = [("T", dtype), ("D", d), ("H", h), ("N", n), ("B", b), ("R", r), ("SRC", src),
+                ("PARTS", parts), ("SLICES", qk.slices_per_warp(parts, h))]  # fmt: skip
+    template += [("EPS_BITS", 897988541)] if norm else []
+    outputs = {x: dtype for x in ("q_out", "k_out")[:parts]}
+    body = wrap(f"q{i}", "", qk.kernel_source(norm, parts), inputs, outputs, template)
+    return f"namespace q{i} {{\n{body}}}\n"
+
+
 def row_kernel_source(i: int, dtype: str, which: str, width: int, rows: int) -> str:
     """A row kernel: layer_norm (width W) or glu (halves F)."""
     header, source = rk.kernel_source(which)
@@ -128,6 +144,9 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         attention_kernel_source(0, "float16", False, (128, 8, 8, 257, 257)),  # SA small, self-attention
         attention_kernel_source(1, "bfloat16", True, (64, 12, 12, 64, 64)),  # T5-base with its bias
         attention_kernel_source(2, "float16", False, (64, 24, 12, 1025, 130)),  # KV groups
+        qk_kernel_source(0, "float16", False, (2, 1025, 24, 64, 32)),  # SA 1.0's q / k, CFG pair
+        qk_kernel_source(1, "bfloat16", True, (1, 257, 8, 128, 64)),  # SA small, QK LayerNorm
+        qk_kernel_source(2, "float16", True, (1, 257, 8, 128, 0), parts=1),  # small's cross-attention q
         row_kernel_source(0, "float16", "layer_norm", 1536, 2050),  # SA 1.0's blocks, CFG pair
         row_kernel_source(1, "bfloat16", "layer_norm", 4096, 3),  # the widest
         row_kernel_source(2, "float16", "glu", 6144, 2050),  # SA 1.0's feed-forward
@@ -155,7 +174,7 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-4000:]
     # Registers per entry function (the mangled name holds its namespace: k* layer kernels, a* attention,
-    # r* row kernels).
+    # q* q / k preparation, r* row kernels).
     # The layer kernel runs up to 512-thread blocks, one per SM: past 128 registers a thread it could not
     # launch. The attention kernel's blocks are WARPS warps.
     regs = dict(
@@ -163,6 +182,7 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
     )
     layer = [int(r) for name, r in regs.items() if name.startswith("k")]
     attention = [int(r) for name, r in regs.items() if name.startswith("a")]
+    assert len([name for name in regs if name.startswith("q")]) == 3, regs
     assert len([name for name in regs if name.startswith("r")]) == 4, regs
     assert len(layer) == 7 and max(layer) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
     assert len(attention) == 3 and max(attention) <= min(255, 65536 // (32 * ak.WARPS)), regs

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import attention_kernel, row_kernels
+from .. import attention_kernel, qk_kernel, row_kernels
 from ..diffusion.dit_parts import GLUFeedForward, partial_rope
 from ..errors import UserError
 from ..quantize import residual_linear
@@ -109,14 +109,24 @@ class Attention(nn.Module):
         residual: mx.array | None = None,
     ) -> mx.array:
         b, n, _ = x.shape
-        # Split views, not integer indexing (a gather kernel per q/k/v on MLX).
-        q, k, v = (
-            a.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-            for a in mx.split(self.qkv(x), 3, axis=-1)
-        )
-        q, k = self._norm_q(q), self._norm_k(k)
-        # The reference rotates in float32 (half-split layout = MLX's non-traditional rope) and casts back.
-        q, k = partial_rope(q, rotary_dim, rope_freqs), partial_rope(k, rotary_dim, rope_freqs)
+        qkv = self.qkv(x)
+        norm = None
+        if self.qk_norm == "ln":
+            qn, kn = self.q_norm, self.k_norm
+            norm = (qn.weight, qn.bias, kn.weight, kn.bias, qn.eps)
+        if self.qk_norm != "l2" and qk_kernel.supported(qkv, self.num_heads, rotary_dim, norm):
+            # CUDA: norm + rotary in one kernel, q / k heads-last underneath (see qk_kernel)
+            q, k = qk_kernel.qk(qkv, self.num_heads, rotary_dim, rope_freqs, norm)
+            v = qk_kernel.values(qkv, self.num_heads)
+        else:
+            # Split views, not integer indexing (a gather kernel per q/k/v on MLX).
+            q, k, v = (
+                a.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+                for a in mx.split(qkv, 3, axis=-1)
+            )
+            q, k = self._norm_q(q), self._norm_k(k)
+            # The reference rotates in float32 (half-split layout = MLX's non-traditional rope), casts back.
+            q, k = partial_rope(q, rotary_dim, rope_freqs), partial_rope(k, rotary_dim, rope_freqs)
         o = _attend(q.astype(v.dtype), k.astype(v.dtype), v, self.scale, impl)
         return self._out(o, residual)
 
@@ -129,7 +139,14 @@ class Attention(nn.Module):
         residual: mx.array | None = None,
     ) -> mx.array:
         b, n, _ = x.shape
-        q = self._norm_q(self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3))
+        q = self.q(x)
+        if self.qk_norm == "ln" and qk_kernel.q_norm_supported(
+            q, self.num_heads, self.q_norm.weight, self.q_norm.bias
+        ):
+            # CUDA: the heads' LayerNorm in one kernel, q heads-last underneath (see qk_kernel)
+            q = qk_kernel.q_norm(q, self.num_heads, self.q_norm.weight, self.q_norm.bias, self.q_norm.eps)
+        else:
+            q = self._norm_q(q.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3))
         # Query head h reads KV head h // (heads / kv_heads): repeat_interleave's grouping.
         o = _attend(q, k, v, self.scale, impl)
         return self._out(o, residual)

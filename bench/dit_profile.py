@@ -130,7 +130,8 @@ def main() -> None:
     if a.ncu:
         ncu_target(a.model, a.dtype, a.tiny)
         return
-    rep = Report(f"Stable Audio {a.model} DiT on the GPU ({a.dtype})", a.out)
+    what = Path(a.parse).name if a.parse else a.model
+    rep = Report(f"Stable Audio DiT, one call's kernels ({what})", a.out)
     if a.parse:
         parse(Path(a.parse), rep)
 

@@ -15,7 +15,8 @@ output projection's reshape copies it once more; with QK LayerNorm (Stable Audio
 `q_norm(q, heads, weight, bias, eps)`: a cross-attention's q product (B, N, H D) with its heads
 LayerNorm'ed, the same way. Attention over such views writes heads-last output (cuDNN follows q's layout;
 attention_kernel writes it), so the output projection reads it without a copy. One warp takes up to 8
-head vectors of a token, computing the token's angles once. `reference` and
+head vectors of a token, computing the token's angles once (its products must start aligned to a head
+vector: fresh arrays, as the DiT's are, or views that skip whole tokens). `reference` and
 `q_norm_reference` are the same maths as MLX ops (what the CPU, Metal and float32 run); `takes`,
 `supported` and `q_norm_supported` say where the kernel runs. `ENABLED = False` turns it off (an A/B
 knob).

@@ -3,8 +3,9 @@
 Why (bench/dit_profile.py under Nsight Compute, H200, docs/benchmarks.md "round 9"): at Stable Audio 1.0's
 shape (2050 rows of 1536, the CFG pair) MLX's layer_norm took 11.6 µs a call, 1.1 TB/s of the H200's ~4.8,
 72 calls a DiT call; the GLU's compiled `h * silu(gate)` read the feed-forward product's two halves as
-strided views at 2.4 TB/s. These kernels give each row to one warp and keep it in registers, loaded and
-stored 16 bytes a lane at a time.
+strided views at 2.4 TB/s. LayerNorm gives each row to one warp and keeps it in registers; both kernels
+load and store 16 bytes a thread at a time, so their inputs must start 16-byte aligned: fresh arrays, or
+views that skip whole rows (all the DiTs pass; other views are copied by `ensure_row_contiguous`).
 
 - `layer_norm(x, weight, bias, eps)`: rows of a width that is a multiple of 256, up to 4096; mean, then the
   mean of squared deviations (two passes over the registers, as MLX and torch compute it), all in float32.

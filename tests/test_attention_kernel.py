@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mlx_audio_generate import attention_kernel as ak
-from mlx_audio_generate.stable_audio.dit import DiTConfig, StableAudioDiT
 from tests.reference.parity import rel_err
+from tests.tiny_dit import cpu_forward, dit_inputs, tiny_dit
 
 ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
@@ -127,22 +127,12 @@ def test_additive_mask(mask_shape, dtype):
     assert rel_err(out, exact(q, k, v, 1.0, mask.astype(mx.float32))) <= tol
 
 
-def tiny_dit(qk_norm: str = "ln") -> StableAudioDiT:
-    cfg = DiTConfig(io_channels=8, embed_dim=256, depth=2, num_heads=2, cond_token_dim=32, global_cond_dim=16,
-                    qk_norm=qk_norm)  # fmt: skip
-    mx.random.seed(3)
-    dit = StableAudioDiT(cfg)
-    mx.eval(dit.parameters())
-    return dit
-
-
 def test_dit_attention_choices_agree():
     # fp32 on the CPU: "short" and "auto" fall back to MLX's fused attention there, "matmul" is its own path
     dit = tiny_dit()
-    mx.random.seed(4)
-    x, t = mx.random.normal((2, 8, 40)), mx.array([0.3, 0.7])
+    x, t, ctx, glob = dit_inputs()
     with mx.stream(mx.cpu):
-        cond = dit.condition(mx.random.normal((2, 11, 32)), mx.random.normal((2, 16)))
+        cond = dit.condition(ctx, glob)
         outs = {}
         for impl in ("sdpa", "short", "matmul", "auto"):
             dit.attention = impl
@@ -157,13 +147,9 @@ def test_dit_attention_choices_agree():
 def test_dit_with_the_kernel_on_the_gpu(compiled):
     # fp16 on the GPU, each attention against the fp32 CPU forward: the kernel's error is cuDNN's
     dit = tiny_dit()
-    mx.random.seed(4)
-    x, t = mx.random.normal((2, 8, 40)), mx.array([0.3, 0.7])
-    ctx, glob = mx.random.normal((2, 11, 32)), mx.random.normal((2, 16))
-    with mx.stream(mx.cpu):
-        dit.attention = "sdpa"
-        ref = dit.forward(x, t, dit.condition(ctx, glob))
-        mx.eval(ref)
+    x, t, ctx, glob = dit_inputs()
+    dit.attention = "sdpa"
+    ref = cpu_forward(dit, x, t, ctx, glob)
     dit.set_dtype(mx.float16)
     dit.compiled = compiled
     cond = dit.condition(ctx, glob)

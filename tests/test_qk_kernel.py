@@ -15,8 +15,8 @@ import pytest
 
 from mlx_audio_generate import qk_kernel, row_kernels
 from mlx_audio_generate.diffusion.dit_parts import rope_inv_freq
-from mlx_audio_generate.stable_audio.dit import DiTConfig, StableAudioDiT
 from tests.reference.parity import rel_err
+from tests.tiny_dit import cpu_forward, dit_inputs, tiny_dit
 
 ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend (run on the GPU machine)")
@@ -143,15 +143,6 @@ def test_q_norm_matches_the_reference(shape, dtype):
     assert rel_err(got, want) <= {mx.float16: 2e-3, mx.bfloat16: 1.6e-2}[dtype]
 
 
-def tiny_dit(qk_norm: str) -> StableAudioDiT:
-    cfg = DiTConfig(io_channels=8, embed_dim=256, depth=2, num_heads=2, cond_token_dim=32, global_cond_dim=16,
-                    qk_norm=qk_norm)  # fmt: skip
-    mx.random.seed(3)
-    dit = StableAudioDiT(cfg)
-    mx.eval(dit.parameters())
-    return dit
-
-
 @gpu
 @pytest.mark.parametrize("qk_norm", ["ln", "none"])
 @pytest.mark.parametrize("compiled", [False, True])
@@ -159,12 +150,8 @@ def test_dit_with_the_kernels_on_the_gpu(qk_norm, compiled, monkeypatch):
     # fp16 on the GPU with and without this kernel and the row kernels (LayerNorm, GLU: width 256 and
     # 2 x 1024 here), against the fp32 CPU forward
     dit = tiny_dit(qk_norm)
-    mx.random.seed(4)
-    x, t = mx.random.normal((2, 8, 40)), mx.array([0.3, 0.7])
-    ctx, glob = mx.random.normal((2, 11, 32)), mx.random.normal((2, 16))
-    with mx.stream(mx.cpu):
-        ref = dit.forward(x, t, dit.condition(ctx, glob))
-        mx.eval(ref)
+    x, t, ctx, glob = dit_inputs()
+    ref = cpu_forward(dit, x, t, ctx, glob)
     dit.set_dtype(mx.float16)
     dit.compiled = compiled
     cond = dit.condition(ctx, glob)

@@ -17,12 +17,11 @@ as MLX ops (the CPU path and the tests' yardstick); `supported` says where the k
 from __future__ import annotations
 
 import functools
-import struct
 
 import mlx.core as mx
 
 from . import attention_kernel_cuda as src
-from .devices import on_cuda
+from .devices import float_bits, on_cuda
 
 MAX_KEYS = 4096
 # B*H*N*S*D multiply-adds per product: past this cuDNN's kernels are faster on the GPU (bench/sdpa_probe.py:
@@ -121,7 +120,7 @@ def attend(
             ("S", s),
             ("WARPS", WARPS),
             ("KEYS", KEYS),
-            ("SCALE_BITS", struct.unpack("<i", struct.pack("<f", scale))[0]),
+            ("SCALE_BITS", float_bits(scale)),
         ],
         grid=(blocks * WARPS * 32, b * h, 1),
         threadgroup=(WARPS * 32, 1, 1),

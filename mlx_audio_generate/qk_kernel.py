@@ -25,11 +25,10 @@ knob).
 from __future__ import annotations
 
 import functools
-import struct
 
 import mlx.core as mx
 
-from .devices import on_cuda
+from .devices import float_bits, on_cuda
 
 ENABLED = True
 WARPS = 4  # warps per block
@@ -208,7 +207,7 @@ def _run(src: mx.array, heads: int, parts: int, rotary_dim: int, periods, norm) 
                 ("SRC", width // d), ("PARTS", parts), ("SLICES", slices)]  # fmt: skip
     if norm is not None:
         inputs += [a.astype(src.dtype) for a in norm[:-1]]
-        template.append(("EPS_BITS", struct.unpack("<i", struct.pack("<f", norm[-1]))[0]))
+        template.append(("EPS_BITS", float_bits(norm[-1])))
     warps = b * n * parts * heads // slices
     outs = _kernel(norm is not None, parts)(
         inputs=inputs,

@@ -19,12 +19,11 @@ elsewhere, which are the `*_reference` functions.
 from __future__ import annotations
 
 import functools
-import struct
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .devices import on_cuda
+from .devices import float_bits, on_cuda
 
 ENABLED = True
 WARPS = 4  # warps (rows) per block
@@ -179,7 +178,7 @@ def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.
             ("T", x.dtype),
             ("W", x.shape[-1]),
             ("ROWS", rows),
-            ("EPS_BITS", struct.unpack("<i", struct.pack("<f", eps))[0]),
+            ("EPS_BITS", float_bits(eps)),
         ],  # fmt: skip
         grid=(-(-rows // WARPS) * WARPS * 32, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),

@@ -194,3 +194,10 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         if "spill stores" in line and " 0 bytes spill stores" not in line
     ]
     assert not spills, spills
+
+
+def test_float_bits_are_the_template_literals_above():
+    from mlx_audio_generate.devices import float_bits
+
+    assert float_bits(1e-6) == 897988541 and float_bits(1e-5) == 925353388  # the eps literals above
+    assert float_bits(0.125) == 1040187392  # the attention scale literal above

@@ -171,21 +171,23 @@ def q_norm_supported(q: mx.array, heads: int, weight: mx.array, bias: mx.array) 
     return ENABLED and on_cuda() and d is not None and weight.shape == bias.shape == (d,)
 
 
-def _split(qkv: mx.array, heads: int) -> list[mx.array]:
+def split(qkv: mx.array, heads: int) -> list[mx.array]:
+    """q, k, v of a fused QKV product as (B, H, N, D) views (split views, not integer indexing: that would be
+    a gather kernel each on MLX)."""
     b, n, _ = qkv.shape
     return [a.reshape(b, n, heads, -1).transpose(0, 2, 1, 3) for a in mx.split(qkv, 3, axis=-1)]
 
 
 def values(qkv: mx.array, heads: int) -> mx.array:
     """v as (B, H, N, D): a view of the product."""
-    return _split(qkv, heads)[2]
+    return split(qkv, heads)[2]
 
 
 def reference(
     qkv: mx.array, heads: int, rotary_dim: int, periods: mx.array, norm: Norm | None = None
 ) -> tuple[mx.array, mx.array]:
     """q, k as (B, H, N, D) by MLX's ops (layer_norm, then rope on the first rotary_dim dims)."""
-    q, k, _ = _split(qkv, heads)
+    q, k, _ = split(qkv, heads)
     if norm is not None:
         qw, qb, kw, kb, eps = norm
         q, k = mx.fast.layer_norm(q, qw, qb, eps), mx.fast.layer_norm(k, kw, kb, eps)

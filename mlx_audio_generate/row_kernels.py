@@ -160,18 +160,11 @@ def glu_reference(h: mx.array) -> mx.array:
     return a * nn.silu(gate)
 
 
-def _rows(x: mx.array) -> int:
-    n = 1
-    for s in x.shape[:-1]:
-        n *= s
-    return n
-
-
 def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
     """LayerNorm over the last axis: the kernel where supported, else MLX's."""
     if not layer_norm_supported(x, weight, bias):
         return layer_norm_reference(x, weight, bias, eps)
-    rows = _rows(x)
+    rows = x.size // x.shape[-1]
     (y,) = _kernel("layer_norm")(
         inputs=[x, weight.astype(x.dtype), bias.astype(x.dtype)],
         template=[
@@ -192,7 +185,7 @@ def glu(h: mx.array) -> mx.array:
     """x * silu(gate) of h = [x | gate]: the kernel where supported, else MLX's ops."""
     if not glu_supported(h):
         return glu_reference(h)
-    rows, f = _rows(h), h.shape[-1] // 2
+    rows, f = h.size // h.shape[-1], h.shape[-1] // 2
     threads = rows * (f // 8)
     (y,) = _kernel("glu")(
         inputs=[h],

@@ -108,7 +108,6 @@ class Attention(nn.Module):
         impl: str = "sdpa",
         residual: mx.array | None = None,
     ) -> mx.array:
-        b, n, _ = x.shape
         qkv = self.qkv(x)
         norm = None
         if self.qk_norm == "ln":
@@ -119,11 +118,7 @@ class Attention(nn.Module):
             q, k = qk_kernel.qk(qkv, self.num_heads, rotary_dim, rope_freqs, norm)
             v = qk_kernel.values(qkv, self.num_heads)
         else:
-            # Split views, not integer indexing (a gather kernel per q/k/v on MLX).
-            q, k, v = (
-                a.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-                for a in mx.split(qkv, 3, axis=-1)
-            )
+            q, k, v = qk_kernel.split(qkv, self.num_heads)
             q, k = self._norm_q(q), self._norm_k(k)
             # The reference rotates in float32 (half-split layout = MLX's non-traditional rope), casts back.
             q, k = partial_rope(q, rotary_dim, rope_freqs), partial_rope(k, rotary_dim, rope_freqs)

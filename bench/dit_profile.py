@@ -28,25 +28,13 @@ def _model(name: str, dtype: str, tiny: bool):
     import stable_audio as sa
 
     m = sa.build_ours(name, dtype, tiny)
-    return m, sa.SETTINGS[name]
-
-
-def _call(m, st):
-    c = m.dit.config
-    ctx = m.text_max_length + len(m.conditioner.config.cross_attention_cond_ids) - 1
-    glob = mx.zeros((1, c.global_cond_dim)) if c.global_cond_dim else None
-    dc = m.dit.cfg_condition(mx.zeros((1, ctx, c.cond_token_dim)), glob, st["cfg"])
-    x = mx.random.normal((1, c.io_channels, m.latent_frames)).astype(m.dit.dtype)
-    t = mx.full((1,), 0.5)
-    mx.eval(dc.arrays(), x, t)
-    return lambda: m.dit.guided(x, t, dc, st["cfg"])
+    return m, sa.dit_call(m, sa.SETTINGS[name])
 
 
 def ncu_target(name: str, dtype: str, tiny: bool) -> None:
     """One compiled DiT call between cuProfilerStart and cuProfilerStop, after three warm-up calls."""
-    m, st = _model(name, dtype, tiny)
+    m, call = _model(name, dtype, tiny)
     m.dit.compiled = True
-    call = _call(m, st)
     for _ in range(3):
         mx.eval(call())
     mx.synchronize()

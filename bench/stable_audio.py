@@ -435,6 +435,19 @@ def run_sat(name: str, dtype: str, steps: int, cfg: float, tiny: bool, batch: in
 # ------------------------------------------------------------------------------------------------ profile
 
 
+def dit_call(m, st: dict):
+    """One guided DiT call (the CFG pair where the model card's cfg is not 1) on random latents at t = 0.5,
+    with zero conditioning of the real shapes, as a function; its inputs are evaluated."""
+    c = m.dit.config
+    ctx = m.text_max_length + len(m.conditioner.config.cross_attention_cond_ids) - 1
+    glob = mx.zeros((1, c.global_cond_dim)) if c.global_cond_dim else None
+    dc = m.dit.cfg_condition(mx.zeros((1, ctx, c.cond_token_dim)), glob, st["cfg"])
+    x = mx.random.normal((1, c.io_channels, m.latent_frames)).astype(m.dit.dtype)
+    t = mx.full((1,), 0.5)
+    mx.eval(cond_arrays(dc), x, t)
+    return lambda: m.dit.guided(x, t, dc, st["cfg"])
+
+
 def _time(fn, reps: int = 5) -> float:
     """Median wall seconds of fn() (evaluated and synchronised), after one warm call."""
     mx_sync(fn())
@@ -480,18 +493,12 @@ def profile(name: str, dtype: str, tiny: bool, rep: Report) -> None:
 
     t_self_mm = _time(lambda: _attend(q, q, q, hd**-0.5, "matmul"))
     t_cross_mm = _time(lambda: _attend(q, kc, kc, hd**-0.5, "matmul"))
-    dc = m.dit.cfg_condition(
-        mx.zeros((1, ctx, c.cond_token_dim)), mx.zeros((1, c.global_cond_dim)) if c.global_cond_dim else None,
-        st["cfg"],
-    )  # fmt: skip
-    x = mx.random.normal((1, c.io_channels, m.latent_frames)).astype(dt)
-    tt = mx.full((1,), 0.5)
-    mx.eval(dc.kv, dc.global_embed, x)
+    call = dit_call(m, st)
     steps = {}
     for variant in ("eager", "compiled", "compiled-matmul"):
         m.dit.compiled = variant.startswith("compiled")
         m.dit.attention = attention_of(variant)
-        steps[variant] = _time(lambda: m.dit.guided(x, tt, dc, st["cfg"]))
+        steps[variant] = _time(call)
     m.dit.attention = "auto"
     depth = c.depth
     rows = [

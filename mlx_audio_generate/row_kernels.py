@@ -8,11 +8,16 @@ load and store 16 bytes a thread at a time, so their inputs must start 16-byte a
 views that skip whole rows (all the DiTs pass; other views are copied by `ensure_row_contiguous`).
 
 - `layer_norm(x, weight, bias, eps)`: rows of a width that is a multiple of 256, up to 4096; mean, then the
-  mean of squared deviations (two passes over the registers, as MLX and torch compute it), all in float32.
+  mean of squared deviations (two passes over the registers, as MLX and torch compute it), all in float32;
+  the weight and bias are fetched before the reductions up to 2048 wide (their latency behind them).
+- `add_layer_norm(x, r, weight, bias, eps)`: (x + r, its LayerNorm) as one kernel: a residual add and the
+  next pre-norm (the DiT's feed-forward add and the next block's norm; the add's own kernel read and wrote
+  the rows once more, 6.6 µs a block at 1.0's shape). The sum is rounded to the dtype before it is
+  normalised, as the two ops do.
 - `glu(h)`: h = [x | gate] along the last axis (the product's own layout), x * silu(gate) in float32,
   rounded once; halves of a width that is a multiple of 8.
 
-fp16 / bf16 on CUDA where `*_supported` holds (`ENABLED = False` turns both off: an A/B knob); MLX's ops
+fp16 / bf16 on CUDA where `*_supported` holds (`ENABLED = False` turns them all off: an A/B knob); MLX's ops
 elsewhere, which are the `*_reference` functions.
 """
 
@@ -32,11 +37,14 @@ MAX_WIDTH = 4096  # a row in one warp's registers: 128 floats a lane (8192 spill
 _HEADER = """
 // 8 elements of T <-> 8 floats through one 16-byte access
 template <typename T>
-__device__ __forceinline__ void row_load8(const T* p, float* f) {
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void row_unpack8(const uint4& raw, float* f) {
   const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(v[i]);
+}
+template <typename T>
+__device__ __forceinline__ void row_load8(const T* p, float* f) {
+  row_unpack8<T>(*reinterpret_cast<const uint4*>(p), f);
 }
 template <typename T>
 __device__ __forceinline__ void row_store8(T* p, const float* f) {
@@ -55,13 +63,21 @@ __device__ __forceinline__ float row_warp_sum(float s) {
 
 _LAYER_NORM = """
   constexpr int V = W / 256;  // 8-element vectors a lane
+  // weight / bias fetched before the reductions, their latency behind them, where the registers allow
+  constexpr bool EARLY = V <= 8;
   const int lane = threadIdx.x & 31;
   const long row = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (row >= ROWS) return;
-  const T* xr = x + row * W;
-  float f[V][8];
+  uint4 wr[EARLY ? V : 1], br[EARLY ? V : 1];
+  if constexpr (EARLY) {
 #pragma unroll
-  for (int v = 0; v < V; ++v) row_load8(xr + (v * 32 + lane) * 8, f[v]);
+    for (int v = 0; v < V; ++v) {
+      wr[v] = *reinterpret_cast<const uint4*>(weight + (v * 32 + lane) * 8);
+      br[v] = *reinterpret_cast<const uint4*>(bias + (v * 32 + lane) * 8);
+    }
+  }
+  float f[V][8];
+LOAD_ROW
   float s = 0.f;
 #pragma unroll
   for (int v = 0; v < V; ++v)
@@ -79,11 +95,37 @@ _LAYER_NORM = """
   for (int v = 0; v < V; ++v) {
     const int c = (v * 32 + lane) * 8;
     float g[8], b[8];
-    row_load8(weight + c, g);
-    row_load8(bias + c, b);
+    if constexpr (EARLY) {
+      row_unpack8<T>(wr[v], g);
+      row_unpack8<T>(br[v], b);
+    } else {
+      row_load8(weight + c, g);
+      row_load8(bias + c, b);
+    }
 #pragma unroll
     for (int i = 0; i < 8; ++i) f[v][i] = (f[v][i] - mean) * inv * g[i] + b[i];
     row_store8(yr + c, f[v]);
+  }
+"""
+
+# The row itself: x's, or (add_layer_norm) sum = x + r, stored and normalised as rounded to T (the sum the
+# reference's `x + ff(...)` holds before its next LayerNorm).
+_LOAD_X = """
+#pragma unroll
+  for (int v = 0; v < V; ++v) row_load8(x + row * W + (v * 32 + lane) * 8, f[v]);
+"""
+_LOAD_SUM = """
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const long c = row * W + (v * 32 + lane) * 8;
+    float a[8];
+    row_load8(x + c, f[v]);
+    row_load8(r + c, a);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[v][i] += a[i];
+    row_store8(sum + c, f[v]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[v][i] = static_cast<float>(static_cast<T>(f[v][i]));
   }
 """
 
@@ -102,13 +144,24 @@ _GLU = """
 """
 
 
+_KERNELS = {  # which: (inputs, outputs, body)
+    "layer_norm": (["x", "weight", "bias"], ["y"], _LAYER_NORM.replace("LOAD_ROW", _LOAD_X)),
+    "add_layer_norm": (
+        ["x", "r", "weight", "bias"],
+        ["sum", "y"],
+        _LAYER_NORM.replace("LOAD_ROW", _LOAD_SUM),
+    ),  # fmt: skip
+    "glu": (["h"], ["y"], _GLU),
+}
+
+
 @functools.cache
 def _kernel(which: str) -> object:
-    inputs, source = {"layer_norm": (["x", "weight", "bias"], _LAYER_NORM), "glu": (["h"], _GLU)}[which]
+    inputs, outputs, source = _KERNELS[which]
     return mx.fast.cuda_kernel(
         name=f"mag_row_{which}",
         input_names=inputs,
-        output_names=["y"],
+        output_names=outputs,
         source=source,
         header=_HEADER,
         ensure_row_contiguous=True,
@@ -117,7 +170,7 @@ def _kernel(which: str) -> object:
 
 def kernel_source(which: str) -> tuple[str, str]:
     """(header, body) of a kernel, for the nvcc test."""
-    return _HEADER, {"layer_norm": _LAYER_NORM, "glu": _GLU}[which]
+    return _HEADER, _KERNELS[which][2]
 
 
 def _half(x: mx.array) -> bool:
@@ -160,13 +213,11 @@ def glu_reference(h: mx.array) -> mx.array:
     return a * nn.silu(gate)
 
 
-def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
-    """LayerNorm over the last axis: the kernel where supported, else MLX's."""
-    if not layer_norm_supported(x, weight, bias):
-        return layer_norm_reference(x, weight, bias, eps)
+def _norm_call(which: str, inputs: list[mx.array], weight: mx.array, bias: mx.array, eps: float) -> list:
+    x = inputs[0]
     rows = x.size // x.shape[-1]
-    (y,) = _kernel("layer_norm")(
-        inputs=[x, weight.astype(x.dtype), bias.astype(x.dtype)],
+    return _kernel(which)(
+        inputs=[*inputs, weight.astype(x.dtype), bias.astype(x.dtype)],
         template=[
             ("T", x.dtype),
             ("W", x.shape[-1]),
@@ -175,10 +226,28 @@ def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.
         ],  # fmt: skip
         grid=(-(-rows // WARPS) * WARPS * 32, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),
-        output_shapes=[x.shape],
-        output_dtypes=[x.dtype],
+        output_shapes=[x.shape] * (len(inputs)),
+        output_dtypes=[x.dtype] * (len(inputs)),
     )
-    return y
+
+
+def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
+    """LayerNorm over the last axis: the kernel where supported, else MLX's."""
+    if not layer_norm_supported(x, weight, bias):
+        return layer_norm_reference(x, weight, bias, eps)
+    return _norm_call("layer_norm", [x], weight, bias, eps)[0]
+
+
+def add_layer_norm(
+    x: mx.array, r: mx.array, weight: mx.array, bias: mx.array, eps: float
+) -> tuple[mx.array, mx.array]:
+    """(s, LayerNorm(s)) for s = x + r: a residual add and the next pre-norm as one kernel where supported
+    (x and r of one shape and dtype; it reads both rows once and writes both results), else MLX's ops."""
+    if not (layer_norm_supported(x, weight, bias) and r.shape == x.shape and r.dtype == x.dtype):
+        s = x + r
+        return s, layer_norm_reference(s, weight, bias, eps)
+    s, y = _norm_call("add_layer_norm", [x, r], weight, bias, eps)
+    return s, y
 
 
 def glu(h: mx.array) -> mx.array:

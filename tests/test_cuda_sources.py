@@ -85,15 +85,18 @@ def attention_kernel_source(i: int, dtype: str, masked: bool, shape: tuple[int, 
     return f"namespace a{i} {{\n{body}}}\n"
 
 
-def qk_kernel_source(i: int, dtype: str, norm: bool, shape: tuple[int, ...], parts: int = 2) -> str:
-    """The q / k kernel (parts 2) or the q norm (parts 1); shape (B, N, H, D, R)."""
+def qk_kernel_source(
+    i: int, dtype: str, norm: bool, shape: tuple[int, ...], parts: int = 2, slices: int = 0
+) -> str:
+    """The q / k kernel (parts 2) or the q norm (parts 1); shape (B, N, H, D, R); `slices` head vectors a
+    warp (0: the default's)."""
     b, n, h, d, r = shape
     inputs = {"src": dtype, "periods": "float32"}
     if norm:
         inputs |= {x: dtype for x in ("q_weight", "q_bias", "k_weight", "k_bias")[: 2 * parts]}
     src = (3 if parts == 2 else 1) * h
     template = [("T", dtype), ("D", d), ("H", h), ("N", n), ("B", b), ("R", r), ("SRC", src),
-                ("PARTS", parts), ("SLICES", qk.slices_per_warp(parts, h))]  # fmt: skip
+                ("PARTS", parts), ("SLICES", slices or qk.slices_per_warp(parts, h))]  # fmt: skip
     template += [("EPS_BITS", 897988541)] if norm else []
     outputs = {x: dtype for x in ("q_out", "k_out")[:parts]}
     body = wrap(f"q{i}", "", qk.kernel_source(norm, parts), inputs, outputs, template)
@@ -103,12 +106,15 @@ def qk_kernel_source(i: int, dtype: str, norm: bool, shape: tuple[int, ...], par
 def row_kernel_source(i: int, dtype: str, which: str, width: int, rows: int) -> str:
     """A row kernel: layer_norm (width W) or glu (halves F)."""
     header, source = rk.kernel_source(which)
-    if which == "layer_norm":
-        inputs = {"x": dtype, "weight": dtype, "bias": dtype}
+    outputs = {"y": dtype}
+    if which in ("layer_norm", "add_layer_norm"):
+        inputs = {"x": dtype, "r": dtype} if which == "add_layer_norm" else {"x": dtype}
+        inputs |= {"weight": dtype, "bias": dtype}
+        outputs = {"sum": dtype, "y": dtype} if which == "add_layer_norm" else outputs
         template = [("T", dtype), ("W", width), ("ROWS", rows), ("EPS_BITS", 925353388)]
     else:
         inputs, template = {"h": dtype}, [("T", dtype), ("F", width), ("ROWS", rows)]
-    return f"namespace r{i} {{\n{wrap(f'r{i}', header, source, inputs, {'y': dtype}, template)}}}\n"
+    return f"namespace r{i} {{\n{wrap(f'r{i}', header, source, inputs, outputs, template)}}}\n"
 
 
 def decode_kernel_sources(i: int, dtype: str) -> str:
@@ -147,10 +153,13 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         qk_kernel_source(0, "float16", False, (2, 1025, 24, 64, 32)),  # SA 1.0's q / k, CFG pair
         qk_kernel_source(1, "bfloat16", True, (1, 257, 8, 128, 64)),  # SA small, QK LayerNorm
         qk_kernel_source(2, "float16", True, (1, 257, 8, 128, 0), parts=1),  # small's cross-attention q
+        qk_kernel_source(3, "float16", False, (2, 1025, 24, 64, 32), slices=16),  # 1.0, MAX_SLICES 16
         row_kernel_source(0, "float16", "layer_norm", 1536, 2050),  # SA 1.0's blocks, CFG pair
         row_kernel_source(1, "bfloat16", "layer_norm", 4096, 3),  # the widest
         row_kernel_source(2, "float16", "glu", 6144, 2050),  # SA 1.0's feed-forward
         row_kernel_source(3, "bfloat16", "glu", 8, 1),
+        row_kernel_source(4, "float16", "add_layer_norm", 1536, 2050),  # SA 1.0: the FF's add + next norm
+        row_kernel_source(5, "bfloat16", "add_layer_norm", 4096, 3),
         decode_kernel_sources(0, "float16"),
         decode_kernel_sources(1, "bfloat16"),
     ]
@@ -182,8 +191,8 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
     )
     layer = [int(r) for name, r in regs.items() if name.startswith("k")]
     attention = [int(r) for name, r in regs.items() if name.startswith("a")]
-    assert len([name for name in regs if name.startswith("q")]) == 3, regs
-    assert len([name for name in regs if name.startswith("r")]) == 4, regs
+    assert len([name for name in regs if name.startswith("q")]) == 4, regs
+    assert len([name for name in regs if name.startswith("r")]) == 6, regs
     assert len(layer) == 7 and max(layer) <= 65536 // max(lk.block_for(d) for d in (1024, 2048)), regs
     assert len(attention) == 3 and max(attention) <= min(255, 65536 // (32 * ak.WARPS)), regs
     # no register spills (a spilling kernel would be slow, not wrong: worth knowing before a GPU run)

@@ -1,4 +1,5 @@
-"""The DiT's row kernels (mlx_audio_generate/row_kernels.py: LayerNorm, the GLU gate) against MLX's ops.
+"""The DiT's row kernels (mlx_audio_generate/row_kernels.py: LayerNorm, add + LayerNorm, the GLU gate)
+against MLX's ops.
 
 The kernels run on MLX's CUDA backend only: those tests are skipped elsewhere and run on the GPU machine,
 against the reference in float32 on the CPU. Everywhere: the shape rules and the CPU's fallback. The
@@ -65,6 +66,19 @@ def test_cpu_takes_the_references():
         )
         a, gate = mx.split(h, 2, axis=-1)
         np.testing.assert_array_equal(np.array(rk.glu(h)), np.array(a * nn.silu(gate)))
+        r = rand((3, 512), mx.float16, 4)
+        s, y = rk.add_layer_norm(x, r, w, b, 1e-5)
+        np.testing.assert_array_equal(np.array(s), np.array(x + r))
+        np.testing.assert_array_equal(np.array(y), np.array(mx.fast.layer_norm(x + r, w, b, 1e-5)))
+
+
+def test_add_layer_norm_of_unlike_operands_takes_the_ops():
+    # a broadcast residual or another dtype is not the kernel's: the sum and the norm as MLX ops, everywhere
+    x, w = rand((2, 3, 256), mx.float16), rand((256,), mx.float16, 1)
+    for r in (rand((256,), mx.float16, 2), rand((2, 3, 256), mx.float32, 2)):
+        s, y = rk.add_layer_norm(x, r, w, w, 1e-5)
+        np.testing.assert_array_equal(np.array(s), np.array(x + r))
+        np.testing.assert_array_equal(np.array(y), np.array(mx.fast.layer_norm(x + r, w, w, 1e-5)))
 
 
 TOL = {mx.float16: 2e-3, mx.bfloat16: 1.6e-2}
@@ -81,6 +95,24 @@ def test_layer_norm_matches_the_reference(shape, dtype):
     y = rk.layer_norm(x, w, b, 1e-5)
     assert y.shape == x.shape and y.dtype == dtype
     assert rel_err(y, on_cpu(lambda *a: mx.fast.layer_norm(*a, 1e-5), x, w, b)) <= TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(2, 1025, 1536), (1, 257, 1024), (3, 4096)])
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_add_layer_norm_matches_the_reference(shape, dtype):
+    x, r = rand(shape, dtype, scale=3.0, shift=2.0), rand(shape, dtype, 5, scale=2.0)
+    w, b = rand(shape[-1:], dtype, 1), rand(shape[-1:], dtype, 2)
+    s, y = rk.add_layer_norm(x, r, w, b, 1e-5)
+    assert s.shape == y.shape == x.shape and s.dtype == y.dtype == dtype
+    # the sum is x + r rounded to the dtype (as MLX's add rounds it: equal but for a rare double rounding)
+    with mx.stream(mx.cpu):
+        s_ref = x + r
+        mx.eval(s_ref)
+    assert mx.mean((s == s_ref).astype(mx.float32)).item() >= 0.999
+    assert rel_err(s, s_ref) <= 1e-3
+    # the norm is of that rounded sum
+    assert rel_err(y, on_cpu(lambda *a: mx.fast.layer_norm(*a, 1e-5), s_ref, w, b)) <= TOL[dtype]
 
 
 @gpu

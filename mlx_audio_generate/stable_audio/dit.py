@@ -402,9 +402,10 @@ class StableAudioDiT(nn.Module):
         else:
             h = mx.concatenate([g[:, None, :], h], axis=1)
         impl = self._attention_impl()
+        f = None  # each block's feed-forward output, added by the next block's pre-norm (see unsummed)
         for i, blk in enumerate(self.blocks):
-            h = blk(h, None if kv is None else kv[i], self._rope_freqs, c.rotary_dim, impl)
-        h = self.project_out(h)[:, 1:]  # drop the prepended global token
+            h, f = blk.unsummed(h, f, None if kv is None else kv[i], self._rope_freqs, c.rotary_dim, impl)
+        h = self.project_out(h if f is None else h + f)[:, 1:]  # drop the prepended global token
         if c.patch_size > 1:  # "b (c p) t -> b c (t p)"
             p = c.patch_size
             h = h.reshape(n, length // p, ch, p).transpose(0, 1, 3, 2).reshape(n, length, ch)

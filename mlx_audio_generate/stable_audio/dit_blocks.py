@@ -29,6 +29,10 @@ class _LayerNorm(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         return row_kernels.layer_norm(x, self.weight, self.bias, self.eps)  # CUDA: ours (row_kernels)
 
+    def add(self, x: mx.array, r: mx.array) -> tuple[mx.array, mx.array]:
+        """(x + r, the norm of it): on CUDA one kernel (row_kernels.add_layer_norm)."""
+        return row_kernels.add_layer_norm(x, r, self.weight, self.bias, self.eps)
+
 
 def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, impl: str) -> mx.array:
     """softmax(q k^T * scale) v over (B, H, N, D) queries and (B, Hk, S, D) keys/values, Hk dividing H
@@ -168,8 +172,28 @@ class TransformerBlock(nn.Module):
         rotary_dim: int,
         impl: str = "sdpa",
     ) -> mx.array:
+        x, f = self.unsummed(x, None, kv, rope_freqs, rotary_dim, impl)
+        return x + f
+
+    def unsummed(
+        self,
+        x: mx.array,
+        pending: mx.array | None,
+        kv: tuple[mx.array, mx.array] | None,
+        rope_freqs: mx.array,
+        rotary_dim: int,
+        impl: str = "sdpa",
+    ) -> tuple[mx.array, mx.array]:
+        """The block on x + pending (pending: the previous block's feed-forward output, or None), returning
+        (x', f) whose sum is its output. The feed-forward's residual add is left to the next block's pre-norm
+        so that the two are one kernel on CUDA (the add's own kernel was 6.6 µs a block at 1.0's shape); the
+        sums are the same ops in the same order as `x + ff(...)` followed by the norm."""
+        if pending is None:
+            h = self.pre_norm(x)
+        else:
+            x, h = self.pre_norm.add(x, pending)
         # The residual adds of both attentions ride in their output GEMMs (addmm: fewer kernels per block).
-        x = self.self_attn(self.pre_norm(x), rope_freqs, rotary_dim, impl, residual=x)
+        x = self.self_attn(h, rope_freqs, rotary_dim, impl, residual=x)
         if kv is not None:
             x = self.cross_attn.cross(self.cross_norm(x), *kv, impl=impl, residual=x)
-        return x + self.ff(self.ff_norm(x))
+        return x, self.ff(self.ff_norm(x))

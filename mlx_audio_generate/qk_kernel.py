@@ -32,6 +32,7 @@ from .devices import float_bits, on_cuda
 
 ENABLED = True
 WARPS = 4  # warps per block
+MAX_SLICES = 12  # head vectors a warp takes at most: the grid's waves against each warp's work (see below)
 
 _NORM = """
     float s = 0.f;
@@ -58,7 +59,8 @@ _NORM = """
 # One warp takes SLICES head vectors (D wide, D / 32 elements a lane) of one token: q's heads then k's.
 # The angles depend on the token and the lane only, so each warp computes its lane's cos / sin once for
 # all of them. (Eight elements a lane, four vectors a warp pass, measured slower: 17.9 against 14.4 µs a
-# call at Stable Audio 1.0's shape.)
+# call at Stable Audio 1.0's shape.) At that shape (48 vectors a token) bench/row_probe.py under ncu gave
+# 15.9 / 14.6 / 13.9 / 14.2 µs for 4 / 8 / 12 / 16 vectors a warp: 12 fills the GPU in one wave of blocks.
 _SOURCE = """
   constexpr int E = D / 32;                         // elements per lane
   constexpr int SWAP = R > 0 ? R / (2 * E) : 0;     // lane distance of a rotation pair (0: no rotation)
@@ -116,9 +118,9 @@ def kernel_source(norm: bool, parts: int = 2) -> str:
 
 
 def slices_per_warp(parts: int, heads: int) -> int:
-    """Head vectors a warp takes: 8 (or fewer, dividing parts x heads)."""
+    """Head vectors a warp takes: the most, up to MAX_SLICES, that divide parts x heads."""
     total = parts * heads
-    return next(s for s in (8, 6, 4, 3, 2, 1) if total % s == 0)
+    return next(s for s in (16, 12, 8, 6, 4, 3, 2, 1) if s <= MAX_SLICES and total % s == 0)
 
 
 @functools.cache

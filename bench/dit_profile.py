@@ -5,6 +5,10 @@
         --print-units base --log-file $OUT/ncu.csv python3 bench/dit_profile.py --model 1.0 --ncu
     python3 bench/dit_profile.py --parse $OUT/ncu.csv --out $OUT/kernels.md
 
+    # in one process: the host's encoding of a call, calls pipelined as the samplers run them, and the GPU's
+    # timeline of such calls (CUPTI through torch.profiler, where torch is installed): busy time and gaps
+    python3 bench/dit_profile.py --model 1.0 --host --out $OUT/host.md
+
 `--ncu` warms the compiled DiT up, then brackets one call with cuProfilerStart / cuProfilerStop (the driver
 API, so no other CUDA runtime is needed), so ncu times only that call's kernels: each kernel runs alone
 under ncu, which is what a per-kernel breakdown wants (the sum is the GPU's busy time, not the wall time).
@@ -17,11 +21,15 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
+import json
 import re
+import statistics
+import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import Report, mx
+from common import Report, apply_sets, mx
 
 
 def _model(name: str, dtype: str, tiny: bool):
@@ -44,6 +52,119 @@ def ncu_target(name: str, dtype: str, tiny: bool) -> None:
     mx.synchronize()
     assert cuda.cuProfilerStop() == 0, "cuProfilerStop failed"
     print(f"profiled one DiT call of {name}")
+
+
+def _ms(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(1000 * (time.perf_counter() - t0))
+    return out
+
+
+def pipelined(call, n: int) -> float:
+    """ms a call with each call scheduled before the previous one is waited for (the samplers' loop)."""
+    prev = call()
+    mx.async_eval(prev)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        y = call()
+        mx.async_eval(y)
+        mx.eval(prev)
+        prev = y
+    mx.eval(prev)
+    return 1000 * (time.perf_counter() - t0) / n
+
+
+def timeline(call, n: int) -> list[dict] | None:
+    """The GPU's kernels (name, start and duration in µs) over n pipelined calls, by CUPTI (torch.profiler's
+    CUDA activity, which records every kernel of the process, CUDA graphs' included); None without torch."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.init()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        pipelined(call, n)
+        mx.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents", [])
+    ks = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    return sorted(({"name": e["name"], "ts": float(e["ts"]), "dur": float(e["dur"])} for e in ks),
+                  key=lambda k: k["ts"])  # fmt: skip
+
+
+def timeline_rows(ks: list[dict], calls: int) -> tuple[list[list], list[list]]:
+    """(summary rows, per-kind rows) of a kernel timeline: busy time, idle gaps between kernels (overlaps
+    counted once), their size classes, per call."""
+    busy, gaps, end = 0.0, [], None
+    for k in ks:
+        if end is not None and k["ts"] > end:
+            gaps.append(k["ts"] - end)
+        start = k["ts"] if end is None else max(k["ts"], end)
+        busy += max(0.0, k["ts"] + k["dur"] - start)
+        end = k["ts"] + k["dur"] if end is None else max(end, k["ts"] + k["dur"])
+    span = end - ks[0]["ts"]
+    per = 1000.0 * calls  # µs -> ms a call
+    summary = [
+        ["kernels a call", len(ks) / calls],
+        ["GPU span a call (ms)", span / per],
+        ["kernels running (ms)", busy / per],
+        ["idle between kernels (ms)", sum(gaps) / per],
+        ["  gaps < 2 µs (ms)", sum(g for g in gaps if g < 2) / per],
+        ["  gaps 2-10 µs (ms)", sum(g for g in gaps if 2 <= g < 10) / per],
+        ["  gaps >= 10 µs (ms), count a call", f"{sum(g for g in gaps if g >= 10) / per:.3f}, "
+         f"{len([g for g in gaps if g >= 10]) / calls:.1f}"],
+    ]  # fmt: skip
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for k in ks:
+        by_kind[kind_of(k["name"])].append(k["dur"])
+    kinds = [[kd, len(v) / calls, sum(v) / per, sum(v) / len(v)] for kd, v in by_kind.items()]
+    return summary, sorted(kinds, key=lambda r: -r[2])
+
+
+def host_report(name: str, dtype: str, tiny: bool, rep: Report, calls: int = 20) -> None:
+    """The host's encoding time of one compiled DiT call against the calls' pace and the GPU's timeline."""
+    m, call = _model(name, dtype, tiny)
+    m.dit.compiled = True
+    for _ in range(3):
+        mx.eval(call())
+
+    def encode():
+        y = call()
+        mx.async_eval(y)
+        return y
+
+    enc = []
+    for _ in range(10):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        y = encode()
+        enc.append(1000 * (time.perf_counter() - t0))
+        mx.eval(y)
+    synced = _ms(lambda: mx.eval(call()), 10)
+    rows = [
+        ["host: build and enqueue one call (ms, median)", statistics.median(enc)],
+        ["one call, waited for (ms, median)", statistics.median(synced)],
+        ["one call, pipelined as the samplers run (ms)", pipelined(call, calls)],
+    ]
+    ks = timeline(call, 5)
+    if ks:
+        summary, kinds = timeline_rows(ks, 5)
+        rows += summary
+        note = "One process, compiled DiT, batch 1; the timeline is 5 pipelined calls (CUPTI)."
+        rep.table(["DiT call (CFG pair where cfg != 1)", "value"], rows, note=note)
+        note = "Kernels as they ran in the pipelined calls (caches warm), by kind."
+        rep.table(["kind", "kernels a call", "ms a call", "µs each"], kinds, note=note)
+    else:
+        note = "No CUPTI timeline here (it needs torch with CUDA)."
+        rep.table(["DiT call (CFG pair where cfg != 1)", "value"], rows, note=note)
 
 
 KINDS = [  # (kind, pattern on the kernel's name), first match wins
@@ -113,8 +234,11 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="tiny model: a smoke test of the script")
     p.add_argument("--ncu", action="store_true", help="run one DiT call for ncu to profile")
     p.add_argument("--parse", help="an ncu --csv log to sum")
+    p.add_argument("--host", action="store_true", help="host time, pipelined pace and the GPU's timeline")
     p.add_argument("--out")
+    p.add_argument("--set", action="append", default=[], help="module.NAME=value (a knob, see common)")
     a = p.parse_args()
+    apply_sets("mlx_audio_generate", a.set)
     if a.ncu:
         ncu_target(a.model, a.dtype, a.tiny)
         return
@@ -122,6 +246,8 @@ def main() -> None:
     rep = Report(f"Stable Audio DiT, one call's kernels ({what})", a.out)
     if a.parse:
         parse(Path(a.parse), rep)
+    if a.host:
+        host_report(a.model, a.dtype, a.tiny, rep)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ by name, with their launch shapes. Results: bench/results/2026-12-02-h200-r9/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import json
@@ -63,23 +64,32 @@ def _ms(fn, reps: int) -> list[float]:
     return out
 
 
-def pipelined(call, n: int) -> float:
-    """ms a call with each call scheduled before the previous one is waited for (the samplers' loop)."""
+def pipelined(call, n: int, during=None) -> float:
+    """ms a call with each call scheduled before the previous one is waited for (the samplers' loop);
+    `during`, a context manager entered once the loop runs (the GPU busy), brackets n of the calls."""
     prev = call()
     mx.async_eval(prev)
-    t0 = time.perf_counter()
-    for _ in range(n):
+    for _ in range(2):  # into the steady state: the host a call ahead of the GPU
         y = call()
         mx.async_eval(y)
         mx.eval(prev)
         prev = y
-    mx.eval(prev)
-    return 1000 * (time.perf_counter() - t0) / n
+    with during if during is not None else contextlib.nullcontext():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            y = call()
+            mx.async_eval(y)
+            mx.eval(prev)
+            prev = y
+        mx.eval(prev)
+        dt = time.perf_counter() - t0
+    return 1000 * dt / n
 
 
 def timeline(call, n: int) -> list[dict] | None:
-    """The GPU's kernels (name, start and duration in µs) over n pipelined calls, by CUPTI (torch.profiler's
-    CUDA activity, which records every kernel of the process, CUDA graphs' included); None without torch."""
+    """The GPU's kernels (name, start and duration in µs) during n pipelined calls in the steady state, by
+    CUPTI (torch.profiler's CUDA activity, which records every kernel of the process, CUDA graphs'
+    included); None without torch on CUDA. The window opens with the GPU busy on the call before them."""
     try:
         import torch
         from torch.profiler import ProfilerActivity, profile
@@ -88,9 +98,8 @@ def timeline(call, n: int) -> list[dict] | None:
     if not torch.cuda.is_available():
         return None
     torch.cuda.init()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        pipelined(call, n)
-        mx.synchronize()
+    prof = profile(activities=[ProfilerActivity.CUDA])
+    pipelined(call, n, during=prof)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
@@ -100,9 +109,11 @@ def timeline(call, n: int) -> list[dict] | None:
                   key=lambda k: k["ts"])  # fmt: skip
 
 
-def timeline_rows(ks: list[dict], calls: int) -> tuple[list[list], list[list]]:
-    """(summary rows, per-kind rows) of a kernel timeline: busy time, idle gaps between kernels (overlaps
-    counted once), their size classes, per call."""
+def timeline_rows(ks: list[dict], pace_ms: float) -> tuple[list[list], list[list]]:
+    """(summary rows, per-kind rows) of a steady-state kernel timeline, per call: each total over the
+    timeline's span, times the calls' pace (ms a call): the span starts inside the call before the timed ones,
+    so counting whole calls in it would be off by that part. Busy time (overlaps counted once), idle gaps
+    between kernels by size."""
     busy, gaps, end = 0.0, [], None
     for k in ks:
         if end is not None and k["ts"] > end:
@@ -111,21 +122,21 @@ def timeline_rows(ks: list[dict], calls: int) -> tuple[list[list], list[list]]:
         busy += max(0.0, k["ts"] + k["dur"] - start)
         end = k["ts"] + k["dur"] if end is None else max(end, k["ts"] + k["dur"])
     span = end - ks[0]["ts"]
-    per = 1000.0 * calls  # µs -> ms a call
+    per = span / pace_ms  # µs of the timeline -> ms a call
+    big = [g for g in gaps if g >= 10]
     summary = [
-        ["kernels a call", len(ks) / calls],
-        ["GPU span a call (ms)", span / per],
-        ["kernels running (ms)", busy / per],
-        ["idle between kernels (ms)", sum(gaps) / per],
+        ["kernels a call", len(ks) * pace_ms / span * 1000],
+        ["kernels running (ms a call)", busy / per],
+        ["idle between kernels (ms a call)", sum(gaps) / per],
         ["  gaps < 2 µs (ms)", sum(g for g in gaps if g < 2) / per],
         ["  gaps 2-10 µs (ms)", sum(g for g in gaps if 2 <= g < 10) / per],
-        ["  gaps >= 10 µs (ms), count a call", f"{sum(g for g in gaps if g >= 10) / per:.3f}, "
-         f"{len([g for g in gaps if g >= 10]) / calls:.1f}"],
+        ["  gaps >= 10 µs (ms; count, largest µs)",
+         f"{sum(big) / per:.3f}; {len(big) * pace_ms / span * 1000:.1f}, {max(big, default=0):.0f}"],
     ]  # fmt: skip
     by_kind: dict[str, list[float]] = defaultdict(list)
     for k in ks:
         by_kind[kind_of(k["name"])].append(k["dur"])
-    kinds = [[kd, len(v) / calls, sum(v) / per, sum(v) / len(v)] for kd, v in by_kind.items()]
+    kinds = [[kd, len(v) * pace_ms / span * 1000, sum(v) / per, sum(v) / len(v)] for kd, v in by_kind.items()]
     return summary, sorted(kinds, key=lambda r: -r[2])
 
 
@@ -149,16 +160,17 @@ def host_report(name: str, dtype: str, tiny: bool, rep: Report, calls: int = 20)
         enc.append(1000 * (time.perf_counter() - t0))
         mx.eval(y)
     synced = _ms(lambda: mx.eval(call()), 10)
+    pace = pipelined(call, calls)
     rows = [
         ["host: build and enqueue one call (ms, median)", statistics.median(enc)],
         ["one call, waited for (ms, median)", statistics.median(synced)],
-        ["one call, pipelined as the samplers run (ms)", pipelined(call, calls)],
+        ["one call, pipelined as the samplers run (ms)", pace],
     ]
     ks = timeline(call, 5)
     if ks:
-        summary, kinds = timeline_rows(ks, 5)
+        summary, kinds = timeline_rows(ks, pace)
         rows += summary
-        note = "One process, compiled DiT, batch 1; the timeline is 5 pipelined calls (CUPTI)."
+        note = "Compiled DiT, batch 1. Timeline: 5 pipelined calls (CUPTI), per call at their pace."
         rep.table(["DiT call (CFG pair where cfg != 1)", "value"], rows, note=note)
         note = "Kernels as they ran in the pipelined calls (caches warm), by kind."
         rep.table(["kind", "kernels a call", "ms a call", "µs each"], kinds, note=note)

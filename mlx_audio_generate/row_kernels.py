@@ -111,19 +111,21 @@ LOAD_ROW
 # The row itself: x's, or (add_layer_norm) sum = x + r, stored and normalised as rounded to T (the sum the
 # reference's `x + ff(...)` holds before its next LayerNorm).
 _LOAD_X = """
+  const T* xr = row < SPLIT ? x + row * W : x2 + (row - SPLIT) * W;
 #pragma unroll
-  for (int v = 0; v < V; ++v) row_load8(x + row * W + (v * 32 + lane) * 8, f[v]);
+  for (int v = 0; v < V; ++v) row_load8(xr + (v * 32 + lane) * 8, f[v]);
 """
 _LOAD_SUM = """
+  const T* xr = row < SPLIT ? x + row * W : x2 + (row - SPLIT) * W;
 #pragma unroll
   for (int v = 0; v < V; ++v) {
-    const long c = row * W + (v * 32 + lane) * 8;
+    const int c = (v * 32 + lane) * 8;
     float a[8];
-    row_load8(x + c, f[v]);
-    row_load8(r + c, a);
+    row_load8(xr + c, f[v]);
+    row_load8(r + row * W + c, a);
 #pragma unroll
     for (int i = 0; i < 8; ++i) f[v][i] += a[i];
-    row_store8(sum + c, f[v]);
+    row_store8(sum + row * W + c, f[v]);
 #pragma unroll
     for (int i = 0; i < 8; ++i) f[v][i] = static_cast<float>(static_cast<T>(f[v][i]));
   }
@@ -145,9 +147,9 @@ _GLU = """
 
 
 _KERNELS = {  # which: (inputs, outputs, body)
-    "layer_norm": (["x", "weight", "bias"], ["y"], _LAYER_NORM.replace("LOAD_ROW", _LOAD_X)),
+    "layer_norm": (["x", "x2", "weight", "bias"], ["y"], _LAYER_NORM.replace("LOAD_ROW", _LOAD_X)),
     "add_layer_norm": (
-        ["x", "r", "weight", "bias"],
+        ["x", "x2", "r", "weight", "bias"],
         ["sum", "y"],
         _LAYER_NORM.replace("LOAD_ROW", _LOAD_SUM),
     ),  # fmt: skip
@@ -213,40 +215,65 @@ def glu_reference(h: mx.array) -> mx.array:
     return a * nn.silu(gate)
 
 
-def _norm_call(which: str, inputs: list[mx.array], weight: mx.array, bias: mx.array, eps: float) -> list:
-    x = inputs[0]
-    rows = x.size // x.shape[-1]
+def _rows_of(x: mx.array, tail: mx.array | None) -> mx.array:
+    """The rows of x then tail's (along the first axis), as one array (what the kernels read in place)."""
+    return x if tail is None else mx.concatenate([x, tail], axis=0)
+
+
+def _joined_shape(x: mx.array, tail: mx.array | None) -> tuple[int, ...]:
+    return tuple(x.shape) if tail is None else (x.shape[0] + tail.shape[0], *x.shape[1:])
+
+
+def _tail_fits(x: mx.array, tail: mx.array | None) -> bool:
+    return tail is None or (x.ndim >= 2 and tail.shape[1:] == x.shape[1:] and tail.dtype == x.dtype)
+
+
+def _norm_call(
+    which: str, x: mx.array, tail: mx.array | None, rest: list[mx.array], weight, bias, eps: float
+) -> list:
+    head = x.size // x.shape[-1]
+    rows = head + (0 if tail is None else tail.size // tail.shape[-1])
     return _kernel(which)(
-        inputs=[*inputs, weight.astype(x.dtype), bias.astype(x.dtype)],
+        inputs=[x, x if tail is None else tail, *rest, weight.astype(x.dtype), bias.astype(x.dtype)],
         template=[
             ("T", x.dtype),
             ("W", x.shape[-1]),
             ("ROWS", rows),
+            ("SPLIT", head),
             ("EPS_BITS", float_bits(eps)),
         ],  # fmt: skip
         grid=(-(-rows // WARPS) * WARPS * 32, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),
-        output_shapes=[x.shape] * (len(inputs)),
-        output_dtypes=[x.dtype] * (len(inputs)),
+        output_shapes=[_joined_shape(x, tail)] * (1 + len(rest)),
+        output_dtypes=[x.dtype] * (1 + len(rest)),
     )
 
 
-def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
-    """LayerNorm over the last axis: the kernel where supported, else MLX's."""
-    if not layer_norm_supported(x, weight, bias):
-        return layer_norm_reference(x, weight, bias, eps)
-    return _norm_call("layer_norm", [x], weight, bias, eps)[0]
+def layer_norm(
+    x: mx.array, weight: mx.array, bias: mx.array, eps: float, tail: mx.array | None = None
+) -> mx.array:
+    """LayerNorm over the last axis of x's rows then `tail`'s (along the first axis: read where they are,
+    without joining them first): the kernel where supported, else MLX's."""
+    if not (layer_norm_supported(x, weight, bias) and _tail_fits(x, tail)):
+        return layer_norm_reference(_rows_of(x, tail), weight, bias, eps)
+    return _norm_call("layer_norm", x, tail, [], weight, bias, eps)[0]
 
 
 def add_layer_norm(
-    x: mx.array, r: mx.array, weight: mx.array, bias: mx.array, eps: float
+    x: mx.array, r: mx.array, weight: mx.array, bias: mx.array, eps: float, tail: mx.array | None = None
 ) -> tuple[mx.array, mx.array]:
-    """(s, LayerNorm(s)) for s = x + r: a residual add and the next pre-norm as one kernel where supported
-    (x and r of one shape and dtype; it reads both rows once and writes both results), else MLX's ops."""
-    if not (layer_norm_supported(x, weight, bias) and r.shape == x.shape and r.dtype == x.dtype):
-        s = x + r
+    """(s, LayerNorm(s)) for s = [x; tail] + r: a residual add and the next pre-norm as one kernel where
+    supported (r of the joined shape and x's dtype; it reads the rows once and writes both results), else
+    MLX's ops."""
+    if not (
+        layer_norm_supported(x, weight, bias)
+        and _tail_fits(x, tail)
+        and tuple(r.shape) == _joined_shape(x, tail)
+        and r.dtype == x.dtype
+    ):
+        s = _rows_of(x, tail) + r
         return s, layer_norm_reference(s, weight, bias, eps)
-    s, y = _norm_call("add_layer_norm", [x, r], weight, bias, eps)
+    s, y = _norm_call("add_layer_norm", x, tail, [r], weight, bias, eps)
     return s, y
 
 

@@ -108,10 +108,10 @@ def row_kernel_source(i: int, dtype: str, which: str, width: int, rows: int) -> 
     header, source = rk.kernel_source(which)
     outputs = {"y": dtype}
     if which in ("layer_norm", "add_layer_norm"):
-        inputs = {"x": dtype, "r": dtype} if which == "add_layer_norm" else {"x": dtype}
+        inputs = {"x": dtype, "x2": dtype} | ({"r": dtype} if which == "add_layer_norm" else {})
         inputs |= {"weight": dtype, "bias": dtype}
         outputs = {"sum": dtype, "y": dtype} if which == "add_layer_norm" else outputs
-        template = [("T", dtype), ("W", width), ("ROWS", rows), ("EPS_BITS", 925353388)]
+        template = [("T", dtype), ("W", width), ("ROWS", rows), ("SPLIT", rows // 2), ("EPS_BITS", 925353388)]
     else:
         inputs, template = {"h": dtype}, [("T", dtype), ("F", width), ("ROWS", rows)]
     return f"namespace r{i} {{\n{wrap(f'r{i}', header, source, inputs, outputs, template)}}}\n"

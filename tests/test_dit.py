@@ -139,12 +139,38 @@ def test_cfg_batch_path(tiny, negative):
         None if neg is None else to_mx(neg), None if neg_mask is None else to_mx(neg_mask),
     )  # fmt: skip
     assert c.batch == 2 * x.shape[0] and c.cfg_pair
+    assert c.null_uncond == (not negative)  # without a negative prompt the blocks skip the null half
     out = ours.guided(to_mx(x), to_mx(t), c, 7.0)
     assert rel(out, ref) <= TOL, style
     # The same conditioning serves every step: only x and t change.
     x2, t2 = x * 0.5, t * 0.3
     ref2 = ref_call(model.model, x2, t2, cond, mask, glob, cfg_scale=7.0, **kw)
     assert rel(ours.guided(to_mx(x2), to_mx(t2), c, 7.0), ref2) <= TOL
+
+
+def test_null_context_adds_exactly_zero(tiny):
+    """Why a CFG pair's unconditional half may skip its cross-attention: the null context's values are
+    zero (no bias in the context projection or in `kv`), so the attention's output, and `out` of it, are
+    exactly 0 whatever the queries and keys (qk norm included)."""
+    style, config, _, ours = tiny
+    x, t, cond, mask, glob = inputs(config)
+    c = ours.cfg_condition(to_mx(cond), to_mx(glob), 7.0)
+    b = x.shape[0]
+    h = mx.random.normal((b, 5, ours.config.embed_dim))
+    for blk, (k, v) in zip(ours.blocks, c.kv, strict=True):
+        assert not mx.any(v[b:]).item(), style
+        out = blk.cross_attn.cross(h, k[b:], v[b:])
+        assert mx.all(out == 0).item(), style
+
+
+def test_skipping_the_null_half_changes_nothing(tiny):
+    style, config, _, ours = tiny
+    x, t, cond, mask, glob = inputs(config)
+    c = ours.cfg_condition(to_mx(cond), to_mx(glob), 7.0)
+    skipped = ours.guided(to_mx(x), to_mx(t), c, 7.0)
+    c.null_uncond = False
+    full = ours.guided(to_mx(x), to_mx(t), c, 7.0)
+    assert rel(skipped, np.array(full)) <= 1e-6, style
 
 
 def test_cfg_rescale_and_interval(tiny):

@@ -72,6 +72,20 @@ def test_cpu_takes_the_references():
         np.testing.assert_array_equal(np.array(y), np.array(mx.fast.layer_norm(x + r, w, b, 1e-5)))
 
 
+def test_rows_in_two_arrays_are_the_joined_rows():
+    # layer_norm / add_layer_norm over x's rows then tail's: what the ops give on the joined array
+    x, tail = rand((1, 3, 256), mx.float16), rand((2, 3, 256), mx.float16, 6)
+    w, b, r = rand((256,), mx.float16, 1), rand((256,), mx.float16, 2), rand((3, 3, 256), mx.float16, 4)
+    with mx.stream(mx.cpu):
+        joined = mx.concatenate([x, tail])
+        np.testing.assert_array_equal(
+            np.array(rk.layer_norm(x, w, b, 1e-5, tail)), np.array(mx.fast.layer_norm(joined, w, b, 1e-5))
+        )
+        s, y = rk.add_layer_norm(x, r, w, b, 1e-5, tail)
+        np.testing.assert_array_equal(np.array(s), np.array(joined + r))
+        np.testing.assert_array_equal(np.array(y), np.array(mx.fast.layer_norm(joined + r, w, b, 1e-5)))
+
+
 def test_add_layer_norm_of_unlike_operands_takes_the_ops():
     # a broadcast residual or another dtype is not the kernel's: the sum and the norm as MLX ops, everywhere
     x, w = rand((2, 3, 256), mx.float16), rand((256,), mx.float16, 1)
@@ -110,9 +124,48 @@ def test_add_layer_norm_matches_the_reference(shape, dtype):
         s_ref = x + r
         mx.eval(s_ref)
     assert mx.mean((s == s_ref).astype(mx.float32)).item() >= 0.999
-    assert rel_err(s, s_ref) <= 1e-3
+    assert rel_err(s.astype(mx.float32), s_ref.astype(mx.float32)) <= 1e-3
     # the norm is of that rounded sum
     assert rel_err(y, on_cpu(lambda *a: mx.fast.layer_norm(*a, 1e-5), s_ref, w, b)) <= TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_rows_in_two_arrays_on_the_gpu(split, dtype):
+    # the stream after a skipped null half: the conditional rows fresh, the rest a view into another array
+    whole = rand((4, 1025, 1536), dtype, scale=3.0, shift=2.0)
+    x, tail = rand((split, 1025, 1536), dtype, 7, scale=3.0), whole[split:]
+    r, w, b = rand((4, 1025, 1536), dtype, 5), rand((1536,), dtype, 1), rand((1536,), dtype, 2)
+    joined = on_cpu(lambda a, c: mx.concatenate([a, c]), x, tail)
+    want = on_cpu(lambda *a: mx.fast.layer_norm(*a, 1e-5), joined, w, b)
+    assert rel_err(rk.layer_norm(x, w, b, 1e-5, tail), want) <= TOL[dtype]
+    s, y = rk.add_layer_norm(x, r, w, b, 1e-5, tail)
+    with mx.stream(mx.cpu):
+        s_ref = mx.concatenate([x, tail]) + r
+        mx.eval(s_ref)
+    assert mx.mean((s == s_ref).astype(mx.float32)).item() >= 0.999
+    assert rel_err(y, on_cpu(lambda *a: mx.fast.layer_norm(*a, 1e-5), s_ref, w, b)) <= TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_guided_dit_with_the_null_half_skipped_on_the_gpu(compiled):
+    # a CFG pair without a negative prompt in fp16 on the GPU (row kernels on the split stream) against
+    # the float32 guided DiT on the CPU
+    from tests.tiny_dit import dit_inputs, tiny_dit
+
+    dit = tiny_dit()
+    x, t, ctx, glob = dit_inputs()
+    with mx.stream(mx.cpu):
+        want = dit.guided(x, t, dit.cfg_condition(ctx, glob, 7.0), 7.0)
+        mx.eval(want)
+    dit.set_dtype(mx.float16)
+    dit.compiled = compiled
+    c = dit.cfg_condition(ctx, glob, 7.0)
+    assert c.null_uncond
+    got = dit.guided(x, t, c, 7.0)
+    assert rel_err(got.astype(mx.float32), want) <= 2e-2
 
 
 @gpu

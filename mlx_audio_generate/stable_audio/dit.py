@@ -179,7 +179,9 @@ class DiTConditioning:
     `global_embed`: the projected global conditioning (N, D) before the timestep embedding is added (or None);
     `batch`: N, the model batch (2B when it holds a CFG pair: conditional rows first);
     `token_bias`: the prepended token's constant part, `global_embed` + the timestep MLP's output bias (its
-    last GEMM adds it: one kernel fewer a step), (N, D), or (D,) without global conditioning.
+    last GEMM adds it: one kernel fewer a step), (N, D), or (D,) without global conditioning;
+    `null_uncond`: a CFG pair whose unconditional rows are the null context (zeros: no negative prompt),
+    whose cross-attention adds exactly 0 (see TransformerBlock.unsummed), so the blocks skip it.
     """
 
     kv: list[tuple[mx.array, mx.array]] | None
@@ -187,6 +189,7 @@ class DiTConditioning:
     batch: int
     cfg_pair: bool = False
     token_bias: mx.array | None = None
+    null_uncond: bool = False
 
     def arrays(self) -> list[mx.array]:
         """Every array of the conditioning (to evaluate it once, before the steps)."""
@@ -306,6 +309,7 @@ class StableAudioDiT(nn.Module):
         g2 = None if global_cond is None else mx.concatenate([global_cond, global_cond], axis=0)
         cond = self.condition(mx.concatenate([cross_attn_cond, uncond], axis=0), g2)
         cond.cfg_pair = True
+        cond.null_uncond = negative_cross_attn_cond is None
         return cond
 
     # -- denoiser --------------------------------------------------------------------------------------------
@@ -378,10 +382,12 @@ class StableAudioDiT(nn.Module):
         kv: list[tuple[mx.array, mx.array]] | None,
         bias: mx.array | None,
         pair: bool = False,
+        cross_rows: int | None = None,
     ) -> mx.array:
         """The model pass itself, without checks (what mx.compile traces). With `pair` the model batch is
         x's batch twice (a CFG pair: both halves see the same x, t and global conditioning, so the input
-        projections and the timestep token run once and are repeated by the token concatenation)."""
+        projections and the timestep token run once and are repeated by the token concatenation).
+        `cross_rows`: only the first rows take the cross-attention (DiTConditioning.null_uncond)."""
         c, dt = self.config, self.dtype
         n, ch, length = x.shape
         # The reference casts x, t and the conditioning to the model's dtype (timestep features included).
@@ -404,7 +410,10 @@ class StableAudioDiT(nn.Module):
         impl = self._attention_impl()
         f = None  # each block's feed-forward output, added by the next block's pre-norm (see unsummed)
         for i, blk in enumerate(self.blocks):
-            h, f = blk.unsummed(h, f, None if kv is None else kv[i], self._rope_freqs, c.rotary_dim, impl)
+            kv_i = None if kv is None else kv[i]
+            h, f = blk.unsummed(h, f, kv_i, self._rope_freqs, c.rotary_dim, impl, cross_rows)
+        if isinstance(h, tuple):
+            h = mx.concatenate(h, axis=0)
         h = self.project_out(h if f is None else h + f)[:, 1:]  # drop the prepended global token
         if c.patch_size > 1:  # "b (c p) t -> b c (t p)"
             p = c.patch_size
@@ -413,11 +422,18 @@ class StableAudioDiT(nn.Module):
         return h.transpose(0, 2, 1)
 
     def _cfg_pair(
-        self, x: mx.array, t: mx.array, kv: list | None, bias: mx.array | None, scale: mx.array
+        self,
+        x: mx.array,
+        t: mx.array,
+        kv: list | None,
+        bias: mx.array | None,
+        scale: mx.array,
+        null_uncond: bool = False,
     ) -> tuple[mx.array, mx.array]:
         """Both CFG passes as one batch of 2B; returns (conditional output, guided output)."""
         b = x.shape[0]
-        out = self._denoise(x, mx.broadcast_to(t.reshape(-1), (b,)), kv, bias, pair=True)
+        rows = b if null_uncond else None
+        out = self._denoise(x, mx.broadcast_to(t.reshape(-1), (b,)), kv, bias, pair=True, cross_rows=rows)
         cond_out, uncond_out = out[:b], out[b:]
         # A Python float scale multiplies in the output's dtype; so does this array scale.
         return cond_out, uncond_out + (cond_out - uncond_out) * scale.astype(out.dtype)
@@ -453,19 +469,21 @@ class StableAudioDiT(nn.Module):
         scale = mx.array(cfg_scale, dtype=mx.float32)
         phi = float(scale_phi)
         bias = self._pair_bias(cond)
+        null = cond.null_uncond and cond.kv is not None
         if not self._use_compiled():
-            cond_out, cfg_out = self._cfg_pair(x, t, cond.kv, bias, scale)
+            cond_out, cfg_out = self._cfg_pair(x, t, cond.kv, bias, scale, null)
             return cfg_out if phi == 0.0 else _rescale(cond_out, cfg_out, phi)
         has_kv, has_b = cond.kv is not None, bias is not None
 
         def make():
             def fn(x, t, kv, b, scale):
-                cond_out, cfg_out = self._cfg_pair(x, t, kv if has_kv else None, b if has_b else None, scale)
+                kv, b = kv if has_kv else None, b if has_b else None
+                cond_out, cfg_out = self._cfg_pair(x, t, kv, b, scale, null)
                 return cfg_out if phi == 0.0 else _rescale(cond_out, cfg_out, phi)
 
             return fn
 
-        fn = self._compiled_fn(("guided", has_kv, has_b, phi, self._attention_impl()), make)
+        fn = self._compiled_fn(("guided", has_kv, has_b, phi, null, self._attention_impl()), make)
         return fn(x, t, cond.kv or [], bias if has_b else mx.array(0.0), scale)
 
     def _pair_bias(self, cond: DiTConditioning) -> mx.array | None:

@@ -18,6 +18,8 @@ from ..quantize import residual_linear
 if TYPE_CHECKING:
     from .dit import DiTConfig
 
+Stream = mx.array | tuple[mx.array, mx.array]  # a block's residual stream: rows in one array or in two
+
 
 class _LayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -26,12 +28,13 @@ class _LayerNorm(nn.Module):
         self.bias = mx.zeros((dim,))
         self.eps = eps
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return row_kernels.layer_norm(x, self.weight, self.bias, self.eps)  # CUDA: ours (row_kernels)
+    def __call__(self, x: mx.array, tail: mx.array | None = None) -> mx.array:
+        """The norm of x's rows then `tail`'s (CUDA: ours, reading both where they are; row_kernels)."""
+        return row_kernels.layer_norm(x, self.weight, self.bias, self.eps, tail)
 
-    def add(self, x: mx.array, r: mx.array) -> tuple[mx.array, mx.array]:
-        """(x + r, the norm of it): on CUDA one kernel (row_kernels.add_layer_norm)."""
-        return row_kernels.add_layer_norm(x, r, self.weight, self.bias, self.eps)
+    def add(self, x: mx.array, r: mx.array, tail: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """([x; tail] + r, the norm of it): on CUDA one kernel (row_kernels.add_layer_norm)."""
+        return row_kernels.add_layer_norm(x, r, self.weight, self.bias, self.eps, tail)
 
 
 def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, impl: str) -> mx.array:
@@ -177,23 +180,38 @@ class TransformerBlock(nn.Module):
 
     def unsummed(
         self,
-        x: mx.array,
+        x: Stream,
         pending: mx.array | None,
         kv: tuple[mx.array, mx.array] | None,
         rope_freqs: mx.array,
         rotary_dim: int,
         impl: str = "sdpa",
-    ) -> tuple[mx.array, mx.array]:
+        cross_rows: int | None = None,
+    ) -> tuple[Stream, mx.array]:
         """The block on x + pending (pending: the previous block's feed-forward output, or None), returning
         (x', f) whose sum is its output. The feed-forward's residual add is left to the next block's pre-norm
         so that the two are one kernel on CUDA (the add's own kernel was 6.6 µs a block at 1.0's shape); the
-        sums are the same ops in the same order as `x + ff(...)` followed by the norm."""
+        sums are the same ops in the same order as `x + ff(...)` followed by the norm.
+
+        `cross_rows`: only the stream's first rows take the cross-attention. A CFG pair's unconditional
+        half attends to null context (zero tokens: with the context projection, `kv` and `out` all without
+        bias its values are zero, so its cross-attention adds exactly 0), so that half is skipped: half the
+        cross-attention's work. The stream is then (head, tail), the rows in two arrays, which the norms
+        read where they are (`_LayerNorm`)."""
+        head, tail = x if isinstance(x, tuple) else (x, None)
         if pending is None:
+            x = head if tail is None else mx.concatenate([head, tail], axis=0)
             h = self.pre_norm(x)
         else:
-            x, h = self.pre_norm.add(x, pending)
+            x, h = self.pre_norm.add(head, pending, tail)
         # The residual adds of both attentions ride in their output GEMMs (addmm: fewer kernels per block).
         x = self.self_attn(h, rope_freqs, rotary_dim, impl, residual=x)
-        if kv is not None:
+        if kv is None:
+            return x, self.ff(self.ff_norm(x))
+        if cross_rows is None or cross_rows >= x.shape[0]:
             x = self.cross_attn.cross(self.cross_norm(x), *kv, impl=impl, residual=x)
-        return x, self.ff(self.ff_norm(x))
+            return x, self.ff(self.ff_norm(x))
+        xc, rest = x[:cross_rows], x[cross_rows:]
+        k, v = kv[0][:cross_rows], kv[1][:cross_rows]
+        xc = self.cross_attn.cross(self.cross_norm(xc), k, v, impl=impl, residual=xc)
+        return (xc, rest), self.ff(self.ff_norm(xc, rest))

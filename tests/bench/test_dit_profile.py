@@ -62,13 +62,12 @@ def test_timeline_counts_busy_time_once_and_sorts_the_gaps():
         {"name": "nvjet_sm90_hsh_192x208", "ts": 20.0, "dur": 10.0},
         {"name": "cudnn_generated_fort_native_sdpa", "ts": 50.0, "dur": 30.0},
     ]
-    summary, kinds = dit_profile.timeline_rows(ks, calls=2)
+    summary, kinds = dit_profile.timeline_rows(ks, pace_ms=0.040)  # the 80 µs span is two calls
     got = dict((r[0], r[1]) for r in summary)
     assert got["kernels a call"] == 2.5
-    assert got["GPU span a call (ms)"] == 80.0 / 2000
-    assert got["kernels running (ms)"] == (12 + 2 + 10 + 30) / 2000
-    assert got["idle between kernels (ms)"] == (1 + 5 + 20) / 2000
+    assert got["kernels running (ms a call)"] == (12 + 2 + 10 + 30) / 2000
+    assert got["idle between kernels (ms a call)"] == (1 + 5 + 20) / 2000
     assert got["  gaps < 2 µs (ms)"] == 1 / 2000 and got["  gaps 2-10 µs (ms)"] == 5 / 2000
-    assert got["  gaps >= 10 µs (ms), count a call"] == "0.010, 0.5"
+    assert got["  gaps >= 10 µs (ms; count, largest µs)"] == "0.010; 0.5, 20"
     assert [k[0] for k in kinds] == ["attention (cuDNN)", "GEMM", "layer norm", "GLU gate"]  # by time
     assert kinds[1][1:] == [1.0, 20 / 2000, 10.0]  # GEMM: kernels a call, ms a call, µs each

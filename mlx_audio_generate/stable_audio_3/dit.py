@@ -190,7 +190,9 @@ class SA3Conditioning:
     `kv`: per block the cross-attention (k, v) or (k, k2, v); `global_embed`: `to_global_embed` of the global
     condition (N, E) or None; `local`: the local condition channels-last (N, T, C_local), or None for the
     all-zero one (then `local_const` holds each block's (E,) embedding of it); `padding_mask` (N, T) bool or
-    None; `batch`: N (2B for a CFG pair, conditional rows first).
+    None; `batch`: N (2B for a CFG pair, conditional rows first); `null_uncond`: a CFG pair whose
+    unconditional rows are the null context (zeros: no negative prompt). Its values are zero (no bias in
+    `to_cond_embed` or `kv`), so that half's cross-attention adds exactly 0 and the blocks skip it.
     """
 
     kv: list[tuple[mx.array, ...]]
@@ -200,6 +202,7 @@ class SA3Conditioning:
     padding_mask: mx.array | None
     batch: int
     cfg_pair: bool = False
+    null_uncond: bool = False
 
 
 def apg_project(v0: mx.array, v1: mx.array, padding_mask: mx.array | None) -> tuple[mx.array, mx.array]:
@@ -346,7 +349,7 @@ class SA3DiT(nn.Module):
             twice(local_add_cond),
             twice(padding_mask),
         )
-        return replace(cond, cfg_pair=True)
+        return replace(cond, cfg_pair=True, null_uncond=negative_cross_attn_cond is None)
 
     # -- denoiser --------------------------------------------------------------------------------------------
 
@@ -372,8 +375,11 @@ class SA3DiT(nn.Module):
             if a is not None and a.shape[1] != shape[2]:
                 raise UserError(f"{name} has length {a.shape[1]} but x has {shape[2]}")
 
-    def _denoise(self, x: mx.array, t: mx.array, cond: SA3Conditioning) -> mx.array:
-        """The model pass itself, without checks (what mx.compile traces): x (N, C, T), t (N,) -> v."""
+    def _denoise(
+        self, x: mx.array, t: mx.array, cond: SA3Conditioning, cross_rows: int | None = None
+    ) -> mx.array:
+        """The model pass itself, without checks (what mx.compile traces): x (N, C, T), t (N,) -> v;
+        `cross_rows`: only the first rows take the cross-attention (SA3Conditioning.null_uncond)."""
         c, dt = self.config, self.dtype
         n, _, length = x.shape
         m = c.num_memory_tokens
@@ -391,7 +397,7 @@ class SA3DiT(nn.Module):
         # per block: the local condition itself, its zero-input embedding, or nothing
         locals_ = cond.local_const or [cond.local] * len(self.blocks)
         for blk, kv, local in zip(self.blocks, cond.kv, locals_, strict=True):
-            h = blk(h, g, kv, local, m, self._rope_periods, c.rotary_dim, pm)
+            h = blk(h, g, kv, local, m, self._rope_periods, c.rotary_dim, pm, cross_rows)
         h = self.project_out(h[:, m:])
         h = self.postprocess_conv(h) + h
         return h.transpose(0, 2, 1)
@@ -405,13 +411,14 @@ class SA3DiT(nn.Module):
             return body(x, t, cond, *extra)
         parts = (cond.global_embed, cond.local, cond.local_const, cond.padding_mask)
         has = tuple(p is not None for p in parts)
-        key = (name, has, len(cond.kv[0]))
+        null = cond.null_uncond
+        key = (name, has, len(cond.kv[0]), null)
         fn = self._jit.fns.get(key)
         if fn is None:
 
             def traced(x, t, kv, g, local, const, pm, *extra):
                 flat = [a if h else None for a, h in zip((g, local, const, pm), has, strict=True)]
-                return body(x, t, SA3Conditioning(kv, *flat, batch=x.shape[0]), *extra)
+                return body(x, t, SA3Conditioning(kv, *flat, batch=x.shape[0], null_uncond=null), *extra)
 
             fn = self._jit.fns[key] = mx.compile(traced, inputs=self.state)
         dummies = [p if p is not None else mx.array(0.0) for p in parts]
@@ -427,7 +434,8 @@ class SA3DiT(nn.Module):
     ) -> mx.array:
         b = x.shape[0]
         sigma = mx.broadcast_to(t.astype(mx.float32).reshape(-1), (b,))
-        out = self._denoise(mx.concatenate([x, x], axis=0), mx.concatenate([sigma, sigma]), cond)
+        rows = b if cond.null_uncond else None
+        out = self._denoise(mx.concatenate([x, x], axis=0), mx.concatenate([sigma, sigma]), cond, rows)
         x = x.astype(self.dtype)
         s = sigma[:, None, None]
         cond_den = x - out[:b] * s  # float32, as the reference (sigma is float32)

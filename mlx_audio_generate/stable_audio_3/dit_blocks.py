@@ -162,15 +162,22 @@ class TransformerBlock(nn.Module):
         rope_periods: mx.array,
         rotary_dim: int,
         padding_mask: mx.array | None,
+        cross_rows: int | None = None,
     ) -> mx.array:
         """x (B, M + T, E); global_cond (B, 6E) (global_cond_embedder's output); local: (B, T, C_local) local
-        condition, or (E,) = `local_constant()`, or None without local conditioning."""
+        condition, or (E,) = `local_constant()`, or None without local conditioning. `cross_rows`: only x's
+        first rows take the cross-attention (a CFG pair's null half adds exactly 0: SA3Conditioning)."""
         mods = (self.scale_shift_gate + global_cond)[:, None, :]
         scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = mx.split(mods, 6, axis=-1)
         h = self.pre_norm(x) * (1 + scale_sa) + shift_sa
         h = self.self_attn(h, rope_periods, rotary_dim, padding_mask)
         x = h * mx.sigmoid(1 - gate_sa) + x
-        x = self.cross_attn.cross(self.cross_norm(x), kv, residual=x)
+        if cross_rows is None or cross_rows >= x.shape[0]:
+            x = self.cross_attn.cross(self.cross_norm(x), kv, residual=x)
+        else:
+            xc, kc = x[:cross_rows], tuple(a[:cross_rows] for a in kv)
+            xc = self.cross_attn.cross(self.cross_norm(xc), kc, residual=xc)
+            x = mx.concatenate([xc, x[cross_rows:]], axis=0)
         if local is not None:
             emb = local if local.ndim == 1 else self.local_embed(local)
             x = mx.concatenate([x[:, :memory], x[:, memory:] + emb], axis=1)

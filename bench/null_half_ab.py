@@ -1,0 +1,117 @@
+"""A CFG pair's null half without its cross-attention, against the full pair: the guided DiT call of Stable
+Audio Open 1.0 and Stable Audio 3 small / medium at real sizes (random weights), one process, the same
+weights and inputs, alternating rounds.
+
+    python bench/null_half_ab.py --models sa-1.0,sa3-small,sa3-medium --out null_half.md
+    python bench/null_half_ab.py --tiny          # a smoke test of the script (CPU)
+
+Without a negative prompt a CFG pair's unconditional rows attend to the null context (zero tokens) and add
+exactly 0 (tests/test_dit.py, tests/stable_audio_3/test_sa3_dit.py), so both DiTs skip them
+(`null_uncond`). B is the same conditioning with `null_uncond = False`: the pair's whole cross-attention.
+Each round times `--calls` guided calls as the samplers run them (each scheduled before the previous one is
+waited for), after a warm-up, compiled as on the GPU by default; the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+from common import Report, device_line, log, mx, parse_list
+
+SA3_SECONDS = {"small": 30.0, "medium": 120.0}  # a clip length of each model's range
+
+
+def _pace(call, calls: int) -> float:
+    prev = call()
+    mx.async_eval(prev)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        y = call()
+        mx.async_eval(y)
+        mx.eval(prev)
+        prev = y
+    mx.eval(prev)
+    return 1000 * (time.perf_counter() - t0) / calls
+
+
+def sa_calls(name: str, dtype: str, tiny: bool):
+    """(label, skipping call, full-pair call) of Stable Audio Open's guided DiT (its model card's cfg)."""
+    import stable_audio as sa
+
+    m = sa.build_ours(name, dtype, tiny)
+    st = sa.SETTINGS[name]
+    c = m.dit.config
+    ctx = m.text_max_length + len(m.conditioner.config.cross_attention_cond_ids) - 1
+    glob = mx.random.normal((1, c.global_cond_dim)) if c.global_cond_dim else None
+    cond = m.dit.cfg_condition(mx.random.normal((1, ctx, c.cond_token_dim)), glob, 7.0)
+    full = dataclasses.replace(cond, null_uncond=False)
+    x = mx.random.normal((1, c.io_channels, m.latent_frames)).astype(m.dit.dtype)
+    t = mx.full((1,), 0.5)
+    mx.eval(cond.arrays(), x, t)
+    label = f"Stable Audio Open {name}, {m.latent_frames} latents, cfg 7 ({st['steps']} steps a clip)"
+    return label, (lambda: m.dit.guided(x, t, cond, 7.0)), (lambda: m.dit.guided(x, t, full, 7.0)), m.dit
+
+
+def sa3_calls(name: str, dtype: str, tiny: bool):
+    """(label, skipping call, full-pair call) of Stable Audio 3's guided DiT at cfg 7 + APG (-base use)."""
+    from sa3_peer import latents_for, sa3_config
+
+    from mlx_audio_generate.stable_audio_3.dit import SA3DiT, SA3DiTConfig
+
+    cfg = SA3DiTConfig.from_dict(sa3_config(name, tiny))
+    dit = SA3DiT(cfg)
+    dit.set_dtype(mx.float16 if dtype == "float16" else mx.bfloat16 if dtype == "bfloat16" else mx.float32)
+    mx.eval(dit.parameters())
+    frames = latents_for(SA3_SECONDS[name] if not tiny else 2.0)
+    cross = mx.random.normal((1, 256 if not tiny else 8, cfg.cond_token_dim))
+    glob = mx.random.normal((1, cfg.global_cond_dim)) if cfg.global_cond_dim else None
+    cond = dit.cfg_condition(cross, glob, 7.0)
+    full = dataclasses.replace(cond, null_uncond=False)
+    x = mx.random.normal((1, cfg.io_channels, frames)).astype(dit.dtype)
+    t = mx.full((1,), 0.5)
+    mx.eval([a for kv in cond.kv for a in kv], x, t)
+    label = f"Stable Audio 3 {name}, {frames} latents, cfg 7 + APG"
+    return label, (lambda: dit.guided(x, t, cond, 7.0)), (lambda: dit.guided(x, t, full, 7.0)), dit
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="sa-1.0,sa3-small,sa3-medium")
+    p.add_argument("--dtype", default="float16")
+    p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--eager", action="store_true", help="eager calls (the default compiles, as on the GPU)")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--out")
+    a = p.parse_args()
+    rep = Report(f"A CFG pair's null half skipped ({a.dtype}{', TINY models' if a.tiny else ''})", a.out)
+    rows = []
+    for model in parse_list(a.models):
+        family, _, name = model.partition("-")
+        make = {"sa": sa_calls, "sa3": sa3_calls}[family]
+        label, skip, full, dit = make(name, a.dtype, a.tiny)
+        dit.compiled = not a.eager
+        for call in (skip, full):  # warm-up: both compiled before the clock
+            mx.eval(call())
+        diff = mx.abs(skip().astype(mx.float32) - full().astype(mx.float32)).max().item()
+        times: dict[str, list[float]] = {"A": [], "B": []}
+        for _ in range(a.rounds):
+            times["A"].append(_pace(skip, a.calls))
+            times["B"].append(_pace(full, a.calls))
+        ta, tb = statistics.median(times["A"]), statistics.median(times["B"])
+        log(f"{label}: A {times['A']} B {times['B']} max |A - B| {diff:.2e}")
+        rows.append([label, ta, tb, f"{tb / ta:.3f}", f"{diff:.1e}"])
+        del dit, skip, full
+    rep.table(
+        ["guided DiT call", "A: null half skipped (ms)", "B: whole pair (ms)", "B / A", "max |A - B|"],
+        rows,
+        note=f"{device_line()}. One process, the same weights and inputs, {a.rounds} alternating rounds of "
+        f"{a.calls} pipelined calls, median; {'eager' if a.eager else 'compiled'}.",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""bench/null_half_ab.py on tiny models (CPU): both families' guided DiT call with the null half skipped (A)
+and the whole pair (B) run, agree to float32 rounding, and are tabled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ab_runs_both_families(tmp_path):
+    out = tmp_path / "ab.md"
+    args = ["--tiny", "--calls", "1", "--rounds", "1", "--dtype", "float32", "--models", "sa-1.0,sa3-small"]
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "null_half_ab.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| Stable Audio")]
+    assert [r.split(",")[0] for r in rows] == ["| Stable Audio Open 1.0", "| Stable Audio 3 small"]
+    assert all(float(r.rstrip(" |").rsplit("|", 1)[1]) <= 1e-4 for r in rows), rows

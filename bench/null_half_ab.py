@@ -17,24 +17,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import time
 
 from common import Report, device_line, log, mx, parse_list
+from dit_profile import pipelined
 
 SA3_SECONDS = {"small": 30.0, "medium": 120.0}  # a clip length of each model's range
-
-
-def _pace(call, calls: int) -> float:
-    prev = call()
-    mx.async_eval(prev)
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        y = call()
-        mx.async_eval(y)
-        mx.eval(prev)
-        prev = y
-    mx.eval(prev)
-    return 1000 * (time.perf_counter() - t0) / calls
 
 
 def sa_calls(name: str, dtype: str, tiny: bool):
@@ -99,8 +86,8 @@ def main() -> None:
         diff = mx.abs(skip().astype(mx.float32) - full().astype(mx.float32)).max().item()
         times: dict[str, list[float]] = {"A": [], "B": []}
         for _ in range(a.rounds):
-            times["A"].append(_pace(skip, a.calls))
-            times["B"].append(_pace(full, a.calls))
+            times["A"].append(pipelined(skip, a.calls))
+            times["B"].append(pipelined(full, a.calls))
         ta, tb = statistics.median(times["A"]), statistics.median(times["B"])
         log(f"{label}: A {times['A']} B {times['B']} max |A - B| {diff:.2e}")
         rows.append([label, ta, tb, f"{tb / ta:.3f}", f"{diff:.1e}"])

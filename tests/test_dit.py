@@ -170,7 +170,8 @@ def test_skipping_the_null_half_changes_nothing(tiny):
     skipped = ours.guided(to_mx(x), to_mx(t), c, 7.0)
     c.null_uncond = False
     full = ours.guided(to_mx(x), to_mx(t), c, 7.0)
-    assert rel(skipped, np.array(full)) <= 1e-6, style
+    # float32 rounding only: the cross-attention GEMMs sum half the rows, CFG at 7 amplifies the difference
+    assert rel(skipped, np.array(full)) <= 1e-5, style
 
 
 def test_cfg_rescale_and_interval(tiny):

@@ -142,7 +142,10 @@ def test_streamed_pieces_are_the_one_shot_audio(folders, name, headroom):
     whole = m.generate("a prompt", **kw)
     m.decode_tile = 16 if name != "native" else 2
     one = m.generate("a prompt", **kw)
-    np.testing.assert_array_equal(one, whole)  # many tiles: masked, clipped and cut per piece
+    # Many tiles (masked, clipped and cut per piece) against one: the same audio to float32 rounding. Not
+    # bit for bit: a tile changes the decoder's GEMM shapes, and OpenBLAS's kernels (loaded by _blas.py) sum
+    # in a shape-dependent order on some CPUs (AMD EPYC: ~1e-7 apart; MLX's own BLAS: equal).
+    np.testing.assert_allclose(one, whole, rtol=1e-5, atol=1e-6)
     pieces = list(m.generate("a prompt", stream=True, **kw))
     if name != "native":  # many tiles / the reference's windows, not one piece
         assert len(pieces) >= 2

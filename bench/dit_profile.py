@@ -40,18 +40,24 @@ def _model(name: str, dtype: str, tiny: bool):
     return m, sa.dit_call(m, sa.SETTINGS[name])
 
 
+def profiled(run) -> None:
+    """run() between cuProfilerStart and cuProfilerStop (the driver API: no CUDA runtime of our own), after
+    the GPU has gone idle, and synchronised before the stop: what ncu's --profile-from-start off times."""
+    mx.synchronize()
+    cuda = ctypes.CDLL("libcuda.so.1")
+    assert cuda.cuProfilerStart() == 0, "cuProfilerStart failed"
+    run()
+    mx.synchronize()
+    assert cuda.cuProfilerStop() == 0, "cuProfilerStop failed"
+
+
 def ncu_target(name: str, dtype: str, tiny: bool) -> None:
     """One compiled DiT call between cuProfilerStart and cuProfilerStop, after three warm-up calls."""
     m, call = _model(name, dtype, tiny)
     m.dit.compiled = True
     for _ in range(3):
         mx.eval(call())
-    mx.synchronize()
-    cuda = ctypes.CDLL("libcuda.so.1")
-    assert cuda.cuProfilerStart() == 0, "cuProfilerStart failed"
-    mx.eval(call())
-    mx.synchronize()
-    assert cuda.cuProfilerStop() == 0, "cuProfilerStop failed"
+    profiled(lambda: mx.eval(call()))
     print(f"profiled one DiT call of {name}")
 
 

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import statistics
 
-from common import Report, device_line, log, mx, parse_list
+from common import Report, device_line, log, mx, mx_dtype, parse_list
 from dit_profile import pipelined
 
 SA3_SECONDS = {"small": 30.0, "medium": 120.0}  # a clip length of each model's range
@@ -30,14 +30,8 @@ def sa_calls(name: str, dtype: str, tiny: bool):
 
     m = sa.build_ours(name, dtype, tiny)
     st = sa.SETTINGS[name]
-    c = m.dit.config
-    ctx = m.text_max_length + len(m.conditioner.config.cross_attention_cond_ids) - 1
-    glob = mx.random.normal((1, c.global_cond_dim)) if c.global_cond_dim else None
-    cond = m.dit.cfg_condition(mx.random.normal((1, ctx, c.cond_token_dim)), glob, 7.0)
+    x, t, cond = sa.guided_inputs(m, 7.0)
     full = dataclasses.replace(cond, null_uncond=False)
-    x = mx.random.normal((1, c.io_channels, m.latent_frames)).astype(m.dit.dtype)
-    t = mx.full((1,), 0.5)
-    mx.eval(cond.arrays(), x, t)
     label = f"Stable Audio Open {name}, {m.latent_frames} latents, cfg 7 ({st['steps']} steps a clip)"
     return label, (lambda: m.dit.guided(x, t, cond, 7.0)), (lambda: m.dit.guided(x, t, full, 7.0)), m.dit
 
@@ -50,7 +44,7 @@ def sa3_calls(name: str, dtype: str, tiny: bool):
 
     cfg = SA3DiTConfig.from_dict(sa3_config(name, tiny))
     dit = SA3DiT(cfg)
-    dit.set_dtype(mx.float16 if dtype == "float16" else mx.bfloat16 if dtype == "bfloat16" else mx.float32)
+    dit.set_dtype(mx_dtype(dtype))
     mx.eval(dit.parameters())
     frames = latents_for(SA3_SECONDS[name] if not tiny else 2.0)
     cross = mx.random.normal((1, 256 if not tiny else 8, cfg.cond_token_dim))

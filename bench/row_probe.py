@@ -17,9 +17,9 @@ tests/test_row_kernels.py and tests/test_qk_kernel.py).
 from __future__ import annotations
 
 import argparse
-import ctypes
 
 from common import mx, parse_list
+from dit_profile import profiled
 
 from mlx_audio_generate import qk_kernel, row_kernels
 from mlx_audio_generate.diffusion.dit_parts import rope_inv_freq
@@ -82,15 +82,14 @@ def main() -> None:
             print(f"{label}: max relative error {err:.2e} against MLX's ops")
         qk_kernel.MAX_SLICES = default
         return
-    mx.synchronize()
-    cuda = ctypes.CDLL("libcuda.so.1")
-    assert cuda.cuProfilerStart() == 0, "cuProfilerStart failed"
-    for _, ours, ref in todo:
-        for _ in range(a.calls):
-            mx.eval(ours())
-            mx.eval(ref())
-    mx.synchronize()
-    assert cuda.cuProfilerStop() == 0, "cuProfilerStop failed"
+
+    def run():
+        for _, ours, ref in todo:
+            for _ in range(a.calls):
+                mx.eval(ours())
+                mx.eval(ref())
+
+    profiled(run)
     qk_kernel.MAX_SLICES = default
     print(f"profiled {len(todo)} cases x {a.calls} calls")
 

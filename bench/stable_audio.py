@@ -435,16 +435,22 @@ def run_sat(name: str, dtype: str, steps: int, cfg: float, tiny: bool, batch: in
 # ------------------------------------------------------------------------------------------------ profile
 
 
-def dit_call(m, st: dict):
-    """One guided DiT call (the CFG pair where the model card's cfg is not 1) on random latents at t = 0.5,
-    with zero conditioning of the real shapes, as a function; its inputs are evaluated."""
+def guided_inputs(m, cfg: float) -> tuple:
+    """(x, t, conditioning) of one guided DiT call at `cfg` (the CFG pair where it is not 1): random latents
+    at t = 0.5, zero conditioning of the real shapes; all evaluated."""
     c = m.dit.config
     ctx = m.text_max_length + len(m.conditioner.config.cross_attention_cond_ids) - 1
     glob = mx.zeros((1, c.global_cond_dim)) if c.global_cond_dim else None
-    dc = m.dit.cfg_condition(mx.zeros((1, ctx, c.cond_token_dim)), glob, st["cfg"])
+    dc = m.dit.cfg_condition(mx.zeros((1, ctx, c.cond_token_dim)), glob, cfg)
     x = mx.random.normal((1, c.io_channels, m.latent_frames)).astype(m.dit.dtype)
     t = mx.full((1,), 0.5)
     mx.eval(cond_arrays(dc), x, t)
+    return x, t, dc
+
+
+def dit_call(m, st: dict):
+    """One guided DiT call at the model card's cfg (`guided_inputs`), as a function."""
+    x, t, dc = guided_inputs(m, st["cfg"])
     return lambda: m.dit.guided(x, t, dc, st["cfg"])
 
 

@@ -74,7 +74,9 @@ def base_out(ours):
     cache: dict = {}
 
     def get(name: str, arrays: dict) -> dict[str, np.ndarray]:
-        key = (name, arrays["in.x"].tobytes(), arrays["in.prompt"].tobytes())
+        # the frequencies too: a live run's may differ from the committed ones by an ulp (see below)
+        key = tuple(arrays[k].tobytes() for k in ("in.x", "in.prompt", "in.expo_freqs"))
+        key = (name, *key)
         if key not in cache:
             cache[key] = {t: np.array(run(*ours[name], arrays, t)[1]) for t in T_VALUES}
         return cache[key]
@@ -107,7 +109,11 @@ def test_live_files_match_committed(ref):
         folder, arrays = ref[name]
         committed = load_file(str(COMMITTED / name / "reference.safetensors"))
         for key in committed:
-            if key.startswith("in."):
+            if key == "in.expo_freqs":
+                # torch's CPU exp is within 1 ulp, and which ulp depends on the CPU's vector unit (this
+                # machine's AVX-512 Xeon and the AMD EPYC that wrote the fixtures differ in 3 of 128)
+                np.testing.assert_array_max_ulp(arrays[key], committed[key], maxulp=1)
+            elif key.startswith("in."):
                 np.testing.assert_array_equal(arrays[key], committed[key])
         for lora in LORAS:
             path = lora_file(folder, lora)

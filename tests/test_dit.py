@@ -174,6 +174,35 @@ def test_skipping_the_null_half_changes_nothing(tiny):
     assert rel(skipped, np.array(full)) <= 1e-5, style
 
 
+@pytest.mark.parametrize("null", [True, False])
+def test_sharing_the_first_self_attention_changes_nothing(tiny, null):
+    """The pair's halves are equal until block 0's cross-attention, so its self-attention runs on B rows."""
+    style, config, _, ours = tiny
+    x, t, cond, mask, glob = inputs(config)
+    c = ours.cfg_condition(to_mx(cond), to_mx(glob), 7.0)
+    c.null_uncond = null
+    blk = ours.blocks[0].self_attn
+    rows = []
+    call = type(blk).__call__
+
+    def spy(self, h, *a, **kw):
+        if self is blk:
+            rows.append(h.shape[0])
+        return call(self, h, *a, **kw)
+
+    type(blk).__call__ = spy
+    try:
+        shared = ours.guided(to_mx(x), to_mx(t), c, 7.0)
+        ours.share_first = False
+        whole = ours.guided(to_mx(x), to_mx(t), c, 7.0)
+    finally:
+        type(blk).__call__ = call
+        ours.share_first = True
+    assert rows == [x.shape[0], 2 * x.shape[0]], style
+    # float32 rounding only: block 0's GEMMs sum half the rows, CFG at 7 amplifies the difference
+    assert rel(shared, np.array(whole)) <= 1e-5, style
+
+
 def test_cfg_rescale_and_interval(tiny):
     _, config, model, ours = tiny
     x, t, cond, mask, glob = inputs(config)

@@ -22,7 +22,8 @@ need a C++ compiler at run time; `StableAudioDiT.compiled = True/False` override
 elementwise work around the matmuls (norm/bias/residual adds, GLU, CFG combination) and removes the Python
 cost of building ~25 ops per block every step; the cross-attention K/V and the prepended token's constant
 part (global conditioning + the timestep MLP's output bias, `DiTConditioning.token_bias`) come from
-`condition` once per generation; a CFG pair runs its input projections and timestep token on B rows.
+`condition` once per generation; a CFG pair runs its input projections, timestep token and first
+self-attention on B rows (its halves are equal until the first cross-attention).
 
 Classifier-free guidance follows the reference's batch-CFG path: one batch of 2B with the conditional tokens
 first and zeros (or the negative prompt's tokens, zeroed where its mask is False) second; the global
@@ -226,6 +227,9 @@ class StableAudioDiT(nn.Module):
         # "matmul" (see dit_blocks._attend) or "auto": "short" (MLX's fused attention wherever the kernel
         # does not run: the CPU, Metal, long sequences).
         self.attention = "auto"
+        # A CFG pair's halves are equal until the first cross-attention: its self-attention runs once.
+        # False: the whole pair through it (what the reference does; for tests and A/B benches).
+        self.share_first = True
         self._jit = _Compiled()
         c = self.config = config
         self.timestep_features = {"weight": mx.zeros((c.timestep_features_dim // 2, 1))}
@@ -387,7 +391,9 @@ class StableAudioDiT(nn.Module):
         """The model pass itself, without checks (what mx.compile traces). With `pair` the model batch is
         x's batch twice (a CFG pair: both halves see the same x, t and global conditioning, so the input
         projections and the timestep token run once and are repeated by the token concatenation).
-        `cross_rows`: only the first rows take the cross-attention (DiTConditioning.null_uncond)."""
+        `cross_rows`: only the first rows take the cross-attention (DiTConditioning.null_uncond). With
+        `share_first` the first block's self-attention runs once for the pair too (TransformerBlock's
+        `twice`)."""
         c, dt = self.config, self.dtype
         n, ch, length = x.shape
         # The reference casts x, t and the conditioning to the model's dtype (timestep features included).
@@ -400,18 +406,17 @@ class StableAudioDiT(nn.Module):
             p = c.patch_size
             h = h.reshape(n, length // p, p, ch).transpose(0, 1, 3, 2).reshape(n, length // p, ch * p)
         h = self.project_in(h)
-        if pair:
-            rows, tokens, d = 2 * n, h.shape[1] + 1, h.shape[2]
-            g2, h2 = mx.broadcast_to(g[None, :, None], (2, n, 1, d)), mx.broadcast_to(h[None], (2, *h.shape))
-            h = mx.concatenate([g2, h2], axis=2).reshape(rows, tokens, d)
-            n = rows
-        else:
-            h = mx.concatenate([g[:, None, :], h], axis=1)
+        h = mx.concatenate([g[:, None, :], h], axis=1)
+        if pair and not self.share_first:
+            h = mx.concatenate([h, h], axis=0)
         impl = self._attention_impl()
         f = None  # each block's feed-forward output, added by the next block's pre-norm (see unsummed)
         for i, blk in enumerate(self.blocks):
             kv_i = None if kv is None else kv[i]
-            h, f = blk.unsummed(h, f, kv_i, self._rope_freqs, c.rotary_dim, impl, cross_rows)
+            twice = pair and self.share_first and i == 0  # the pair's halves are equal up to here
+            h, f = blk.unsummed(h, f, kv_i, self._rope_freqs, c.rotary_dim, impl, cross_rows, twice)
+        if pair:
+            n *= 2
         if isinstance(h, tuple):
             h = mx.concatenate(h, axis=0)
         h = self.project_out(h if f is None else h + f)[:, 1:]  # drop the prepended global token
@@ -483,7 +488,8 @@ class StableAudioDiT(nn.Module):
 
             return fn
 
-        fn = self._compiled_fn(("guided", has_kv, has_b, phi, null, self._attention_impl()), make)
+        key = ("guided", has_kv, has_b, phi, null, self.share_first, self._attention_impl())
+        fn = self._compiled_fn(key, make)
         return fn(x, t, cond.kv or [], bias if has_b else mx.array(0.0), scale)
 
     def _pair_bias(self, cond: DiTConditioning) -> mx.array | None:

@@ -187,6 +187,7 @@ class TransformerBlock(nn.Module):
         rotary_dim: int,
         impl: str = "sdpa",
         cross_rows: int | None = None,
+        twice: bool = False,
     ) -> tuple[Stream, mx.array]:
         """The block on x + pending (pending: the previous block's feed-forward output, or None), returning
         (x', f) whose sum is its output. The feed-forward's residual add is left to the next block's pre-norm
@@ -197,8 +198,14 @@ class TransformerBlock(nn.Module):
         half attends to null context (zero tokens: with the context projection, `kv` and `out` all without
         bias its values are zero, so its cross-attention adds exactly 0), so that half is skipped: half the
         cross-attention's work. The stream is then (head, tail), the rows in two arrays, which the norms
-        read where they are (`_LayerNorm`)."""
+        read where they are (`_LayerNorm`).
+
+        `twice`: x is one half of a CFG pair whose halves are equal (the first block's input: both halves
+        see the same x, t and global conditioning), so the self-attention runs on it once and its output is
+        taken twice; the halves first differ at the cross-attention."""
         head, tail = x if isinstance(x, tuple) else (x, None)
+        if twice and (pending is not None or tail is not None):
+            raise ValueError("twice takes a block input in one array, with nothing pending")
         if pending is None:
             x = head if tail is None else mx.concatenate([head, tail], axis=0)
             h = self.pre_norm(x)
@@ -206,6 +213,8 @@ class TransformerBlock(nn.Module):
             x, h = self.pre_norm.add(head, pending, tail)
         # The residual adds of both attentions ride in their output GEMMs (addmm: fewer kernels per block).
         x = self.self_attn(h, rope_freqs, rotary_dim, impl, residual=x)
+        if twice:
+            x = mx.concatenate([x, x], axis=0)
         if kv is None:
             return x, self.ff(self.ff_norm(x))
         if cross_rows is None or cross_rows >= x.shape[0]:

@@ -229,6 +229,9 @@ class SA3DiT(nn.Module):
     def __init__(self, config: SA3DiTConfig):
         super().__init__()
         self.compiled: bool | None = None  # None: compiled on the GPU only (module doc)
+        # A CFG pair's halves are equal until the first cross-attention: its self-attention runs once.
+        # False: the whole pair through it (what the reference does; for tests and A/B benches).
+        self.share_first = True
         self._jit = _Compiled()
         c = self.config = config
         e = c.embed_dim
@@ -376,28 +379,42 @@ class SA3DiT(nn.Module):
                 raise UserError(f"{name} has length {a.shape[1]} but x has {shape[2]}")
 
     def _denoise(
-        self, x: mx.array, t: mx.array, cond: SA3Conditioning, cross_rows: int | None = None
+        self,
+        x: mx.array,
+        t: mx.array,
+        cond: SA3Conditioning,
+        cross_rows: int | None = None,
+        pair: bool = False,
     ) -> mx.array:
         """The model pass itself, without checks (what mx.compile traces): x (N, C, T), t (N,) -> v;
-        `cross_rows`: only the first rows take the cross-attention (SA3Conditioning.null_uncond)."""
+        `cross_rows`: only the first rows take the cross-attention (SA3Conditioning.null_uncond).
+        `pair`: the model batch is x's twice (a CFG pair, `cond` of 2N rows). Both halves see the same x, t,
+        global condition and padding mask, so they are equal until the first cross-attention: the input
+        projections, the timestep embedding and the first block's self-attention run on N rows."""
         c, dt = self.config, self.dtype
         n, _, length = x.shape
         m = c.num_memory_tokens
         g = self.timestep_embed(mx.broadcast_to(t.astype(mx.float32).reshape(-1), (n,)))
         if cond.global_embed is not None:
-            g = cond.global_embed + g
+            g = cond.global_embed[:n] + g
         g = self.global_cond_embedder(g)
         h = x.astype(dt).transpose(0, 2, 1)  # channels-last (N, T, C)
         h = self.project_in(self.preprocess_conv(h) + h)
         if m:
             h = mx.concatenate([mx.broadcast_to(self.memory_tokens[None], (n, m, c.embed_dim)), h], axis=1)
+        if pair:
+            g = mx.concatenate([g, g], axis=0)
+            n *= 2
+            if not self.share_first:
+                h = mx.concatenate([h, h], axis=0)
         pm = cond.padding_mask
         if pm is not None and m:  # memory tokens are always valid
             pm = mx.concatenate([mx.ones((n, m), dtype=mx.bool_), pm], axis=1)
         # per block: the local condition itself, its zero-input embedding, or nothing
         locals_ = cond.local_const or [cond.local] * len(self.blocks)
-        for blk, kv, local in zip(self.blocks, cond.kv, locals_, strict=True):
-            h = blk(h, g, kv, local, m, self._rope_periods, c.rotary_dim, pm, cross_rows)
+        for i, (blk, kv, local) in enumerate(zip(self.blocks, cond.kv, locals_, strict=True)):
+            twice = pair and self.share_first and i == 0  # the pair's halves are equal up to here
+            h = blk(h, g, kv, local, m, self._rope_periods, c.rotary_dim, pm, cross_rows, twice)
         h = self.project_out(h[:, m:])
         h = self.postprocess_conv(h) + h
         return h.transpose(0, 2, 1)
@@ -412,7 +429,7 @@ class SA3DiT(nn.Module):
         parts = (cond.global_embed, cond.local, cond.local_const, cond.padding_mask)
         has = tuple(p is not None for p in parts)
         null = cond.null_uncond
-        key = (name, has, len(cond.kv[0]), null)
+        key = (name, has, len(cond.kv[0]), null, self.share_first)
         fn = self._jit.fns.get(key)
         if fn is None:
 
@@ -435,7 +452,7 @@ class SA3DiT(nn.Module):
         b = x.shape[0]
         sigma = mx.broadcast_to(t.astype(mx.float32).reshape(-1), (b,))
         rows = b if cond.null_uncond else None
-        out = self._denoise(mx.concatenate([x, x], axis=0), mx.concatenate([sigma, sigma]), cond, rows)
+        out = self._denoise(x, sigma, cond, rows, pair=True)
         x = x.astype(self.dtype)
         s = sigma[:, None, None]
         cond_den = x - out[:b] * s  # float32, as the reference (sigma is float32)

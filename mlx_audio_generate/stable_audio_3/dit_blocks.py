@@ -163,15 +163,25 @@ class TransformerBlock(nn.Module):
         rotary_dim: int,
         padding_mask: mx.array | None,
         cross_rows: int | None = None,
+        twice: bool = False,
     ) -> mx.array:
         """x (B, M + T, E); global_cond (B, 6E) (global_cond_embedder's output); local: (B, T, C_local) local
         condition, or (E,) = `local_constant()`, or None without local conditioning. `cross_rows`: only x's
-        first rows take the cross-attention (a CFG pair's null half adds exactly 0: SA3Conditioning)."""
+        first rows take the cross-attention (a CFG pair's null half adds exactly 0: SA3Conditioning).
+        `twice`: x is the first half of a CFG pair whose halves are equal (the first block's input), the
+        other arguments the whole pair's: the self-attention runs on x once, its output taken twice."""
         mods = (self.scale_shift_gate + global_cond)[:, None, :]
         scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = mx.split(mods, 6, axis=-1)
+        pm = padding_mask
+        if twice:
+            b = x.shape[0]
+            scale_sa, shift_sa, gate_sa = scale_sa[:b], shift_sa[:b], gate_sa[:b]
+            pm = None if pm is None else pm[:b]
         h = self.pre_norm(x) * (1 + scale_sa) + shift_sa
-        h = self.self_attn(h, rope_periods, rotary_dim, padding_mask)
+        h = self.self_attn(h, rope_periods, rotary_dim, pm)
         x = h * mx.sigmoid(1 - gate_sa) + x
+        if twice:
+            x = mx.concatenate([x, x], axis=0)
         if cross_rows is None or cross_rows >= x.shape[0]:
             x = self.cross_attn.cross(self.cross_norm(x), kv, residual=x)
         else:

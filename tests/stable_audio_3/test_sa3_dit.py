@@ -169,6 +169,39 @@ def test_skipping_the_null_half_changes_nothing(ours, ref, name):
     assert rel_err(skipped, np.array(full)) <= 1e-5
 
 
+@pytest.mark.parametrize("null", [True, False])
+@pytest.mark.parametrize("name", MODELS)
+def test_sharing_the_first_self_attention_changes_nothing(ours, ref, name, null):
+    """The pair's halves are equal until block 0's cross-attention, so its self-attention runs on B rows
+    (with the inpainting condition and a padding mask, which both halves share)."""
+    model, a = ours[(name, False)], inputs(ref[name])
+    pad = a["padding_mask"] > 0.5
+    cond = dataclasses.replace(
+        model.cfg_condition(a["cross"], a["global"], 4.0, a["local"], pad), null_uncond=null
+    )
+    attn = model.blocks[0].self_attn
+    rows = []
+    call = type(attn).__call__
+
+    def spy(self, h, *args, **kw):
+        if self is attn:
+            rows.append(h.shape[0])
+        return call(self, h, *args, **kw)
+
+    type(attn).__call__ = spy
+    try:
+        shared = model.guided(a["x"], a["ta"], cond, 4.0, 0.5)
+        model.share_first = False
+        whole = model.guided(a["x"], a["ta"], cond, 4.0, 0.5)
+    finally:
+        type(attn).__call__ = call
+        model.share_first = True
+    b = a["x"].shape[0]
+    assert rows == [b, 2 * b]
+    # float32 rounding only: block 0's GEMMs sum half the rows, CFG at 4 amplifies the difference
+    assert rel_err(shared, np.array(whole)) <= 1e-5
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_cfg_scale_one_is_single_pass(ours, ref, name):
     model, a = ours[(name, False)], inputs(ref[name])

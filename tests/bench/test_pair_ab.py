@@ -1,5 +1,5 @@
-"""bench/null_half_ab.py on tiny models (CPU): both families' guided DiT call with the null half skipped (A)
-and the whole pair (B) run, agree to float32 rounding, and are tabled."""
+"""bench/pair_ab.py on tiny models (CPU): both families' guided DiT call with the pair's shortcuts (A) and
+without one or both (B) run, agree to float32 rounding, and are tabled."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_ab_runs_both_families(tmp_path):
+@pytest.mark.parametrize("b_side", ["null", "share", "both"])
+def test_ab_runs_both_families(tmp_path, b_side):
     out = tmp_path / "ab.md"
     args = ["--tiny", "--calls", "1", "--rounds", "1", "--dtype", "float32", "--models", "sa-1.0,sa3-small"]
+    args += ["--b", b_side]
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "null_half_ab.py"), *args, "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "pair_ab.py"), *args, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,13 +1,18 @@
-"""A CFG pair's null half without its cross-attention, against the full pair: the guided DiT call of Stable
-Audio Open 1.0 and Stable Audio 3 small / medium at real sizes (random weights), one process, the same
-weights and inputs, alternating rounds.
+"""A CFG pair's exact shortcuts against the whole pair: the guided DiT call of Stable Audio Open 1.0 and
+Stable Audio 3 small / medium at real sizes (random weights), one process, the same weights and inputs,
+alternating rounds.
 
-    python bench/null_half_ab.py --models sa-1.0,sa3-small,sa3-medium --out null_half.md
-    python bench/null_half_ab.py --tiny          # a smoke test of the script (CPU)
+    python bench/pair_ab.py --models sa-1.0,sa3-small,sa3-medium --b null --out null_half.md
+    python bench/pair_ab.py --models sa-1.0,sa3-small,sa3-medium --b share --out share_first.md
+    python bench/pair_ab.py --tiny          # a smoke test of the script (CPU)
 
-Without a negative prompt a CFG pair's unconditional rows attend to the null context (zero tokens) and add
-exactly 0 (tests/test_dit.py, tests/stable_audio_3/test_sa3_dit.py), so both DiTs skip them
-(`null_uncond`). B is the same conditioning with `null_uncond = False`: the pair's whole cross-attention.
+A is the library's default. B turns one shortcut off (`--b`):
+- `null`: the null half's cross-attention. Without a negative prompt a CFG pair's unconditional rows attend
+  to the null context (zero tokens) and add exactly 0 (tests/test_dit.py, tests/stable_audio_3/
+  test_sa3_dit.py), so both DiTs skip them (`null_uncond`); B sets `null_uncond = False`.
+- `share`: the first block's self-attention once for both halves, which are equal until the first
+  cross-attention (`share_first`); B sets `share_first = False`.
+- `both`: both off (the reference's whole pair).
 Each round times `--calls` guided calls as the samplers run them (each scheduled before the previous one is
 waited for), after a warm-up, compiled as on the GPU by default; the median round is reported.
 """
@@ -21,23 +26,23 @@ import statistics
 from common import Report, device_line, log, mx, mx_dtype, parse_list
 from dit_profile import pipelined
 
+B_SIDES = {"null": "null half's cross-attention", "share": "first self-attention shared", "both": "both"}
 SA3_SECONDS = {"small": 30.0, "medium": 120.0}  # a clip length of each model's range
 
 
-def sa_calls(name: str, dtype: str, tiny: bool):
-    """(label, skipping call, full-pair call) of Stable Audio Open's guided DiT (its model card's cfg)."""
+def sa_calls(name: str, dtype: str, tiny: bool, b_side: str):
+    """(label, A call, B call, DiT) of Stable Audio Open's guided DiT (its model card's cfg)."""
     import stable_audio as sa
 
     m = sa.build_ours(name, dtype, tiny)
     st = sa.SETTINGS[name]
     x, t, cond = sa.guided_inputs(m, 7.0)
-    full = dataclasses.replace(cond, null_uncond=False)
     label = f"Stable Audio Open {name}, {m.latent_frames} latents, cfg 7 ({st['steps']} steps a clip)"
-    return label, (lambda: m.dit.guided(x, t, cond, 7.0)), (lambda: m.dit.guided(x, t, full, 7.0)), m.dit
+    return (label, *sides(m.dit, cond, b_side, lambda c: m.dit.guided(x, t, c, 7.0)), m.dit)
 
 
-def sa3_calls(name: str, dtype: str, tiny: bool):
-    """(label, skipping call, full-pair call) of Stable Audio 3's guided DiT at cfg 7 + APG (-base use)."""
+def sa3_calls(name: str, dtype: str, tiny: bool, b_side: str):
+    """(label, A call, B call, DiT) of Stable Audio 3's guided DiT at cfg 7 + APG (-base use)."""
     from sa3_peer import latents_for, sa3_config
 
     from mlx_audio_generate.stable_audio_3.dit import SA3DiT, SA3DiTConfig
@@ -50,17 +55,33 @@ def sa3_calls(name: str, dtype: str, tiny: bool):
     cross = mx.random.normal((1, 256 if not tiny else 8, cfg.cond_token_dim))
     glob = mx.random.normal((1, cfg.global_cond_dim)) if cfg.global_cond_dim else None
     cond = dit.cfg_condition(cross, glob, 7.0)
-    full = dataclasses.replace(cond, null_uncond=False)
     x = mx.random.normal((1, cfg.io_channels, frames)).astype(dit.dtype)
     t = mx.full((1,), 0.5)
     mx.eval([a for kv in cond.kv for a in kv], x, t)
     label = f"Stable Audio 3 {name}, {frames} latents, cfg 7 + APG"
-    return label, (lambda: dit.guided(x, t, cond, 7.0)), (lambda: dit.guided(x, t, full, 7.0)), dit
+    return (label, *sides(dit, cond, b_side, lambda c: dit.guided(x, t, c, 7.0)), dit)
+
+
+def sides(dit, cond, b_side: str, guided):
+    """(A, B) calls: A the default, B with the shortcut(s) `b_side` names turned off."""
+    b_cond = dataclasses.replace(cond, null_uncond=False) if b_side in ("null", "both") else cond
+    b_share = b_side not in ("share", "both")
+
+    def a_call():
+        dit.share_first = True
+        return guided(cond)
+
+    def b_call():
+        dit.share_first = b_share
+        return guided(b_cond)
+
+    return a_call, b_call
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="sa-1.0,sa3-small,sa3-medium")
+    p.add_argument("--b", choices=B_SIDES, default="null", help="the shortcut B turns off (see above)")
     p.add_argument("--dtype", default="float16")
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
@@ -68,12 +89,14 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out")
     a = p.parse_args()
-    rep = Report(f"A CFG pair's null half skipped ({a.dtype}{', TINY models' if a.tiny else ''})", a.out)
+    what = B_SIDES[a.b]
+    tiny = ", TINY models" if a.tiny else ""
+    rep = Report(f"A CFG pair's shortcuts, B without: {what} ({a.dtype}{tiny})", a.out)
     rows = []
     for model in parse_list(a.models):
         family, _, name = model.partition("-")
         make = {"sa": sa_calls, "sa3": sa3_calls}[family]
-        label, skip, full, dit = make(name, a.dtype, a.tiny)
+        label, skip, full, dit = make(name, a.dtype, a.tiny, a.b)
         dit.compiled = not a.eager
         for call in (skip, full):  # warm-up: both compiled before the clock
             mx.eval(call())
@@ -87,7 +110,7 @@ def main() -> None:
         rows.append([label, ta, tb, f"{tb / ta:.3f}", f"{diff:.1e}"])
         del dit, skip, full
     rep.table(
-        ["guided DiT call", "A: null half skipped (ms)", "B: whole pair (ms)", "B / A", "max |A - B|"],
+        ["guided DiT call", "A: default (ms)", f"B: without ({what}) (ms)", "B / A", "max |A - B|"],
         rows,
         note=f"{device_line()}. One process, the same weights and inputs, {a.rounds} alternating rounds of "
         f"{a.calls} pipelined calls, median; {'eager' if a.eager else 'compiled'}.",

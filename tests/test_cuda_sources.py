@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from mlx_audio_generate import attention_kernel as ak
+from mlx_audio_generate import gemm_kernel as gk
 from mlx_audio_generate import qk_kernel as qk
 from mlx_audio_generate import row_kernels as rk
 from mlx_audio_generate.musicgen import decode_kernels as dk
@@ -202,6 +203,37 @@ def test_decode_kernel_sources_compile_for_sm90(tmp_path):
         for line in run.stderr.splitlines()
         if "spill stores" in line and " 0 bytes spill stores" not in line
     ]
+    assert not spills, spills
+
+
+def gemm_kernel_source(i: int, dtype: str, m: int, n: int, k: int, bias: bool, res: bool) -> str:
+    header, source = gk.kernel_source(bias, res)
+    inputs = {"x": dtype, "w": dtype} | ({"bias": dtype} if bias else {}) | ({"res": dtype} if res else {})
+    template = [("T", dtype), ("M", m), ("N", n), ("K", k)]
+    return f"namespace g{i} {{\n{wrap(f'g{i}', header, source, inputs, {'y': dtype}, template)}}}\n"
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
+def test_gemm_kernel_sources_compile_for_sm90(tmp_path):
+    units = [
+        gemm_kernel_source(0, "float16", 257, 3072, 1024, False, False),  # SA small's QKV
+        gemm_kernel_source(1, "float16", 257, 1024, 1024, False, True),  # its out projection + residual
+        gemm_kernel_source(2, "bfloat16", 257, 8192, 1024, True, False),  # FF in + bias
+        gemm_kernel_source(3, "bfloat16", 5, 1024, 4096, True, True),  # both epilogues, a partial tile
+    ]
+    src = tmp_path / "gemm.cu"
+    includes = ["cstdint", "cuda_fp16.h", "cuda_bf16.h", "cooperative_groups.h"]
+    src.write_text("".join(f"#include <{h}>\n" for h in includes) + "".join(units))
+    run = subprocess.run(
+        [NVCC, "-arch=sm_90", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "g.o"), "-Xptxas", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    regs = re.findall(r"Compiling entry function '_ZN\d+(g\d+)\w*'.*?Used (\d+) registers", run.stderr, re.S)
+    assert len(regs) == 4 and max(int(r) for _, r in regs) <= 255, regs
+    spills = [ln for ln in run.stderr.splitlines() if "spill stores" in ln and " 0 bytes spill" not in ln]
     assert not spills, spills
 
 

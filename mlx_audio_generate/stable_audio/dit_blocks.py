@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import attention_kernel, qk_kernel, row_kernels
+from .. import attention_kernel, gemm_kernel, qk_kernel, row_kernels
 from ..diffusion.dit_parts import GLUFeedForward, partial_rope
 from ..errors import UserError
-from ..quantize import residual_linear
 
 if TYPE_CHECKING:
     from .dit import DiTConfig
@@ -99,13 +98,10 @@ class Attention(nn.Module):
         return self._norm_k(k[:, :, 0].transpose(0, 2, 1, 3)), v[:, :, 0].transpose(0, 2, 1, 3)
 
     def _out(self, o: mx.array, residual: mx.array | None) -> mx.array:
-        """Output projection of heads-last (B, N, H, D) heads; `residual + out(o)` as one GEMM (addmm) when
-        given (the plain sum for a quantized `out`, see quantize.residual_linear)."""
+        """Output projection of heads-last (B, N, H, D) heads; `residual + out(o)` as one GEMM when given
+        (gemm_kernel: ours for few rows on CUDA, MLX's addmm elsewhere, the sum for a quantized `out`)."""
         b, n, _, _ = o.shape
-        o = o.reshape(b, n, -1)
-        if residual is None:
-            return self.out(o)
-        return residual_linear(residual, o, self.out)
+        return gemm_kernel.linear(self.out, o.reshape(b, n, -1), residual)
 
     def __call__(
         self,
@@ -115,7 +111,7 @@ class Attention(nn.Module):
         impl: str = "sdpa",
         residual: mx.array | None = None,
     ) -> mx.array:
-        qkv = self.qkv(x)
+        qkv = gemm_kernel.linear(self.qkv, x)
         norm = None
         if self.qk_norm == "ln":
             qn, kn = self.q_norm, self.k_norm
@@ -141,7 +137,7 @@ class Attention(nn.Module):
         residual: mx.array | None = None,
     ) -> mx.array:
         b, n, _ = x.shape
-        q = self.q(x)
+        q = gemm_kernel.linear(self.q, x)
         if self.qk_norm == "ln" and qk_kernel.q_norm_supported(
             q, self.num_heads, self.q_norm.weight, self.q_norm.bias
         ):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import gemm_kernel
 from ..diffusion.dit_parts import MLP, partial_rope
 from ..diffusion.dit_parts import GLUFeedForward as FeedForward
-from ..quantize import residual_linear
 
 
 class RMSNorm(nn.Module):
@@ -84,7 +84,8 @@ class Attention(nn.Module):
         self, x: mx.array, rope_periods: mx.array, rotary_dim: int, padding_mask: mx.array | None
     ) -> mx.array:
         """Self-attention of x (B, N, E) with rotary positions 0..N-1; padding_mask (B, N) or None."""
-        parts = [_heads(a, self.heads) for a in mx.split(self.qkv(x), 5 if self.differential else 3, axis=-1)]
+        qkv = gemm_kernel.linear(self.qkv, x)  # CUDA, few rows: our kernel (gemm_kernel)
+        parts = [_heads(a, self.heads) for a in mx.split(qkv, 5 if self.differential else 3, axis=-1)]
         qs, ks, v = [parts[0]], [parts[1]], parts[2]
         if self.differential:
             qs.append(parts[3])
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         ks = [rope(self.k_norm(k)) for k in ks]
         if padding_mask is not None:
             v = v * padding_mask[:, None, :, None].astype(v.dtype)
-        return self.out(_merge(self._attend(qs, ks, v)))
+        return gemm_kernel.linear(self.out, _merge(self._attend(qs, ks, v)))
 
     def context_kv(self, context: mx.array) -> tuple[mx.array, ...]:
         """Cross-attention keys and value of a context (B, S, E_ctx): (k, v) or (k, k2, v), each
@@ -111,11 +112,10 @@ class Attention(nn.Module):
     def cross(self, x: mx.array, kv: tuple[mx.array, ...], residual: mx.array) -> mx.array:
         """`residual + cross_attn(x, context)` given `context_kv(context)`; kv heads may be fewer than the
         query heads (SDPA's grouping = the reference's repeat_interleave)."""
-        qs = [
-            self.q_norm(_heads(a, self.heads)) for a in mx.split(self.q(x), 2 if self.differential else 1, -1)
-        ]
+        q = gemm_kernel.linear(self.q, x)
+        qs = [self.q_norm(_heads(a, self.heads)) for a in mx.split(q, 2 if self.differential else 1, -1)]
         o = self._attend(qs, list(kv[:-1]), kv[-1])
-        return residual_linear(residual, _merge(o), self.out)
+        return gemm_kernel.linear(self.out, _merge(o), residual)
 
 
 class TransformerBlock(nn.Module):

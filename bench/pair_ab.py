@@ -13,6 +13,8 @@ A is the library's default. B turns one shortcut off (`--b`):
 - `share`: the first block's self-attention once for both halves, which are equal until the first
   cross-attention (`share_first`); B sets `share_first = False`.
 - `both`: both off (the reference's whole pair).
+- `gemm`: not a shortcut of the pair: B takes cuBLAS for every product (`gemm_kernel.ENABLED = False`),
+  where A takes our GEMM kernel for calls of few rows.
 Each round times `--calls` guided calls as the samplers run them (each scheduled before the previous one is
 waited for), after a warm-up, compiled as on the GPU by default; the median round is reported.
 """
@@ -26,12 +28,17 @@ import statistics
 from common import Report, device_line, log, mx, mx_dtype, parse_list
 from dit_profile import pipelined
 
-B_SIDES = {"null": "null half's cross-attention", "share": "first self-attention shared", "both": "both"}
+B_SIDES = {
+    "null": "null half's cross-attention",
+    "share": "first self-attention shared",
+    "both": "both",
+    "gemm": "gemm_kernel",
+}
 SA3_SECONDS = {"small": 30.0, "medium": 120.0}  # a clip length of each model's range
 
 
-def sa_calls(name: str, dtype: str, tiny: bool, b_side: str):
-    """(label, A call, B call, DiT) of Stable Audio Open's guided DiT (its model card's cfg)."""
+def sa_calls(name: str, dtype: str, tiny: bool, b_side: str, seconds: float = 0.0):
+    """(label, A call, B call, DiT) of Stable Audio Open's guided DiT at cfg 7 (1.0's model card)."""
     import stable_audio as sa
 
     m = sa.build_ours(name, dtype, tiny)
@@ -41,7 +48,7 @@ def sa_calls(name: str, dtype: str, tiny: bool, b_side: str):
     return (label, *sides(m.dit, cond, b_side, lambda c: m.dit.guided(x, t, c, 7.0)), m.dit)
 
 
-def sa3_calls(name: str, dtype: str, tiny: bool, b_side: str):
+def sa3_calls(name: str, dtype: str, tiny: bool, b_side: str, seconds: float):
     """(label, A call, B call, DiT) of Stable Audio 3's guided DiT at cfg 7 + APG (-base use)."""
     from sa3_peer import latents_for, sa3_config
 
@@ -51,7 +58,7 @@ def sa3_calls(name: str, dtype: str, tiny: bool, b_side: str):
     dit = SA3DiT(cfg)
     dit.set_dtype(mx_dtype(dtype))
     mx.eval(dit.parameters())
-    frames = latents_for(SA3_SECONDS[name] if not tiny else 2.0)
+    frames = latents_for(seconds if not tiny else 2.0)
     cross = mx.random.normal((1, 256 if not tiny else 8, cfg.cond_token_dim))
     glob = mx.random.normal((1, cfg.global_cond_dim)) if cfg.global_cond_dim else None
     cond = dit.cfg_condition(cross, glob, 7.0)
@@ -64,15 +71,30 @@ def sa3_calls(name: str, dtype: str, tiny: bool, b_side: str):
 
 def sides(dit, cond, b_side: str, guided):
     """(A, B) calls: A the default, B with the shortcut(s) `b_side` names turned off."""
+    from mlx_audio_generate import gemm_kernel
+
     b_cond = dataclasses.replace(cond, null_uncond=False) if b_side in ("null", "both") else cond
     b_share = b_side not in ("share", "both")
+    b_gemm = b_side != "gemm"
+
+    traces = {}
+
+    def kernels(on: bool) -> None:
+        # The compiled calls traced one setting: each setting keeps its own (kept alive, as MLX's trace
+        # cache knows a function by its id, which a new function could reuse once the old one is freed).
+        if gemm_kernel.ENABLED != on:
+            traces[gemm_kernel.ENABLED] = dit._jit.fns
+            gemm_kernel.ENABLED = on
+            dit._jit.fns = traces.get(on, {})
 
     def a_call():
         dit.share_first = True
+        kernels(True)
         return guided(cond)
 
     def b_call():
         dit.share_first = b_share
+        kernels(b_gemm)
         return guided(b_cond)
 
     return a_call, b_call
@@ -82,6 +104,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="sa-1.0,sa3-small,sa3-medium")
     p.add_argument("--b", choices=B_SIDES, default="null", help="the shortcut B turns off (see above)")
+    p.add_argument(
+        "--sa3-seconds", default="", help="SA3 clip lengths, e.g. small=10 (default small=30, medium=120)"
+    )
     p.add_argument("--dtype", default="float16")
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
@@ -96,7 +121,10 @@ def main() -> None:
     for model in parse_list(a.models):
         family, _, name = model.partition("-")
         make = {"sa": sa_calls, "sa3": sa3_calls}[family]
-        label, skip, full, dit = make(name, a.dtype, a.tiny, a.b)
+        seconds = dict(
+            SA3_SECONDS, **{k: float(v) for k, v in (i.split("=") for i in parse_list(a.sa3_seconds))}
+        )
+        label, skip, full, dit = make(name, a.dtype, a.tiny, a.b, seconds.get(name, 0.0))
         dit.compiled = not a.eager
         for call in (skip, full):  # warm-up: both compiled before the clock
             mx.eval(call())

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("b_side", ["null", "share", "both"])
+@pytest.mark.parametrize("b_side", ["null", "share", "both", "gemm"])
 def test_ab_runs_both_families(tmp_path, b_side):
     out = tmp_path / "ab.md"
     args = ["--tiny", "--calls", "1", "--rounds", "1", "--dtype", "float32", "--models", "sa-1.0,sa3-small"]

@@ -27,6 +27,7 @@ import os
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import attention_kernel_cuda as src
 from .devices import on_cuda
 from .quantize import residual_linear
 
@@ -37,24 +38,10 @@ ENABLED = os.environ.get("MLX_AUDIO_GENERATE_GEMM_KERNEL", "1") != "0"
 MAX_ROWS = 384
 BM, BN, BK = 64, 64, 32
 
-_HEADER = """
-__device__ __forceinline__ void gemm_cp16(void* dst, const void* src) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src));
-}
-__device__ __forceinline__ void gemm_commit() { asm volatile("cp.async.commit_group;"); }
-template <int PENDING>
-__device__ __forceinline__ void gemm_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(PENDING)); }
-#define GEMM_MMA(TYPE, PTX)                                                                     \\
-  __device__ __forceinline__ void gemm_mma(                                                     \\
-      float* c, const unsigned* a, unsigned b0, unsigned b1, const TYPE*) {                     \\
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX                           \\
-                 ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                   \\
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                               \\
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));               \\
-  }
-GEMM_MMA(__half, "f16")
-GEMM_MMA(__nv_bfloat16, "bf16")
+# the attention kernel's PTX helpers (mma.sync, cp.async) and a two-value store
+_HEADER = (
+    src.HEADER
+    + """
 __device__ __forceinline__ void gemm_store2(__half* p, float a, float b) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
 }
@@ -62,6 +49,7 @@ __device__ __forceinline__ void gemm_store2(__nv_bfloat16* p, float a, float b) 
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 """
+)
 
 # y (M, N) = x (M, K) @ w (N, K)^T [+ bias (N)] [+ res (M, N)]; N % 64 == 0, K % 32 == 0 (16-byte rows).
 _SOURCE = """
@@ -85,22 +73,22 @@ _SOURCE = """
     for (int idx = threadIdx.x; idx < BM * BK / 8; idx += 128) {
       const int r = idx / (BK / 8), ch = (idx % (BK / 8)) * 8;
       if (m0 + r < M) {
-        gemm_cp16(&as[buf][r][ch], x + (size_t)(m0 + r) * K + k0 + ch);
+        attn_cp16(&as[buf][r][ch], x + (size_t)(m0 + r) * K + k0 + ch);
       } else {
         *reinterpret_cast<uint4*>(&as[buf][r][ch]) = make_uint4(0, 0, 0, 0);
       }
-      gemm_cp16(&bs[buf][r][ch], w + (size_t)(n0 + r) * K + k0 + ch);
+      attn_cp16(&bs[buf][r][ch], w + (size_t)(n0 + r) * K + k0 + ch);
     }
-    gemm_commit();
+    attn_cp_commit();
   };
 
   stage(0, 0);
   for (int k0 = 0, buf = 0; k0 < K; k0 += BK, buf ^= 1) {
     if (k0 + BK < K) {
       stage(buf ^ 1, k0 + BK);  // its readers finished at the end of the last step
-      gemm_wait<1>();
+      attn_cp_wait<1>();
     } else {
-      gemm_wait<0>();
+      attn_cp_wait<0>();
     }
     __syncthreads();
 #pragma unroll
@@ -120,7 +108,7 @@ _SOURCE = """
         const unsigned b0 = *reinterpret_cast<const unsigned*>(br);
         const unsigned b1 = *reinterpret_cast<const unsigned*>(br + 8);
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) gemm_mma(c[mi][ni], a[mi], b0, b1, tag);
+        for (int mi = 0; mi < 2; ++mi) attn_mma(c[mi][ni], a[mi], b0, b1, tag);
       }
     }
     __syncthreads();  // every warp is done with `buf` before the next step's copy into it

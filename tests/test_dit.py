@@ -12,6 +12,7 @@ from mlx_audio_generate.errors import UserError
 from mlx_audio_generate.stable_audio.dit import DiTConfig, StableAudioDiT
 from mlx_audio_generate.weights import Checkpoint, cast
 from tests.reference import require
+from tests.spy import leading_dims
 
 torch = require("torch")
 # transformers records which optional packages exist when first imported: import it before sat.py installs its
@@ -181,23 +182,13 @@ def test_sharing_the_first_self_attention_changes_nothing(tiny, null):
     x, t, cond, mask, glob = inputs(config)
     c = ours.cfg_condition(to_mx(cond), to_mx(glob), 7.0)
     c.null_uncond = null
-    blk = ours.blocks[0].self_attn
-    rows = []
-    call = type(blk).__call__
-
-    def spy(self, h, *a, **kw):
-        if self is blk:
-            rows.append(h.shape[0])
-        return call(self, h, *a, **kw)
-
-    type(blk).__call__ = spy
-    try:
-        shared = ours.guided(to_mx(x), to_mx(t), c, 7.0)
-        ours.share_first = False
-        whole = ours.guided(to_mx(x), to_mx(t), c, 7.0)
-    finally:
-        type(blk).__call__ = call
-        ours.share_first = True
+    with leading_dims(ours.blocks[0].self_attn) as rows:
+        try:
+            shared = ours.guided(to_mx(x), to_mx(t), c, 7.0)
+            ours.share_first = False
+            whole = ours.guided(to_mx(x), to_mx(t), c, 7.0)
+        finally:
+            ours.share_first = True
     assert rows == [x.shape[0], 2 * x.shape[0]], style
     # float32 rounding only: block 0's GEMMs sum half the rows, CFG at 7 amplifies the difference
     assert rel(shared, np.array(whole)) <= 1e-5, style

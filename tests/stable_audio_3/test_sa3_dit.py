@@ -29,6 +29,7 @@ from mlx_audio_generate.weights import Checkpoint, read_tensors
 from tests.reference.parity import SOURCES, reference_outputs, rel_err
 from tests.reference.sa3 import REPO, reference_root
 from tests.reference.sa3_dit import CASES, MODELS, T_VALUES
+from tests.spy import leading_dims
 
 TOL = 1e-4
 PREFIX = "model.model."
@@ -179,23 +180,13 @@ def test_sharing_the_first_self_attention_changes_nothing(ours, ref, name, null)
     cond = dataclasses.replace(
         model.cfg_condition(a["cross"], a["global"], 4.0, a["local"], pad), null_uncond=null
     )
-    attn = model.blocks[0].self_attn
-    rows = []
-    call = type(attn).__call__
-
-    def spy(self, h, *args, **kw):
-        if self is attn:
-            rows.append(h.shape[0])
-        return call(self, h, *args, **kw)
-
-    type(attn).__call__ = spy
-    try:
-        shared = model.guided(a["x"], a["ta"], cond, 4.0, 0.5)
-        model.share_first = False
-        whole = model.guided(a["x"], a["ta"], cond, 4.0, 0.5)
-    finally:
-        type(attn).__call__ = call
-        model.share_first = True
+    with leading_dims(model.blocks[0].self_attn) as rows:
+        try:
+            shared = model.guided(a["x"], a["ta"], cond, 4.0, 0.5)
+            model.share_first = False
+            whole = model.guided(a["x"], a["ta"], cond, 4.0, 0.5)
+        finally:
+            model.share_first = True
     b = a["x"].shape[0]
     assert rows == [b, 2 * b]
     # float32 rounding only: block 0's GEMMs sum half the rows, CFG at 4 amplifies the difference

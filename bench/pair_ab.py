@@ -80,8 +80,8 @@ def sides(dit, cond, b_side: str, guided):
     traces = {}
 
     def kernels(on: bool) -> None:
-        # The compiled calls traced one setting: each setting keeps its own (kept alive, as MLX's trace
-        # cache knows a function by its id, which a new function could reuse once the old one is freed).
+        # The compiled calls traced one setting (the switch is read while tracing): each setting keeps its
+        # own traces, so switching back does not trace again.
         if gemm_kernel.ENABLED != on:
             traces[gemm_kernel.ENABLED] = dit._jit.fns
             gemm_kernel.ENABLED = on
@@ -121,9 +121,8 @@ def main() -> None:
     for model in parse_list(a.models):
         family, _, name = model.partition("-")
         make = {"sa": sa_calls, "sa3": sa3_calls}[family]
-        seconds = dict(
-            SA3_SECONDS, **{k: float(v) for k, v in (i.split("=") for i in parse_list(a.sa3_seconds))}
-        )
+        given = (item.split("=") for item in parse_list(a.sa3_seconds))
+        seconds = dict(SA3_SECONDS, **{k: float(v) for k, v in given})
         label, skip, full, dit = make(name, a.dtype, a.tiny, a.b, seconds.get(name, 0.0))
         dit.compiled = not a.eager
         for call in (skip, full):  # warm-up: both compiled before the clock

@@ -205,14 +205,7 @@ def gemm(
         inputs.append(residual.reshape(rows, n))
     (y,) = _kernel(bias is not None, residual is not None)(
         inputs=inputs,
-        template=[
-            ("T", x.dtype),
-            ("M", rows),
-            ("N", n),
-            ("K", k),
-            ("HAS_BIAS", bias is not None),
-            ("HAS_RES", residual is not None),
-        ],  # fmt: skip
+        template=[("T", x.dtype), ("M", rows), ("N", n), ("K", k)],  # the epilogue: in the kernel's source
         grid=(n // BN * 128, -(-rows // BM), 1),
         threadgroup=(128, 1, 1),
         output_shapes=[(rows, n)],

@@ -11,13 +11,12 @@ and one end-to-end `--tiny` run of ours.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import ROOT, run_bench
+
 sys.path.insert(0, str(ROOT / "bench"))
 
 
@@ -42,9 +41,8 @@ def test_tiny_run_ours(tmp_path):
     except FileNotFoundError:
         pytest.skip("the ACE-Step upstream sources (../shared/reference) are not here")
     out = tmp_path / "res" / "ace"
-    cmd = [sys.executable, str(ROOT / "bench" / "ace_step.py"), "--tiny", "--peers", "none", "--cases",
-           "turbo-5x1", "--work-dir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    run = run_bench("ace_step.py", "--tiny", "--peers", "none", "--cases", "turbo-5x1",
+                    "--work-dir", str(tmp_path / "w"), "--out", str(out), timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     body = json.loads(out.with_suffix(".json").read_text())
     (row,) = body["results"]

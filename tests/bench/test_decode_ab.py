@@ -16,18 +16,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-AB = ROOT / "bench" / "decode_ab.py"
+from tests.bench.scripts import ROOT, run_bench
+
 # as tests/bench/test_sa_bench_counts.py does (monkeypatch.syspath_prepend trips over a stale pkg_resources)
 sys.path.insert(0, str(ROOT / "bench"))
 
 
 def run_ab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(AB), "--b", str(ROOT), "--tiny", "--models", "small", "--rounds", "1",
-         "--steps", "2", "--out", str(tmp_path / "ab.md"), *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    return run_bench("decode_ab.py", "--b", str(ROOT), "--tiny", "--models", "small", "--rounds", "1",
+                     "--steps", "2", "--out", str(tmp_path / "ab.md"), *args)  # fmt: skip
 
 
 def test_knobs_reach_each_side_and_are_recorded(tmp_path):

@@ -3,23 +3,14 @@ the attention variants (query 0 apart and joined; attention_kernel) compute MLX'
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import run_bench
 
 
 def test_probe_runs_every_form(tmp_path):
     out = tmp_path / "probe.md"
     args = ["--tiny", "--calls", "1", "--ops", "1", "--dtype", "float32"]
     args += ["--gemms", "64x32x48:res,64x32x48:batched"]
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gemm_probe.py"), *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_bench("gemm_probe.py", *args, "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert len(rows) == 3 * 7 + 2 + 2 + 2 + 9, rows  # rows x GEMMs, batched, --gemms, --tokens, --attention

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import run_bench
 
 
 def test_probe_runs_every_chain(tmp_path):
     out = tmp_path / "host.md"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "host_probe.py"),
-            "--ops",
-            "4",
-            "--calls",
-            "2",
-            "--rounds",
-            "1",
-            "--out",
-            str(out),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = run_bench(
+        "host_probe.py", "--ops", "4", "--calls", "2", "--rounds", "1", "--out", str(out), timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [ln.split("|")[1:-1] for ln in out.read_text().splitlines() if ln.startswith("| ")][1:]

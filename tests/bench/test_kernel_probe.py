@@ -10,20 +10,14 @@ the child processes, the table and the failure handling, without CUDA.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PROBE = ROOT / "bench" / "kernel_probe.py"
+from tests.bench.scripts import run_bench
 
 
 def probe(tmp_path: Path, *args: str, timeout: float = 600) -> tuple[str, str]:
     out = tmp_path / "probe.md"
-    p = subprocess.run(
-        [sys.executable, str(PROBE), "--dry-run", "--out", str(out), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
+    p = run_bench("kernel_probe.py", "--dry-run", "--out", str(out), *args, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     return out.read_text(), p.stderr
 

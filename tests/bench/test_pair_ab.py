@@ -3,13 +3,9 @@ without one or both (B) run, agree to float32 rounding, and are tabled."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import run_bench
 
 
 @pytest.mark.parametrize("b_side", ["null", "share", "both", "gemm"])
@@ -17,12 +13,7 @@ def test_ab_runs_both_families(tmp_path, b_side):
     out = tmp_path / "ab.md"
     args = ["--tiny", "--calls", "1", "--rounds", "1", "--dtype", "float32", "--models", "sa-1.0,sa3-small"]
     args += ["--b", b_side]
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pair_ab.py"), *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_bench("pair_ab.py", *args, "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| Stable Audio")]
     assert [r.split(",")[0] for r in rows] == ["| Stable Audio Open 1.0", "| Stable Audio 3 small"]

@@ -3,22 +3,13 @@ q / k functions are MLX's ops themselves, so exactly; on the GPU this is the pro
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import mlx.core as mx
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.scripts import run_bench
 
 
 def test_probe_runs_every_case():
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "row_probe.py"), "--tokens", "5", "--slices", "8,16"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_bench("row_probe.py", "--tokens", "5", "--slices", "8,16", timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.splitlines()
     assert [ln.split(":")[0] for ln in lines] == [

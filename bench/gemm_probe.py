@@ -59,28 +59,27 @@ def gemm_call(m: int, k: int, n: int, form: str, ops: int, dt: mx.Dtype):
     return call, 2.0 * m * k * n
 
 
-def sdpa_call(tokens: int, ops: int, dt: mx.Dtype, tiny: bool):
-    h, d = (HEADS, HEAD_DIM) if not tiny else (2, 16)
-    qkv = [[mx.random.normal((2, h, tokens, d)).astype(dt) for _ in range(3)] for _ in range(ops)]
-    mx.eval(qkv)
-
-    def call():
-        return [mx.fast.scaled_dot_product_attention(q, k, v, scale=d**-0.5) for q, k, v in qkv]
-
-    return call, 4.0 * 2 * h * tokens * tokens * d
-
-
-def sdpa_shape_call(
-    nq: int, nk: int, ops: int, dt: mx.Dtype, tiny: bool, split: bool = False, ours: bool = False
+def sdpa_call(
+    nq: int,
+    nk: int,
+    ops: int,
+    dt: mx.Dtype,
+    tiny: bool,
+    split: bool = False,
+    ours: bool = False,
+    heads_last: bool = True,
 ):
-    """SDPA of nq queries over nk keys, q / k / v heads-last underneath as the DiT's (qk_kernel's views).
-    `split`: query 0 (the prepended token) apart from the other nq - 1 (it by `attention_kernel`), joined
-    after (heads-last); `ours`: `attention_kernel.attend` forced past its MAX_WORK."""
+    """SDPA of nq queries over nk keys (batch 2), q / k / v heads-last underneath as the DiT's (qk_kernel's
+    views), or (B, H, N, D) arrays without `heads_last`. `split`: query 0 (the prepended token) apart from
+    the other nq - 1 (it by `attention_kernel`), joined after (heads-last); `ours`: `attention_kernel.attend`
+    forced past its MAX_WORK."""
     from mlx_audio_generate import attention_kernel
 
     h, d = (HEADS, HEAD_DIM) if not tiny else (2, 16)
 
     def heads(n):
+        if not heads_last:
+            return mx.random.normal((2, h, n, d)).astype(dt)
         return mx.random.normal((2, n, h, d)).astype(dt).transpose(0, 2, 1, 3)
 
     mx.random.seed(0)
@@ -147,7 +146,7 @@ def main() -> None:
         table.append([label, f"{m} x {k} x {n}", us, f"{flops / us / 1e6:.0f}", name])
     for tokens in [] if a.only_attention else (int(t) for t in a.tokens.split(",")):
         tokens = tokens if not a.tiny else tokens // 16
-        call, flops = sdpa_call(tokens, a.ops, dt, a.tiny)
+        call, flops = sdpa_call(tokens, tokens, a.ops, dt, a.tiny, heads_last=False)
         us, name = measure(call, flops, a.ops, a.calls)
         table.append([f"self-attention, {tokens} tokens", "", us, f"{flops / us / 1e6:.0f}", name])
     for spec in a.attention.split(","):
@@ -155,10 +154,10 @@ def main() -> None:
         nq, nk = (int(v) for v in spec.rstrip("so").split("x"))
         if a.tiny:
             nq, nk = nq // 16 + 1, nk // 16 + 1
-        call, flops = sdpa_shape_call(nq, nk, a.ops, dt, a.tiny, split, ours)
+        call, flops = sdpa_call(nq, nk, a.ops, dt, a.tiny, split, ours)
         if split or ours:  # the same attention as MLX's SDPA of the same inputs, or the probe is wrong
             got = call()[0]  # both calls' first inputs are the same draws (seeded)
-            want = sdpa_shape_call(nq, nk, 1, dt, a.tiny)[0]()[0]
+            want = sdpa_call(nq, nk, 1, dt, a.tiny)[0]()[0]
             err = mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max().item()
             log(f"attention {spec}: max |this - MLX's SDPA| {err:.2e}")
         us, name = measure(call, flops, a.ops, a.calls)
